@@ -1,0 +1,26 @@
+"""Shared fixtures. Area-specific fixtures live in their own plugin modules listed below."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.paths import SHARED_SAMPLE_DIR
+
+# Runtime data of the tests never touches the developer's ./var.
+os.environ.setdefault("CHEXNET_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"chexnet-test-{os.getpid()}"))
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The real NIH ChestX-ray14 sample that lies beside the repository."""
+    if not (SHARED_SAMPLE_DIR / "Data_Entry_2017_v2020.csv").exists():
+        pytest.fail(f"The shared ChestX-ray14 sample is missing at {SHARED_SAMPLE_DIR}.")
+    return SHARED_SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def full_resolution_images(sample_dir: Path) -> list[Path]:
+    return sorted((sample_dir / "full-resolution").glob("*.png"))
