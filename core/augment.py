@@ -1,8 +1,8 @@
 """CheXNet input pipeline on whole batches of tensors (CPU or CUDA), no per-sample Python loop.
 
 Training (Rajpurkar et al. 2017 used random horizontal flips; like most reproductions we also take a
-random 224 crop of the 256 cache image): per-sample random crop offsets and flips are applied with one
-gather on the uint8 batch, then scaled to [0, 1], replicated to 3 channels and ImageNet-normalised.
+random 224 crop of the 256 cache image): per-sample random crop offsets and flips are applied by indexing an
+unfold view of the uint8 batch, then scaled to [0, 1], replicated to 3 channels and ImageNet-normalised.
 
 Evaluation: CheXNet itself resized straight to 224x224. We default to the common reproduction recipe
 "resize to 256 (the cache) + centre crop 224" (`eval_transform="center_crop"`); `eval_transform="resize"`
@@ -17,8 +17,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from core.artifact import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["DEFAULT_CROP", "IMAGENET_MEAN", "IMAGENET_STD", "to_model_input"]
+
 DEFAULT_CROP = 224
 
 
@@ -39,7 +41,9 @@ def to_model_input(
     if batch_uint8.dim() == 4 and batch_uint8.shape[1] == 1:
         batch_uint8 = batch_uint8[:, 0]
     if batch_uint8.dim() != 3 or batch_uint8.dtype != torch.uint8:
-        raise ValueError(f"Expected a uint8 [B, H, W] batch, got {batch_uint8.dtype} {tuple(batch_uint8.shape)}.")
+        raise ValueError(
+            f"Expected a uint8 [B, H, W] batch, got {batch_uint8.dtype} {tuple(batch_uint8.shape)}."
+        )
     batch, height, width = batch_uint8.shape
     if height < crop or width < crop:
         raise ValueError(f"Cannot crop {crop} px from {height}x{width} images.")
@@ -53,7 +57,11 @@ def to_model_input(
         if (height, width) == (crop, crop):
             return _normalize(batch_uint8)
         resized = F.interpolate(
-            batch_uint8[:, None].float(), size=(crop, crop), mode="bilinear", align_corners=False, antialias=True
+            batch_uint8[:, None].float(),
+            size=(crop, crop),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
         )
         return _normalize(resized[:, 0].round_().clamp_(0, 255))
     if eval_transform != "center_crop":
@@ -76,13 +84,17 @@ def _random_offsets(
 def _gather_crops(
     images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, crop: int
 ) -> torch.Tensor:
-    """[B, crop, crop] with image b cropped at (top[b], left[b]) and mirrored where flip[b]: one gather."""
-    steps = torch.arange(crop, device=images.device)
-    rows = top[:, None] + steps  # [B, crop]
-    # Mirroring = reading the crop's columns right to left.
-    cols = left[:, None] + torch.where(flip[:, None], crop - 1 - steps, steps)  # [B, crop]
-    samples = torch.arange(images.shape[0], device=images.device)
-    return images[samples[:, None, None], rows[:, :, None], cols[:, None, :]]
+    """[B, crop, crop] with image b cropped at (top[b], left[b]) and mirrored where flip[b]."""
+    # unfold makes a no-copy view of every crop window, [B, H-crop+1, W-crop+1, crop, crop]; indexing its
+    # first three dims copies just the B chosen windows (much faster than a per-pixel gather on CPU).
+    windows = images.unfold(1, crop, 1).unfold(2, crop, 1)
+    crops = windows[torch.arange(images.shape[0], device=images.device), top, left]
+    if crops.device.type != "cpu":
+        # Data-dependent masking would sync the GPU; a select over the whole batch does not.
+        return torch.where(flip[:, None, None], crops.flip(-1), crops)
+    if bool(flip.any()):
+        crops[flip] = crops[flip].flip(-1)
+    return crops
 
 
 def _normalize(grey: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,10 @@ from a memmap costs microseconds. The cache folder holds
                 its position in `image_indexes`; rows past that list (an interrupted build) are ignored
                 and overwritten by the next build.
 
-Preprocessing (`preprocess_pixels`): resize the grey uint8 image so its shorter side is `size`
-(Pillow BILINEAR, which low-pass filters when downscaling), then centre-crop the longer side. NIH images
-are square, so this is a plain 1024 -> 256 resize for them.
+Preprocessing (`preprocess_pixels`) is inference's own (`core.preprocess.resize_shorter_side_center_crop`):
+centre square of the grey uint8 image, resized to size x size with Pillow BILINEAR (which low-pass
+filters when downscaling). NIH images are square, so this is a plain 1024 -> 256 resize for them; a
+model trained on the cache therefore sees what the predictor feeds it.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+
+from core.imaging import read_xray_file
+from core.preprocess import resize_shorter_side_center_crop
 
 Progress = Callable[[int, int], None]
 
 DEFAULT_SIZE = 256
 CACHE_FORMAT = 1
 # Bump when preprocess_pixels changes: an existing cache built another way must not be mixed in.
-PREPROCESS_ID = "shorter-side-bilinear+center-crop/v1"
+PREPROCESS_ID = "center-square+bilinear/v1"
 DATA_FILE = "images.u8"
 INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
@@ -50,33 +53,18 @@ class CacheError(ValueError):
 
 
 def decode_grey(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode one X-ray file to a uint8 HxW grey array (RGBA/RGB/16-bit handled)."""
-    try:
-        from core.imaging import read_xray_file  # the project's reader (DICOM, 16-bit PNG, RGBA…)
-    except ImportError:
-        read_xray_file = None
-    if read_xray_file is not None:
-        return np.asarray(read_xray_file(path).pixels, dtype=np.uint8)
-    with Image.open(path) as image:
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            wide = np.asarray(image, dtype=np.float64)
-            span = max(float(wide.max() - wide.min()), 1.0)
-            return np.round((wide - wide.min()) * (255.0 / span)).astype(np.uint8)
-        return np.asarray(image.convert("L"), dtype=np.uint8)
+    """Decode one X-ray file to uint8 HxW grey with the project's reader (RGBA, 16-bit, DICOM handled).
+
+    Raises `core.imaging.ImageRejected` (one sentence) for a file that is not a usable image.
+    """
+    return read_xray_file(path).pixels
 
 
 def preprocess_pixels(pixels: np.ndarray, size: int = DEFAULT_SIZE) -> np.ndarray:
-    """uint8 HxW -> uint8 size x size: shorter side resized to `size` (bilinear), longer side centre-cropped."""
+    """uint8 HxW -> uint8 size x size, exactly as inference does it (core.preprocess)."""
     if pixels.ndim != 2 or pixels.dtype != np.uint8:
         raise ValueError(f"Expected a 2-D uint8 grey image, got {pixels.dtype} with shape {pixels.shape}.")
-    height, width = pixels.shape
-    scale = size / min(height, width)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = Image.fromarray(pixels, mode="L")
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.ascontiguousarray(resize_shorter_side_center_crop(pixels, size), dtype=np.uint8)
 
 
 def load_preprocessed(path: str | os.PathLike[str], size: int = DEFAULT_SIZE) -> np.ndarray:
@@ -114,7 +102,9 @@ class CacheBuildReport:
     @property
     def problems(self) -> list[str]:
         """One sentence per unreadable image."""
-        return [f"{index} could not be decoded and was skipped: {reason}" for index, reason in self.failed.items()]
+        return [
+            f"{index} could not be decoded and was skipped: {reason}" for index, reason in self.failed.items()
+        ]
 
     def describe(self) -> str:
         text = (
@@ -145,7 +135,9 @@ class ImageCache:
         data = cache_dir / DATA_FILE
         needed = len(cache) * cache.size * cache.size
         if not data.is_file() or data.stat().st_size < needed:
-            raise CacheError(f"The image cache in {cache_dir} is damaged (its data file is too short); rebuild it.")
+            raise CacheError(
+                f"The image cache in {cache_dir} is damaged (its data file is too short); rebuild it."
+            )
         return cache
 
     @property
@@ -223,7 +215,9 @@ def build_cache(
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CacheError(f"Another build is writing the image cache in {cache_dir}; wait for it.") from None
+            raise CacheError(
+                f"Another build is writing the image cache in {cache_dir}; wait for it."
+            ) from None
         report = _build_locked(jobs_by_index, cache_dir, size, workers, progress, executor)
     report.seconds = time.perf_counter() - started
     cache = ImageCache.open(cache_dir)
@@ -262,7 +256,9 @@ def _build_locked(
 
     row_bytes = size * size
     data_path = cache_dir / DATA_FILE
-    pool: Executor = (ProcessPoolExecutor if executor == "process" else ThreadPoolExecutor)(max_workers=workers)
+    pool: Executor = (ProcessPoolExecutor if executor == "process" else ThreadPoolExecutor)(
+        max_workers=workers
+    )
     with open(data_path, "ab+") as data, pool:
         # Drop rows an interrupted build wrote past the index, then append.
         data.truncate(len(cached) * row_bytes)
@@ -315,7 +311,9 @@ def _read_index(cache_dir: Path) -> dict | None:
             raise ValueError("unknown format")
         return meta
     except (ValueError, OSError, TypeError) as exc:
-        raise CacheError(f"The image cache index {path} is unreadable ({exc}); delete the folder to rebuild.") from exc
+        raise CacheError(
+            f"The image cache index {path} is unreadable ({exc}); delete the folder to rebuild."
+        ) from exc
 
 
 def _write_index(cache_dir: Path, meta: dict) -> None:

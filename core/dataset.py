@@ -81,7 +81,9 @@ class ChestXray14:
 
     def image_paths(self, image_indexes: Iterable[str] | None = None) -> dict[str, Path]:
         """image index -> PNG path, for the cache builder (images without a file are left out)."""
-        paths = self.entries["path"] if image_indexes is None else self.entries.loc[list(image_indexes), "path"]
+        paths = (
+            self.entries["path"] if image_indexes is None else self.entries.loc[list(image_indexes), "path"]
+        )
         return {index: Path(path) for index, path in paths.items() if isinstance(path, str)}
 
     def mark_unreadable(self, failures: dict[str, str]) -> None:
@@ -127,9 +129,7 @@ def load_chestxray14(
 
     csv_path = next((root / name for name in DATA_ENTRY_NAMES if (root / name).is_file()), None)
     if csv_path is None:
-        raise DatasetError(
-            f"{root} is not a ChestX-ray14 folder: no {' or '.join(DATA_ENTRY_NAMES)} in it."
-        )
+        raise DatasetError(f"{root} is not a ChestX-ray14 folder: no {' or '.join(DATA_ENTRY_NAMES)} in it.")
     image_dirs = find_image_dirs(root)
     if not image_dirs:
         raise DatasetError(
@@ -260,7 +260,9 @@ def _read_data_entry(csv_path: Path, problems: list[str]) -> pd.DataFrame:
 
     entries = raw[list(_REQUIRED_COLUMNS)].rename(columns=_REQUIRED_COLUMNS)
     for source, target in _OPTIONAL_COLUMNS.items():
-        entries[target] = pd.to_numeric(raw[source], errors="coerce").astype("Int64") if source in raw else pd.NA
+        entries[target] = (
+            pd.to_numeric(raw[source], errors="coerce").astype("Int64") if source in raw else pd.NA
+        )
     entries["image_index"] = entries["image_index"].str.strip()
     duplicated = entries["image_index"].duplicated()
     if duplicated.any():
@@ -341,7 +343,9 @@ def _official_splits(root: Path, image_indexes: pd.Index, problems: list[str]) -
     return split
 
 
-def _read_boxes(root: Path, entries: pd.DataFrame, unreadable: list[str], problems: list[str]) -> pd.DataFrame:
+def _read_boxes(
+    root: Path, entries: pd.DataFrame, unreadable: list[str], problems: list[str]
+) -> pd.DataFrame:
     columns = ["image_index", "label", "x", "y", "w", "h", "x_img", "y_img", "w_img", "h_img"]
     path = root / BBOX_NAME
     if not path.is_file():

@@ -232,7 +232,7 @@ def _looks_like_raw_dicom(data: bytes) -> bool:
 def _check_size(width: int, height: int, *, max_pixels: int, min_side: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageRejected("The image header declares no pixels (a width or height of 0).")
-    if False:
+    if width * height > max_pixels:
         raise ImageRejected(
             f"The image is {width}x{height} pixels ({width * height / 1e6:,.0f} megapixels), more than the "
             f"{max_pixels / 1e6:,.0f}-megapixel limit; it may be a 'decompression bomb'."

@@ -135,7 +135,7 @@ class _RankedClass:
         np.cumsum(neg_w, axis=1, dtype=acc, out=cum[:, 1:])
         pos_w = weights[:, self.pos_idx].astype(acc)
         # Twice the pairs won: 2 * (negatives strictly below) + (negatives tied), per positive.
-        twice_won = (pos_w * (2 * cum[:, self.below])).sum(axis=1)
+        twice_won = (pos_w * (cum[:, self.below] + cum[:, self.up_to])).sum(axis=1)
         n_pos = pos_w.sum(axis=1)
         n_neg = cum[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -52,7 +52,7 @@ def normalize_url(url: str) -> str:
     """Use the psycopg 3 driver for PostgreSQL URLs that name no driver."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

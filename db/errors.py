@@ -10,8 +10,9 @@ class DbUserError(Exception):
 class StaleReviewError(DbUserError):
     """A save was based on a version of a review (or adjudication) that is no longer the stored one."""
 
-    def __init__(self, image_label: str, expected_version: int | None, stored_version: int | None,
-                 what: str = "review") -> None:
+    def __init__(
+        self, image_label: str, expected_version: int | None, stored_version: int | None, what: str = "review"
+    ) -> None:
         self.image_label = image_label
         self.expected_version = expected_version
         self.stored_version = stored_version
