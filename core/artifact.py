@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.labels import FINDINGS
-from core.models import CheXNet, create_model
+from core.models import CheXNet, ModelInitError, create_model
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
@@ -95,13 +95,22 @@ class ModelArtifact:
         return digest.hexdigest()
 
     def load_model(self, device: str | torch.device = "cpu") -> CheXNet:
-        model = create_model(self.card.get("arch", "densenet121"), num_classes=len(self.labels))
+        try:
+            model = create_model(self.card.get("arch", "densenet121"), num_classes=len(self.labels))
+        except ModelInitError as exc:
+            raise ArtifactError(f"The model card in {self.path} names an unusable model: {exc}") from exc
         try:
             state = load_file(str(self.path / WEIGHTS_FILE), device=str(device))
         except Exception as exc:
             raise ArtifactError(f"The weights in {self.path} could not be read ({exc}).") from exc
         state = {k: v.float() for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # tensor shape mismatches raise even with strict=False
+            raise ArtifactError(
+                f"The weights in {self.path} do not fit a {self.card.get('arch')} with {len(self.labels)} "
+                "outputs (tensor shapes differ)."
+            ) from exc
         if missing or unexpected:
             raise ArtifactError(
                 f"The weights in {self.path} do not fit a {self.card.get('arch')} with {len(self.labels)} "
@@ -181,14 +190,26 @@ def import_chexnet_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, na
     checkpoint = Path(checkpoint)
     try:
         raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ArtifactError(f"{checkpoint} could not be opened ({exc.strerror or exc}).") from exc
     except Exception as exc:
-        raise ArtifactError(f"{checkpoint.name} is not a PyTorch checkpoint this app can read safely ({exc}).") from exc
+        # torch's own message is several paragraphs (and suggests weights_only=False): keep one sentence.
+        raise ArtifactError(
+            f"{checkpoint.name} is not a PyTorch checkpoint this app can read safely: it is damaged, or it holds "
+            "Python objects other than tensors, which are refused because loading them could run code."
+        ) from exc
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not state:
         raise ArtifactError(f"{checkpoint.name} holds no state_dict.")
     state = convert_chexnet_state_dict(state)
     model = create_model("densenet121", num_classes=len(FINDINGS))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shape mismatches raise even with strict=False
+        raise ArtifactError(
+            f"{checkpoint.name} is not a CheXNet DenseNet-121 checkpoint with {len(FINDINGS)} outputs "
+            "(tensor shapes differ)."
+        ) from exc
     if missing or unexpected:
         raise ArtifactError(
             f"{checkpoint.name} is not a CheXNet DenseNet-121 checkpoint "

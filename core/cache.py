@@ -64,7 +64,7 @@ def preprocess_pixels(pixels: np.ndarray, size: int = DEFAULT_SIZE) -> np.ndarra
     """uint8 HxW -> uint8 size x size, exactly as inference does it (core.preprocess)."""
     if pixels.ndim != 2 or pixels.dtype != np.uint8:
         raise ValueError(f"Expected a 2-D uint8 grey image, got {pixels.dtype} with shape {pixels.shape}.")
-    return np.ascontiguousarray(resize_shorter_side_center_crop(pixels, size), dtype=np.uint8)
+    return np.array(resize_shorter_side_center_crop(pixels, size), dtype=np.uint8)  # writable copy
 
 
 def load_preprocessed(path: str | os.PathLike[str], size: int = DEFAULT_SIZE) -> np.ndarray:
@@ -77,9 +77,10 @@ def _load_for_cache(job: tuple[str, str, int]) -> tuple[str, np.ndarray | None, 
     image_index, path, size = job
     try:
         return image_index, load_preprocessed(path, size), None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure (truncated, not an image, rejected) is reported
-        reason = str(exc).strip() or type(exc).__name__
-        return image_index, None, reason
+    except OSError as exc:  # missing file, permission, I/O error
+        return image_index, None, f"The file cannot be read ({exc.strerror or type(exc).__name__})."
+    except Exception as exc:  # noqa: BLE001 - ImageRejected carries a sentence; anything else is reported too
+        return image_index, None, str(exc).strip() or type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -80,6 +80,8 @@ def cmd_cam(args: argparse.Namespace) -> int:
         image = read_xray_file(args.file)
     except ImageRejected as exc:
         raise CliError(f"{args.file}: {exc}") from exc
+    except OSError as exc:
+        raise CliError(f"{args.file}: the file could not be opened ({exc.strerror or exc}).") from exc
     prediction = predictor.predict_one(image.pixels)
     label = args.label or prediction.most_probable()
     if label not in predictor.labels:

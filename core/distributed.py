@@ -39,7 +39,9 @@ def env_dist_info() -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if "RANK" not in os.environ or world <= 1:
         return DistInfo()
-    return DistInfo(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(
+        rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> None:
@@ -49,8 +51,9 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT,
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        backend=backend, timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None
+    )
 
 
 def shutdown_distributed() -> None:
@@ -86,3 +89,12 @@ def shard_epoch_order(n_items: int, epoch: int, seed: int, info: DistInfo) -> np
     if total > n_items:
         order = np.concatenate([order, order[: total - n_items]])
     return order[info.rank :: info.world_size]
+
+
+def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float:
+    """The mean of one number over the ranks (e.g. each rank's training loss of an epoch)."""
+    if not info.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item()) / info.world_size

@@ -20,8 +20,17 @@ from db.models import UTCDateTime
 _SQLITE_CHUNK = 10_000
 
 
-def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
-    """Insert `rows` (tuples in `columns` order, Python values) into `table`; returns len(rows)."""
+def bulk_insert(
+    session: Session,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    constants: dict[str, Any] | None = None,
+) -> int:
+    """Insert `rows` (tuples in `columns` order, Python values) into `table`; returns len(rows).
+
+    `constants`: column -> one value for every row (converted once, e.g. a timestamp).
+    """
     if not rows:
         return 0
     connection = session.connection()  # joins (or begins) the session's transaction
@@ -35,6 +44,13 @@ def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: Se
             )
             for row in rows
         ]
+    if constants:
+        fixed = tuple(
+            value if (convert := _converter(table.c[name].type, dialect)) is None else convert(value)
+            for name, value in constants.items()
+        )
+        columns = [*columns, *constants]
+        rows = [row + fixed for row in rows]
     driver_connection: Any = connection.connection.driver_connection
     column_list = ", ".join(f'"{name}"' for name in columns)
     if dialect.name == "postgresql":

@@ -113,7 +113,7 @@ def import_chestxray14(
         hashes = _drop_known_hashes(session, hashes, stats.problems)
     stage(2)
 
-    stats.images_added = _insert_rows(session, Image, _image_rows(new_entries, hashes))
+    stats.images_added = _insert_images(session, new_entries, hashes)
     stage(3)
 
     ids = _image_ids(session)
@@ -129,51 +129,19 @@ def import_chestxray14(
     return stats
 
 
-def _insert_rows(session: Session, model: Any, rows: list[dict[str, Any]]) -> int:
-    """Bulk-insert dicts that all have the same keys."""
-    if not rows:
-        return 0
-    columns = list(rows[0])
-    return bulk_insert(session, model.__table__, columns, [tuple(row[c] for c in columns) for row in rows])
-
-
 def _values(series: pd.Series) -> list[Any]:
     """Python values of a column, with pandas' missing markers (NaN, NA, None) as None."""
     missing = series.isna().tolist()
     return [None if gone else value for value, gone in zip(series.tolist(), missing, strict=True)]
 
 
-def _image_rows(entries: pd.DataFrame, hashes: dict[str, str]) -> list[dict[str, Any]]:
-    now = utcnow()
-    columns = {
-        name: _values(entries[name])
-        for name in (
-            "image_index",
-            "patient_id",
-            "view",
-            "split",
-            "path",
-            "original_width",
-            "original_height",
-        )
-    }
-    rows = []
-    for i, image_index in enumerate(columns["image_index"]):
-        rows.append(
-            {
-                "image_index": image_index,
-                "sha256": hashes.get(image_index),
-                "path": columns["path"][i],
-                "patient_id": columns["patient_id"][i],
-                "view": columns["view"][i],
-                "split": columns["split"][i],
-                "source": "dataset",
-                "original_width": columns["original_width"][i],
-                "original_height": columns["original_height"][i],
-                "created_at": now,
-            }
-        )
-    return rows
+def _insert_images(session: Session, entries: pd.DataFrame, hashes: dict[str, str]) -> int:
+    names = ["image_index", "patient_id", "view", "split", "path", "original_width", "original_height"]
+    columns = [_values(entries[name]) for name in names]
+    sha256 = [hashes.get(image_index) for image_index in columns[0]]
+    rows = list(zip(*columns, sha256, strict=True))
+    constants = {"source": "dataset", "created_at": utcnow()}
+    return bulk_insert(session, Image.__table__, [*names, "sha256"], rows, constants)
 
 
 def _image_ids(session: Session) -> dict[str, int]:
@@ -187,23 +155,24 @@ def _image_ids_with(session: Session, model: Any, *conditions: Any) -> set[int]:
 
 def _insert_nlp_labels(session: Session, entries: pd.DataFrame, ids: dict[str, int]) -> int:
     done = _image_ids_with(session, NlpLabel, NlpLabel.source == SOURCE_NLP)
-    now = utcnow()
-    values = {finding: [bool(v) for v in entries[finding].tolist()] for finding in FINDINGS}
-    rows = []
-    for i, image_index in enumerate(entries["image_index"].tolist()):
-        image_id = ids.get(image_index)
-        if image_id is None or image_id in done:
-            continue
-        row: dict[str, Any] = {"image_id": image_id, "source": SOURCE_NLP, "extra": None, "created_at": now}
-        for finding, column in zip(FINDINGS, FINDING_COLUMNS, strict=True):
-            row[column] = values[finding][i]
-        rows.append(row)
-    return _insert_rows(session, NlpLabel, rows)
+    image_ids = [ids.get(image_index) for image_index in entries["image_index"].tolist()]
+    keep = [image_id is not None and image_id not in done for image_id in image_ids]
+    findings = entries.loc[keep, list(FINDINGS)].astype(bool)
+    rows = list(
+        zip(
+            [image_id for image_id, kept in zip(image_ids, keep, strict=True) if kept],
+            *(findings[finding].tolist() for finding in FINDINGS),
+            strict=True,
+        )
+    )
+    constants = {"source": SOURCE_NLP, "created_at": utcnow()}
+    return bulk_insert(session, NlpLabel.__table__, ["image_id", *FINDING_COLUMNS], rows, constants)
 
 
 def _insert_google_labels(session: Session, google: pd.DataFrame, ids: dict[str, int]) -> int:
     done = _image_ids_with(session, NlpLabel, NlpLabel.source == SOURCE_GOOGLE)
-    now = utcnow()
+    pneumothorax = finding_column("Pneumothorax")
+    columns = ["image_id", "extra", *FINDING_COLUMNS]
     rows = []
     for record in google.to_dict("records"):
         image_id = ids.get(record["image_index"])
@@ -211,17 +180,13 @@ def _insert_google_labels(session: Session, google: pd.DataFrame, ids: dict[str,
             continue
         extra: dict[str, Any] = {name: _optional_bool(record.get(name)) for name in GOOGLE_FINDINGS}
         extra["set_id"] = record.get("set_id")
-        row: dict[str, Any] = {
-            "image_id": image_id,
-            "source": SOURCE_GOOGLE,
-            "extra": extra,
-            "created_at": now,
-        }
-        row.update({column: None for column in FINDING_COLUMNS})
-        # The only Google finding that is also a ChestX-ray14 finding, one to one.
-        row[finding_column("Pneumothorax")] = extra["Pneumothorax"]
-        rows.append(row)
-    return _insert_rows(session, NlpLabel, rows)
+        # Pneumothorax is the only Google finding that is also a ChestX-ray14 finding, one to one.
+        findings = tuple(
+            extra["Pneumothorax"] if column == pneumothorax else None for column in FINDING_COLUMNS
+        )
+        rows.append((image_id, extra, *findings))
+    constants = {"source": SOURCE_GOOGLE, "created_at": utcnow()}
+    return bulk_insert(session, NlpLabel.__table__, columns, rows, constants)
 
 
 def _optional_bool(value: Any) -> bool | None:
@@ -239,18 +204,10 @@ def _insert_boxes(session: Session, boxes: pd.DataFrame, ids: dict[str, int]) ->
         image_id = ids.get(record["image_index"])
         if image_id is None or image_id in done:
             continue
-        rows.append(
-            {
-                "image_id": image_id,
-                "finding": record["label"],
-                "x": float(record["x"]),
-                "y": float(record["y"]),
-                "w": float(record["w"]),
-                "h": float(record["h"]),
-                "source": "nih",
-            }
-        )
-    return _insert_rows(session, Box, rows)
+        coordinates = (float(record[axis]) for axis in ("x", "y", "w", "h"))
+        rows.append((image_id, record["label"], *coordinates))
+    columns = ["image_id", "finding", "x", "y", "w", "h"]
+    return bulk_insert(session, Box.__table__, columns, rows, {"source": "nih"})
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -245,6 +245,7 @@ def _make_folder(
     names = [r[0] for r in rows]
     (root / "train_val_list.txt").write_text("\n".join(n for n in names if n not in test) + "\n")
     (root / "test_list.txt").write_text("\n".join(n for n in names if n in test) + "\n")
+    (root / image_dir).mkdir(parents=True, exist_ok=True)
     for name in names if on_disk is None else on_disk:
         _png(root / image_dir / name, png_size)
     return root

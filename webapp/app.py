@@ -12,5 +12,5 @@ import streamlit as st  # noqa: E402
 
 from webapp.navigation import build_pages  # noqa: E402
 
-st.set_page_config(page_title="CheXNet Studio", page_icon="🫁", layout="wide")
+st.set_page_config(page_title="CheXNet Studio", page_icon=":material/pulmonology:", layout="wide")
 st.navigation(build_pages(), position="sidebar").run()

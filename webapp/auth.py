@@ -33,7 +33,7 @@ def require_role(*roles: str) -> SessionUser:
     user = current_user()
     if user is None:
         st.warning("Please log in to see this page.")
-        st.page_link("views/login.py", label="Log in", icon="🔑")
+        st.page_link("views/login.py", label="Log in", icon=":material/login:")
         st.stop()
     if user.role not in roles:
         st.error("Your account does not have access to this page.")

@@ -1,0 +1,53 @@
+"""Browser: a real Chromium uploads a real NIH X-ray to the Predict page and sees findings + CAM."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from core.artifact import new_card, save_artifact
+from core.labels import FINDINGS
+from core.models import create_model
+from tests.browser_fixtures import streamlit_server
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    torch.manual_seed(0)
+    model_dir = tmp_path_factory.mktemp("model") / "browser-model"
+    save_artifact(create_model(), model_dir, new_card("browser-test-model"))
+    home = tmp_path_factory.mktemp("home")
+    with streamlit_server({"CHEXNET_HOME": str(home), "CHEXNET_MODEL": str(model_dir)}, home / "app.log") as url:
+        yield url
+
+
+def test_upload_shows_fourteen_findings_and_overlay(new_page, app_url, full_resolution_images, tmp_path):
+    page = new_page()
+    page.goto(app_url)
+    page.get_by_text("Upload a frontal chest X-ray").wait_for()
+    page.locator("input[type=file]").set_input_files(str(full_resolution_images[0]))
+    page.get_by_text("Where the model looked (CAM)").wait_for(timeout=120_000)
+    # The plotly chart lists every finding; the overlay is an <img> beside the original.
+    chart = page.locator(".js-plotly-plot").first
+    chart.wait_for()
+    chart_text = chart.inner_text()
+    for label in FINDINGS:
+        assert label.replace("_", " ") in chart_text
+    page.get_by_text("CAM:").first.wait_for()
+    assert page.locator("[data-testid='stImage'] img").count() >= 2
+    assert page.get_by_text("not findings").count() >= 1  # an unvalidated model is labelled as such
+    page.screenshot(path=os.environ.get("SCREENSHOT_PATH", str(tmp_path / "predict.png")), full_page=True)
+
+
+def test_refused_upload_shows_a_sentence(new_page, app_url, tmp_path):
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("this is not an x-ray, just text pretending to be a png\n" * 20)
+    page = new_page()
+    page.goto(app_url)
+    page.locator("input[type=file]").set_input_files(str(text_file))
+    page.get_by_text("it looks like a text file").wait_for()
+    assert page.locator("[data-testid='stException']").count() == 0
