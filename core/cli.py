@@ -21,7 +21,9 @@ def _resolve_model(path: str | None) -> Path:
 
     model_dir = Path(path) if path else active_model_dir()
     if model_dir is None:
-        raise CliError("No model is configured: pass --model DIR, set CHEXNET_MODEL, or promote one in the app.")
+        raise CliError(
+            "No model is configured: pass --model DIR, set CHEXNET_MODEL, or promote one in the app."
+        )
     return model_dir
 
 
@@ -111,6 +113,120 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.distributed import env_dist_info
+    from core.train import TrainConfig, TrainingError, TrainProgress, train
+
+    config = TrainConfig(
+        data_dir=Path(args.data), out_dir=Path(args.out), epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, init=args.init,
+        base_model=Path(args.base_model) if args.base_model else None,
+        labels_table=Path(args.labels) if args.labels else None,
+        exclude=Path(args.exclude) if args.exclude else None, class_weighting=args.class_weighting,
+        val_fraction=args.val_fraction, seed=args.seed, patience=args.patience if args.patience > 0 else None,
+        device=args.device, workers=args.workers, resume=args.resume, image_size=args.image_size,
+        name=args.name, cache_dir=Path(args.cache) if args.cache else None, description=args.description,
+        keep_work=args.keep_work,
+    )  # fmt: skip
+    is_main = env_dist_info().is_main  # under torchrun only rank 0 prints
+    bars: dict[str, tqdm] = {}
+
+    def bar(key: str, total: int, desc: str, unit: str) -> tqdm:
+        if key not in bars:
+            bars[key] = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        return bars[key]
+
+    def close(key: str) -> None:
+        if key in bars:
+            bars.pop(key).close()
+
+    def progress(event: TrainProgress) -> None:
+        if event.phase == "cache":
+            if event.total:
+                b = bar("cache", event.total, "image cache", "img")
+                b.update(event.done - b.n)
+            if event.done >= event.total:
+                close("cache")
+        elif event.phase == "train":
+            desc = f"epoch {event.epoch}/{event.epochs}"
+            b = bar(f"epoch{event.epoch}", event.steps_per_epoch, desc, "step")
+            b.update(event.step - b.n)
+            b.set_postfix(loss=f"{event.loss:.4f}" if event.loss is not None else "nan", lr=f"{event.lr:.1e}",
+                          img_s=f"{event.images_per_s:.1f}")  # fmt: skip
+        elif event.phase == "epoch":
+            close(f"epoch{event.epoch}")
+            mean = "n/a" if event.val_mean_auroc is None else f"{event.val_mean_auroc:.4f}"
+            eta = "" if not event.eta_s else f", eta {event.eta_s / 60:.1f} min"
+            tqdm.write(f"epoch {event.epoch}/{event.epochs}: train loss {event.loss:.4f}, val loss "
+                       f"{event.val_loss:.4f}, val mean AUROC {mean}, lr {event.lr:.1e}, "
+                       f"{event.images_per_s:.1f} img/s on {event.device}{eta}", file=sys.stderr)  # fmt: skip
+        elif event.message:
+            tqdm.write(event.message, file=sys.stderr)
+
+    try:
+        artifact = train(config, progress if is_main else None)
+    except TrainingError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        for key in list(bars):
+            close(key)
+    if is_main:
+        summary = {
+            "model": artifact.name,
+            "path": str(artifact.path),
+            "epochs": artifact.card["provenance"]["epochs"],
+            "best_epoch": artifact.card["provenance"]["best_epoch"],
+            "val_mean_auroc": artifact.card["metrics"]["val"]["mean_auroc"],
+        }
+        text = (f"Wrote model '{artifact.name}' to {artifact.path} (best epoch {summary['best_epoch']}, "
+                f"val mean AUROC {summary['val_mean_auroc']})")  # fmt: skip
+        print(json.dumps(summary) if args.json else text)
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.artifact import update_card
+    from core.evaluate import EvaluationError, card_metrics_entry, evaluate
+    from core.paths import SHARED_SAMPLE_DIR
+
+    model_dir = _resolve_model(args.model)
+    with tqdm(desc=f"evaluate {args.split}", unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            report = evaluate(
+                model_dir, Path(args.data) if args.data else SHARED_SAMPLE_DIR, args.split,
+                labels_table=args.labels, progress=progress, n_boot=args.n_boot,
+                thresholds=args.thresholds, backend=args.backend, exclude=args.exclude,
+            )  # fmt: skip
+        except EvaluationError as exc:
+            raise CliError(str(exc)) from exc
+    if args.write_card:
+        metrics = {**_card_metrics(model_dir), args.split: card_metrics_entry(report)}
+        card = update_card(model_dir, metrics=metrics)
+        print(f"Stored the {args.split} metrics in {card.path / 'model.json'}", file=sys.stderr)
+    if not args.json:
+        print(f"{report['model']} on {report['split']} ({report['n_images']} images): mean AUROC "
+              f"{report['mean_auroc']}, CI {report['mean_auroc_ci']}")  # fmt: skip
+        for label, value in report["auroc"].items():
+            print(f"  {label:<20} {'n/a' if value is None else f'{value:.4f}'}")
+    print(json.dumps(report, allow_nan=False))  # the last line on stdout: one JSON object
+    return EXIT_OK
+
+
+def _card_metrics(model_dir: Path) -> dict:
+    from core.artifact import read_artifact
+
+    return dict(read_artifact(model_dir).card.get("metrics") or {})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="CheXNet Studio's ML engine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +262,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train", help="train CheXNet on a ChestX-ray14 folder (torchrun for several GPUs)")
+    p.add_argument("--data", required=True, help="ChestX-ray14 folder (official layout)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16, help="global batch (split over GPUs)")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3, or 1e-4 with --init artifact")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--init", default="random", choices=["random", "imagenet", "artifact"])
+    p.add_argument("--base-model", help="model folder to fine-tune (--init artifact)")
+    p.add_argument("--labels", help="labels table CSV (image_index + 14 findings, optional exclude column)")
+    p.add_argument("--exclude", help="image indexes to leave out (text list or CSV)")
+    p.add_argument("--class-weighting", action="store_true", help="BCE pos_weight from label frequencies")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=3, help="early stopping patience in epochs (0: off)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--workers", type=int, default=0, help="threads for the cache build and loading (0: auto)")
+    p.add_argument("--resume", action="store_true", help="continue after the last saved epoch")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--name", help="model name (default: the output folder's name)")
+    p.add_argument("--cache", help="image cache folder (default: one per dataset under CHEXNET_HOME/cache)")
+    p.add_argument("--description", help="text put before the generated model description")
+    p.add_argument("--keep-work", action="store_true", help="keep <out>.work/ (train_state.pt) afterwards")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="AUROC, operating points and localization of a model on a split")
+    p.add_argument("--model", help="model folder (default: the app's active model)")
+    p.add_argument("--data", help="ChestX-ray14 folder (default: the shared sample)")
+    p.add_argument("--split", default="test", choices=["test", "val", "train", "train_val", "all"])
+    p.add_argument("--labels", help="labels table CSV overriding the NLP labels")
+    p.add_argument("--exclude", help="image indexes to leave out (text list or CSV)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (0: none)")
+    p.add_argument("--thresholds", default="validation", choices=["validation", "youden"],
+                   help="the model card's thresholds (chosen on validation) or Youden's J on this split")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"])
+    p.add_argument("--write-card", action="store_true", help="store the AUROC summary in the model card")
+    p.add_argument("--json", action="store_true", help="only the JSON report (always its last line)")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -1,7 +1,7 @@
 """User accounts: argon2id password hashes, login, and the first admin account.
 
-    with session_scope() as session:
-        user = authenticate(session, "alice", password)   # User or None
+with session_scope() as session:
+    user = authenticate(session, "alice", password)   # User or None
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def validate_username(username: str) -> str:
     username = username.strip()
     if not _USERNAME_PATTERN.fullmatch(username):
         raise InvalidAccountError(
-            "A username is 1 to 64 letters, digits or the characters _ . @ - and starts with a letter or digit."
+            "A username is 1 to 64 letters, digits or the characters _ . @ - "
+            "and starts with a letter or digit."
         )
     return username
 

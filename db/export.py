@@ -27,7 +27,14 @@ from db.reviews import effective_labels
 
 ExportFormat = Literal["data-entry", "trainer"]
 EXPORT_FORMATS: tuple[str, ...] = ("data-entry", "trainer")
-DATA_ENTRY_COLUMNS = ["Image Index", "Finding Labels", "Patient ID", "View Position", "Reviewer Count", "Exclude"]
+DATA_ENTRY_COLUMNS = [
+    "Image Index",
+    "Finding Labels",
+    "Patient ID",
+    "View Position",
+    "Reviewer Count",
+    "Exclude",
+]
 TRAINER_COLUMNS = ["image_index", *FINDINGS, "exclude"]
 
 
@@ -35,7 +42,9 @@ def export_labels_dataframe(session: Session, format: ExportFormat = "data-entry
     if format not in EXPORT_FORMATS:
         raise ValueError(f"Unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
     labels = effective_labels(session)
-    images = session.execute(select(Image.id, Image.image_index, Image.path, Image.patient_id, Image.view)).all()
+    images = session.execute(
+        select(Image.id, Image.image_index, Image.path, Image.patient_id, Image.view)
+    ).all()
     rows = []
     for image_id, image_index, path, patient_id, view in images:
         label = labels[image_id]
@@ -53,7 +62,9 @@ def export_labels_dataframe(session: Session, format: ExportFormat = "data-entry
     return table.sort_values(columns[0], kind="stable").reset_index(drop=True)
 
 
-def write_labels_csv(session: Session, path: str | os.PathLike[str], format: ExportFormat = "data-entry") -> int:
+def write_labels_csv(
+    session: Session, path: str | os.PathLike[str], format: ExportFormat = "data-entry"
+) -> int:
     """Write the export as CSV; returns the number of rows."""
     table = export_labels_dataframe(session, format)
     Path(path).parent.mkdir(parents=True, exist_ok=True)

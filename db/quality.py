@@ -17,8 +17,8 @@ labels and, as a baseline, the NLP labels. Google's findings map to ChestX-ray14
     Pneumothorax      <-> Pneumothorax
     Nodule or mass    <-> Nodule | Mass
     Airspace opacity  <-> Consolidation | Pneumonia | Infiltration
-                          (Edema and Atelectasis can also look like airspace opacity but are left out:
-                          Google's readers labelled those separately in their protocol's spirit)
+                          (a judgement call: Edema and Atelectasis can also look like airspace opacity
+                          and are left out; change GOOGLE_TO_CHESTXRAY14 to compare otherwise)
     Fracture          -- no ChestX-ray14 counterpart, not compared
 """
 
@@ -168,12 +168,14 @@ def label_quality(session: Session) -> LabelQuality:
             if same_two_readers:
                 ordered = [sorted(rows, key=lambda read: read[0]) for rows in multi.values()]
                 kappa = cohen_kappa(
-                    [int(rows[0][1][finding]) for rows in ordered], [int(rows[1][1][finding]) for rows in ordered]
+                    [int(rows[0][1][finding]) for rows in ordered],
+                    [int(rows[1][1][finding]) for rows in ordered],
                 )
                 method = "cohen"
             else:
                 counts = [
-                    [sum(f[finding] for _, f in rows), sum(not f[finding] for _, f in rows)] for rows in multi.values()
+                    [sum(f[finding] for _, f in rows), sum(not f[finding] for _, f in rows)]
+                    for rows in multi.values()
                 ]
                 kappa = fleiss_kappa(counts)
                 method = "fleiss"
@@ -197,7 +199,9 @@ def label_quality(session: Session) -> LabelQuality:
 
     for google_finding, mapped in GOOGLE_TO_CHESTXRAY14.items():
         truth = {i: bool(v) for i, extra in google.items() if (v := extra.get(google_finding)) is not None}
-        ours = [(int(truth[i]), int(any(reviewed[i].findings[f] for f in mapped))) for i in truth if i in reviewed]
+        ours = [
+            (int(truth[i]), int(any(reviewed[i].findings[f] for f in mapped))) for i in truth if i in reviewed
+        ]
         theirs = [(int(truth[i]), int(any(nlp[i][f] for f in mapped))) for i in truth if i in nlp]
         reviewed_agreement, reviewed_kappa = _agreement([t for t, _ in ours], [o for _, o in ours])
         nlp_agreement, nlp_kappa = _agreement([t for t, _ in theirs], [o for _, o in theirs])

@@ -100,7 +100,8 @@ def validate_label(findings: Mapping[str, bool], no_finding: bool, exclude: bool
     positives = [finding for finding, positive in clean.items() if positive]
     if no_finding and positives:
         raise InvalidLabelError(
-            f"“No Finding” cannot be combined with findings ({', '.join(positives)}); untick one or the other."
+            f"“No Finding” cannot be combined with findings ({', '.join(positives)}); "
+            "untick one or the other."
         )
     if not no_finding and not positives and not exclude:
         raise InvalidLabelError("Tick at least one finding or “No Finding”, or exclude the image.")
@@ -157,7 +158,17 @@ def save_review(
         raise NotAllowedError(f"The account {user.username!r} is deactivated and cannot save reviews.")
     image = _image(session, image_id)
     return _save_label(
-        session, Review, "review", image, user, findings, no_finding, exclude, comment, expected_version, reason
+        session,
+        Review,
+        "review",
+        image,
+        user,
+        findings,
+        no_finding,
+        exclude,
+        comment,
+        expected_version,
+        reason,
     )
 
 
@@ -211,9 +222,13 @@ def _save_label(
     values.update(no_finding=bool(no_finding), exclude=bool(exclude), comment=(comment or "").strip())
     owner = [model.image_id == image.id]
     if model is Review:
-        owner.append(Review.user_id == user.id)  # one review per (image, reviewer); one adjudication per image
+        owner.append(
+            Review.user_id == user.id
+        )  # one review per (image, reviewer); one adjudication per image
     # populate_existing: compare with the stored row, not with a copy cached earlier in this session.
-    current = session.scalars(select(model).where(*owner).execution_options(populate_existing=True)).one_or_none()
+    current = session.scalars(
+        select(model).where(*owner).execution_options(populate_existing=True)
+    ).one_or_none()
 
     def stale(stored_version: int | None) -> StaleReviewError:
         return StaleReviewError(image.label, expected_version, stored_version, what=kind)
@@ -311,7 +326,9 @@ def effective_labels(session: Session, image_ids: Iterable[int] | None = None) -
     ids = None if image_ids is None else list(dict.fromkeys(image_ids))
     finding_cols = [getattr(Adjudication, c) for c in FINDING_COLUMNS]
     adjudicated: dict[int, EffectiveLabel] = {}
-    for image_id, exclude, *values in _rows(session, [Adjudication.image_id, Adjudication.exclude, *finding_cols], ids):
+    for image_id, exclude, *values in _rows(
+        session, [Adjudication.image_id, Adjudication.exclude, *finding_cols], ids
+    ):
         findings = dict(zip(FINDINGS, map(bool, values), strict=True))
         adjudicated[image_id] = EffectiveLabel(findings, not any(values), bool(exclude), "adjudication", 0)
 
@@ -332,10 +349,14 @@ def effective_labels(session: Session, image_ids: Iterable[int] | None = None) -
         n_reviews = len(votes.get(image_id, ()))
         if image_id in adjudicated:
             label = adjudicated[image_id]
-            labels[image_id] = EffectiveLabel(label.findings, label.no_finding, label.exclude, label.source, n_reviews)
+            labels[image_id] = EffectiveLabel(
+                label.findings, label.no_finding, label.exclude, label.source, n_reviews
+            )
         elif n_reviews:
             findings, exclude = consensus(votes[image_id])
-            labels[image_id] = EffectiveLabel(findings, not any(findings.values()), exclude, "consensus", n_reviews)
+            labels[image_id] = EffectiveLabel(
+                findings, not any(findings.values()), exclude, "consensus", n_reviews
+            )
         elif image_id in nlp:
             findings = nlp[image_id]
             labels[image_id] = EffectiveLabel(findings, not any(findings.values()), False, "nlp", 0)
@@ -427,7 +448,12 @@ def _unreviewed_by(user: User, split: str | None) -> Select[Any]:
 
 
 def _ranked_queue(
-    session: Session, user: User, strategy: str, finding: str | None, model_version_id: int | None, seed: int | None
+    session: Session,
+    user: User,
+    strategy: str,
+    finding: str | None,
+    model_version_id: int | None,
+    seed: int | None,
 ) -> list[QueueItem]:
     """The whole queue of the strategies ordered in Python ("random", "finding", "disagreement")."""
     candidates = _unreviewed_by(user, None)
@@ -440,7 +466,9 @@ def _ranked_queue(
         column = finding_column(finding)
         # SQL pre-filter: positive somewhere (NLP, a review or the adjudication); the effective label decides.
         maybe_positive = or_(
-            exists().where(NlpLabel.image_id == Image.id, NlpLabel.source == SOURCE_NLP, getattr(NlpLabel, column)),
+            exists().where(
+                NlpLabel.image_id == Image.id, NlpLabel.source == SOURCE_NLP, getattr(NlpLabel, column)
+            ),
             exists().where(Review.image_id == Image.id, getattr(Review, column)),
             exists().where(Adjudication.image_id == Image.id, getattr(Adjudication, column)),
         )
@@ -464,7 +492,9 @@ def _ranked_queue(
     items = []
     for *columns, probabilities in rows:
         label = labels[columns[0]]
-        gaps = [abs(float(p) - float(label.findings[f])) for f, p in zip(FINDINGS, probabilities, strict=True)]
+        gaps = [
+            abs(float(p) - float(label.findings[f])) for f, p in zip(FINDINGS, probabilities, strict=True)
+        ]
         worst = max(range(len(gaps)), key=gaps.__getitem__)
         items.append(QueueItem(*columns, score=gaps[worst], top_finding=FINDINGS[worst]))
     return sorted(items, key=lambda item: (-(item.score or 0.0), item.image_id))

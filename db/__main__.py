@@ -1,0 +1,174 @@
+"""Database command line: `python -m db COMMAND ...` (`python -m db --help`).
+
+The database is $DATABASE_URL, else the SQLite file under $CHEXNET_HOME; `--database-url` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Callable, Sequence
+
+from db.errors import DbUserError
+
+
+def _progress_bar(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="step", leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat the password: ") != first:
+        raise DbUserError("The two passwords differ.")
+    return first
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from db.engine import create_configured_engine, default_url
+    from db.migrate import current_revision, upgrade
+
+    url = args.database_url or default_url()
+    engine = create_configured_engine(url)
+    before = current_revision(engine)
+    upgrade(engine)
+    print(f"Database at revision {current_revision(engine)} (was {before or 'empty'}).")
+    return 0
+
+
+def _cmd_create_user(args: argparse.Namespace) -> int:
+    from db.accounts import create_user
+    from db.engine import session_scope
+
+    password = _read_password(args.password_stdin)
+    with session_scope(args.database_url) as session:
+        user = create_user(session, args.username, password, role=args.role)
+        print(f"Created {user.role} {user.username!r}.")
+    return 0
+
+
+def _cmd_init_admin(args: argparse.Namespace) -> int:
+    from db.accounts import INITIAL_ADMIN_USERNAME, ensure_initial_admin
+    from db.engine import get_engine
+
+    password = ensure_initial_admin(get_engine(args.database_url))
+    if password:
+        print(f"Created the user {INITIAL_ADMIN_USERNAME!r} with the password: {password}")
+        print("It is shown only this once; change it after logging in.")
+    else:
+        print("No new admin account was needed (users exist, or the password came from the environment).")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from db.engine import get_engine
+    from db.importer import import_chestxray14
+
+    update, close = _progress_bar("import")
+    try:
+        stats = import_chestxray14(
+            get_engine(args.database_url),
+            args.dataset_dir,
+            require_images=not args.all_rows,
+            hash_images=not args.no_hash,
+            progress=update,
+        )
+    finally:
+        close()
+    for problem in stats.problems:
+        print(f"Note: {problem}")
+    print(stats.summary())
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from db.engine import session_scope
+    from db.export import write_labels_csv
+
+    with session_scope(args.database_url, read_only=True) as session:
+        count = write_labels_csv(session, args.out, args.format)
+    print(f"Wrote {count:,} rows ({args.format}) to {args.out}.")
+    return 0
+
+
+def _cmd_make_migration(args: argparse.Namespace) -> int:
+    from db.engine import create_configured_engine, default_url
+    from db.migrate import make_revision
+
+    make_revision(create_configured_engine(args.database_url or default_url()), args.message)
+    return 0
+
+
+def _cmd_benchmark_import(args: argparse.Namespace) -> int:
+    from db.importer import benchmark_metadata_import
+
+    result = benchmark_metadata_import(args.dataset_dir, args.database_url)
+    for key, value in result.items():
+        print(f"{key:>24}: {value:,.2f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m db", description="CheXNet Studio database tools.")
+    parser.add_argument(
+        "--database-url", help="database URL (default: $DATABASE_URL or SQLite in CHEXNET_HOME)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    migrate = commands.add_parser("migrate", help="bring the schema up to date")
+    migrate.set_defaults(run=_cmd_migrate)
+
+    create_user = commands.add_parser("create-user", help="add a user account")
+    create_user.add_argument("username")
+    create_user.add_argument("--role", choices=["clinician", "admin"], default="clinician")
+    create_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    create_user.set_defaults(run=_cmd_create_user)
+
+    init_admin = commands.add_parser("init-admin", help="create the first admin when there are no users")
+    init_admin.set_defaults(run=_cmd_init_admin)
+
+    importer = commands.add_parser("import", help="import a ChestX-ray14 folder (idempotent)")
+    importer.add_argument("dataset_dir")
+    importer.add_argument(
+        "--all-rows", action="store_true", help="import every Data_Entry row, also images without a file"
+    )
+    importer.add_argument("--no-hash", action="store_true", help="skip hashing the image files (much faster)")
+    importer.set_defaults(run=_cmd_import)
+
+    export = commands.add_parser("export-labels", help="write the effective labels as CSV")
+    export.add_argument("out")
+    export.add_argument("--format", choices=["data-entry", "trainer"], default="data-entry")
+    export.set_defaults(run=_cmd_export)
+
+    revision = commands.add_parser("make-migration", help="autogenerate an alembic revision (developers)")
+    revision.add_argument("message")
+    revision.set_defaults(run=_cmd_make_migration)
+
+    bench = commands.add_parser("benchmark-import", help="time a metadata-only import into a fresh database")
+    bench.add_argument("dataset_dir")
+    bench.set_defaults(run=_cmd_benchmark_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (DbUserError, ValueError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

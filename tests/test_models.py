@@ -1,0 +1,128 @@
+"""core.models: CheXNet is torchvision's DenseNet-121 with a 14-way head, and its CAMs are exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models import densenet121
+
+from core.labels import FINDINGS, NUM_FINDINGS, PUBLISHED_CHEXNET_AUROC
+from core.models import CheXNet, ModelInitError, create_model
+
+# The spec: the output order of CheXNet (Rajpurkar et al. 2017) and of its public reproduction's
+# CLASS_NAMES. A model imported from that reproduction is only right if our order is exactly this.
+PUBLISHED_CHEXNET_ORDER = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> CheXNet:
+    torch.manual_seed(0)
+    return create_model().eval()
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def outputs(model: CheXNet, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One set of forward passes shared by every test of the module (CPU time is scarce)."""
+    with torch.no_grad():
+        logits = model(batch)
+        cam_logits, cams = model.forward_with_cam(batch)
+    return {"logits": logits, "cam_logits": cam_logits, "cams": cams}
+
+
+def test_label_order_is_chexnets_published_order():
+    assert FINDINGS == PUBLISHED_CHEXNET_ORDER
+    assert NUM_FINDINGS == 14
+    assert tuple(PUBLISHED_CHEXNET_AUROC) == PUBLISHED_CHEXNET_ORDER
+
+
+def test_output_is_one_logit_per_finding(model: CheXNet, outputs):
+    assert outputs["logits"].shape == (2, NUM_FINDINGS)
+    assert outputs["logits"].dtype == torch.float32
+    assert torch.isfinite(outputs["logits"]).all()
+    assert (model.classifier.in_features, model.classifier.out_features) == (1024, NUM_FINDINGS)
+    # Different inputs give different outputs (the head is not degenerate).
+    assert not torch.allclose(outputs["logits"][0], outputs["logits"][1])
+
+
+def test_parameter_names_are_torchvision_densenet121s(model: CheXNet, batch: torch.Tensor, outputs):
+    reference = densenet121(weights=None, num_classes=NUM_FINDINGS).eval()
+    assert list(reference.state_dict()) == list(model.state_dict())
+    reference.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(reference(batch), outputs["logits"], rtol=0, atol=1e-6)
+
+
+def test_torchvision_weights_load_into_chexnet_strictly():
+    torch.manual_seed(3)
+    source = densenet121(weights=None, num_classes=NUM_FINDINGS)
+    ours = CheXNet()
+    ours.load_state_dict(source.state_dict(), strict=True)
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name
+
+
+def test_forward_with_cam_logits_equal_forward(outputs):
+    torch.testing.assert_close(outputs["cam_logits"], outputs["logits"], rtol=0, atol=1e-6)
+
+
+def test_cam_grid_is_7x7_at_224(outputs):
+    assert outputs["cams"].shape == (2, NUM_FINDINGS, 7, 7)
+
+
+def test_cam_mean_plus_bias_is_the_logit(model: CheXNet, outputs):
+    # Global average pooling is linear: the logit is the spatial mean of the class's CAM plus its bias.
+    from_cams = outputs["cams"].mean(dim=(2, 3)) + model.classifier.bias
+    torch.testing.assert_close(from_cams, outputs["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_cam_grid_follows_input_size(model: CheXNet):
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits, cams = model.forward_with_cam(x)
+    assert cams.shape == (1, NUM_FINDINGS, 8, 8)
+    torch.testing.assert_close(cams.mean(dim=(2, 3)) + model.classifier.bias, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_with_cam_leaves_no_state_on_the_module(model: CheXNet, batch: torch.Tensor):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.forward_with_cam(batch[:1])
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_create_model_num_classes_and_errors():
+    assert create_model(num_classes=3).classifier.out_features == 3
+    with pytest.raises(ModelInitError, match="Unknown architecture 'resnet9'"):
+        create_model("resnet9")
+    with pytest.raises(ModelInitError, match="Unknown initialisation 'zeros'") as info:
+        create_model(init="zeros")
+    assert "\n" not in str(info.value) and str(info.value).endswith(".")
+
+
+def test_random_init_is_reproducible_under_a_seed():
+    torch.manual_seed(7)
+    first = create_model().classifier.weight.clone()
+    torch.manual_seed(7)
+    assert torch.equal(create_model().classifier.weight, first)
