@@ -79,7 +79,7 @@ def _load_for_cache(job: tuple[str, str, int]) -> tuple[str, np.ndarray | None, 
         return image_index, load_preprocessed(path, size), None
     except OSError as exc:  # missing file, permission, I/O error
         return image_index, None, f"The file cannot be read ({exc.strerror or type(exc).__name__})."
-    except Exception as exc:  # noqa: BLE001 - ImageRejected carries a sentence; anything else is reported too
+    except Exception as exc:  # ImageRejected carries a sentence; anything else is reported too
         return image_index, None, str(exc).strip() or type(exc).__name__
 
 
@@ -135,7 +135,7 @@ class ImageCache:
         cache = cls(cache_dir, int(meta["size"]), list(meta["image_indexes"]))
         data = cache_dir / DATA_FILE
         needed = len(cache) * cache.size * cache.size
-        if not data.is_file() or data.stat().st_size < needed:
+        if needed and (not data.is_file() or data.stat().st_size < needed):
             raise CacheError(
                 f"The image cache in {cache_dir} is damaged (its data file is too short); rebuild it."
             )
@@ -149,9 +149,11 @@ class ImageCache:
                 self._array = np.zeros((0, self.size, self.size), dtype=np.uint8)
             else:
                 self._array = np.memmap(
-                    self.cache_dir / DATA_FILE, dtype=np.uint8, mode="r",
+                    self.cache_dir / DATA_FILE,
+                    dtype=np.uint8,
+                    mode="r",
                     shape=(len(self.image_indexes), self.size, self.size),
-                )  # fmt: skip
+                )
         return self._array
 
     def __len__(self) -> int:
@@ -247,12 +249,16 @@ def _build_locked(
     todo = [(index, path, size) for index, path in jobs_by_index.items() if index not in known]
     workers = max(1, workers or os.cpu_count() or 1)
     report = CacheBuildReport(
-        requested=len(jobs_by_index), already_cached=len(jobs_by_index) - len(todo),
-        executor=executor, workers=workers,
-    )  # fmt: skip
+        requested=len(jobs_by_index),
+        already_cached=len(jobs_by_index) - len(todo),
+        executor=executor,
+        workers=workers,
+    )
     if progress is not None:
         progress(0, len(todo))
     if not todo:
+        if not (cache_dir / INDEX_FILE).is_file():
+            _write_index(cache_dir, meta)  # an empty cache is still a cache
         return report
 
     row_bytes = size * size

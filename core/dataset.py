@@ -187,9 +187,18 @@ def load_chestxray14(
     tick()
 
     column_order = [
-        "image_index", "patient_id", "follow_up", "age", "sex", "view",
-        "original_width", "original_height", "path", "split", *FINDINGS,
-    ]  # fmt: skip
+        "image_index",
+        "patient_id",
+        "follow_up",
+        "age",
+        "sex",
+        "view",
+        "original_width",
+        "original_height",
+        "path",
+        "split",
+        *FINDINGS,
+    ]
     return ChestXray14(
         root=root,
         entries=entries[column_order],
@@ -330,15 +339,17 @@ def _scan_image_dirs(image_dirs: Sequence[Path]) -> tuple[dict[str, str], list[s
 
 def _official_splits(root: Path, image_indexes: pd.Index, problems: list[str]) -> pd.Series:
     split = pd.Series(None, index=image_indexes, dtype=object)
+    lists_found = 0
     for name, value in ((TRAIN_VAL_LIST, "train_val"), (TEST_LIST, "test")):
         path = root / name
         if not path.is_file():
             problems.append(f"{name} is missing, so no image is marked as official {value}.")
             continue
+        lists_found += 1
         listed = set(path.read_text(encoding="utf-8").split())
         split[_isin(image_indexes, listed)] = value
     unsplit = int(split.isna().sum())
-    if unsplit and not any("is missing" in p for p in problems):
+    if unsplit and lists_found == 2:
         problems.append(f"{unsplit:,} image(s) are in neither {TRAIN_VAL_LIST} nor {TEST_LIST}.")
     return split
 
@@ -485,7 +496,7 @@ def split_patientwise(ds: ChestXray14, val_fraction: float = 0.1, seed: int = 0)
         n_val = min(len(patients) - 1, max(1, round(val_fraction * len(patients))))
     rng = np.random.default_rng(seed)
     val_patients = set(rng.permutation(patients)[:n_val].tolist())
-    in_val = pool["patient_id"].isin(val_patients)
+    in_val = pool["patient_id"].isin(val_patients).to_numpy()
     return {
         "train": sorted(pool.index[~in_val]),
         "val": sorted(pool.index[in_val]),

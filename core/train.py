@@ -94,6 +94,8 @@ class TrainConfig:
     description: str | None = None  # prepended to the generated description
     keep_work: bool = False  # keep `<out>.work/` (train_state.pt) after a successful run
     progress_every: int | None = None  # steps between progress events (None: 1 on CPU, 25 on CUDA)
+    # Wall-clock budget: no epoch is started that the last epoch's duration says would end past it.
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -651,13 +653,18 @@ def _train(
     every = config.progress_every or (25 if cuda else 1)
     clock = _Clock()
     generator = torch.Generator(device=device)
-    stopped_early = False
+    stop_reason: str | None = None
     epoch = start_epoch - 1
 
     for epoch in range(start_epoch, config.epochs + 1):
         if best.get("score") is not None and config.patience is not None and stale_epochs >= config.patience:
-            stopped_early = True
+            stop_reason = f"early stopping: no better validation mean AUROC for {stale_epochs} epoch(s)"
             break
+        if config.time_budget_s is not None and history:
+            # The same decision on every rank: the broadcast epoch durations are rank 0's.
+            if time.perf_counter() - started + history[-1]["seconds"] > config.time_budget_s:
+                stop_reason = f"time budget of {config.time_budget_s / 60:.0f} min reached"
+                break
         epoch_started = time.perf_counter()
         generator.manual_seed(config.seed * 1_000_003 + epoch * 101 + info.rank)
         order = shard_epoch_order(len(data.train_ids), epoch, config.seed, info)
@@ -670,6 +677,9 @@ def _train(
         batches = iterate_batches(
             data.cache, data.train_rows, data.y_train, order, per_rank_batch, pin_memory=cuda, workers=workers
         )
+        emit(TrainProgress(phase="train", epoch=epoch, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                           images_seen=(epoch - 1) * steps_per_epoch * config.batch_size,
+                           lr=optimizer.param_groups[0]["lr"], device=device_text))  # fmt: skip
         try:
             for step, (images, targets) in enumerate(batches, start=1):
                 if should_cancel is not None and should_cancel():

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -96,22 +96,20 @@ def promote(session: Session, version: int | str) -> ModelVersion:
     session.refresh(target)
     if target.is_active:
         return target
-    now = utcnow()
-    # Deactivate first: the partial unique index allows one active row at any moment of the statement.
-    session.execute(
-        update(ModelVersion)
-        .where(ModelVersion.is_active, ModelVersion.id != target.id)
-        .values(is_active=False, status="retired")
-        .execution_options(synchronize_session=False)
-    )
-    session.execute(
-        update(ModelVersion)
-        .where(ModelVersion.id == target.id)
-        .values(is_active=True, status="active", promoted_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    session.expire_all()
-    return get_version(session, target.id)
+    # populate_existing: objects cached in this session before the lock may hold old values.
+    active = session.scalars(
+        select(ModelVersion).where(ModelVersion.is_active).execution_options(populate_existing=True)
+    ).all()
+    for version in active:
+        version.is_active = False
+        version.status = "retired"
+    # Flush the deactivation first: the partial unique index allows one active row at any moment.
+    session.flush()
+    target.is_active = True
+    target.status = "active"
+    target.promoted_at = utcnow()
+    session.flush()
+    return target
 
 
 def rollback(session: Session, to_version: int | str | None = None) -> ModelVersion:

@@ -222,9 +222,8 @@ def _save_label(
     values.update(no_finding=bool(no_finding), exclude=bool(exclude), comment=(comment or "").strip())
     owner = [model.image_id == image.id]
     if model is Review:
-        owner.append(
-            Review.user_id == user.id
-        )  # one review per (image, reviewer); one adjudication per image
+        # One review per (image, reviewer); one adjudication per image, whoever made it.
+        owner.append(Review.user_id == user.id)
     # populate_existing: compare with the stored row, not with a copy cached earlier in this session.
     current = session.scalars(
         select(model).where(*owner).execution_options(populate_existing=True)
@@ -240,8 +239,11 @@ def _save_label(
         try:
             with session.begin_nested():
                 session.add(row)
-        except IntegrityError:  # created concurrently by another session since our read
-            raise stale(session.scalar(select(model.version).where(*owner))) from None
+        except IntegrityError:
+            stored_version = session.scalar(select(model.version).where(*owner))
+            if stored_version is None:
+                raise  # not a concurrent creation (e.g. a user id that does not exist)
+            raise stale(stored_version) from None  # created by another session since our read
         before = None
     else:
         if expected_version != current.version:

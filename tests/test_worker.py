@@ -1,0 +1,316 @@
+"""The training worker end to end on the CPU: real jobs, real training, a real database (SQLite).
+
+Data: the trainer tests' synthetic ChestX-ray14 folder (96-px images, 48-px crops), so a fine-tune of
+a tiny-input DenseNet takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import Engine, select
+
+from core.artifact import default_input_spec, new_card, read_artifact, save_artifact
+from core.labels import FINDINGS
+from core.models import create_model
+from core.paths import REPO_ROOT, active_model_dir
+from core.train import STATE_FILE
+from db import accounts
+from db.engine import dispose_engine, get_engine, session_scope
+from db.importer import import_chestxray14
+from db.jobs import enqueue_job, get_job, request_cancel
+from db.models import Image, ModelVersion, Prediction
+from db.registry import get_version, list_versions
+from db.reviews import save_review
+from db.training_service import (
+    JOB_FINE_TUNE,
+    JobParamsError,
+    can_resume,
+    enqueue_fine_tune,
+    enqueue_predict,
+    promote_version,
+    register_existing_model,
+    resume_job,
+    rollback_version,
+)
+from db.worker import Worker, WorkerSettings
+from tests.test_train import make_synthetic_dataset
+
+CROP, RESIZE = 48, 55
+
+
+def tiny_model(folder: Path, name: str, seed: int = 0) -> Path:
+    """A randomly initialised CheXNet whose card asks for 48-px crops (what the synthetic data trains at)."""
+    torch.manual_seed(seed)
+    card = new_card(name, input={**default_input_spec(), "resize_shorter_side": RESIZE, "crop": CROP})
+    save_artifact(create_model(), folder / name, card)
+    return folder / name
+
+
+def fast_settings(**overrides) -> WorkerSettings:
+    settings = dict(device="cpu", eval_backend="torch", n_boot=20, heartbeat_s=0.2, progress_interval_s=0.2,
+                    poll_s=0.1, train_workers=1, stale_after_s=120)  # fmt: skip
+    settings.update(overrides)
+    return WorkerSettings(**settings)
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("cxr14"), n_train_val=48, n_test=8)
+
+
+@pytest.fixture
+def studio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_data: Path, fast_password_hashing):
+    """A fresh CHEXNET_HOME + database with the synthetic dataset imported and a tiny base model registered."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("CHEXNET_HOME", str(home))
+    monkeypatch.delenv("CHEXNET_MODEL", raising=False)
+    url = f"sqlite:///{tmp_path / 'studio.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    engine = get_engine(url)
+    import_chestxray14(engine, synthetic_data, hash_images=False)
+    base_dir = tiny_model(tmp_path / "models", "tiny-base")
+    with session_scope(engine) as session:
+        admin = accounts.create_user(session, "boss", "correct horse battery", role="admin")
+        reader = accounts.create_user(session, "reader", "correct horse battery", role="clinician")
+        base = register_existing_model(session, base_dir)
+        promote_version(session, base.id)
+        base_id = base.id
+    yield {"engine": engine, "data": synthetic_data, "base_id": base_id, "admin": admin, "reader": reader,
+           "home": home, "url": url}  # fmt: skip
+    dispose_engine(url)
+
+
+def _enqueue(engine: Engine, **overrides) -> int:
+    with session_scope(engine) as session:
+        base_id = session.scalar(select(ModelVersion.id).where(ModelVersion.name == "tiny-base"))
+        settings = dict(base_version_id=base_id, epochs=1, batch_size=16, lr=1e-3, label_source="nlp",
+                        val_fraction=0.25)  # fmt: skip
+        settings.update(overrides)
+        return enqueue_fine_tune(session, **settings).id
+
+
+def _job(engine: Engine, job_id: int):
+    with session_scope(engine, read_only=True) as session:
+        return get_job(session, job_id)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Timed out waiting for {what}.")
+        time.sleep(0.1)
+
+
+def test_fine_tune_with_reviewed_labels_registers_an_evaluated_version(studio) -> None:
+    engine = studio["engine"]
+    # A clinician corrects one test image: its effective label now differs from the NLP one.
+    with session_scope(engine) as session:
+        test_image = session.scalar(select(Image).where(Image.split == "test").order_by(Image.id))
+        reader = accounts.get_user(session, "reader")
+        save_review(session, test_image.id, reader, {"Cardiomegaly": True, "Effusion": True}, False, False,
+                    "bar and fluid", None)  # fmt: skip
+    job_id = _enqueue(engine, label_source="effective", epochs=2, class_weighting=True, name="tuned-1")
+
+    worker = Worker(engine, settings=fast_settings())
+    assert worker.run_once() == job_id
+    job = _job(engine, job_id)
+    assert job.status == "succeeded", job.error
+    assert job.finished_at is not None and job.error is None
+
+    # Live progress as the page shows it: steps, losses, validation AUROC per epoch, device.
+    progress = job.progress
+    assert progress["epochs"] == 2 and progress["fraction"] == 1.0
+    assert len(progress["loss_history"]) >= 2 and all(len(point) == 2 for point in progress["loss_history"])
+    assert [e["epoch"] for e in progress["epochs_done"]] == [1, 2]
+    assert set(progress["epochs_done"][0]["val_auroc"]) == set(FINDINGS)
+    assert "CPU" in progress["device"]
+    assert progress["result_version"] == "tuned-1"
+
+    with session_scope(engine, read_only=True) as session:
+        version = get_version(session, "tuned-1")
+        assert job.result_model_version_id == version.id
+        assert version.parent_id == studio["base_id"]
+        assert not version.is_active  # registering never promotes
+        snapshot = version.label_snapshot
+        assert snapshot["source"] == "effective" and snapshot["n_reviewed"] == 1
+        assert snapshot["n_images"] == 56 and len(snapshot["sha256"]) == 64
+        assert version.hyperparams["epochs"] == 2 and version.hyperparams["class_weighting"] is True
+        metrics = version.metrics
+    folder = Path(version.path)
+    assert folder == studio["home"] / "models" / "tuned-1"
+    assert not (folder.parent / "tuned-1.work").exists()  # the work folder goes once registered
+    # The table the run trained on is kept with the model and matches the recorded hash.
+    import hashlib
+
+    assert hashlib.sha256((folder / "training_labels.csv").read_bytes()).hexdigest() == snapshot["sha256"]
+
+    # Dashboards: ROC/PR curves and CIs on test and validation, against NLP and reviewed labels.
+    evaluations = metrics["evaluations"]
+    assert set(evaluations) == {"nlp", "reviewed"}
+    test_nlp, test_reviewed = evaluations["nlp"]["test"], evaluations["reviewed"]["test"]
+    assert test_nlp["n_images"] == 8 and test_nlp["split"] == "test"
+    assert test_reviewed["n_reviewed_in_split"] == 1
+    # The review made Cardiomegaly positive on one test image: a class undefined under NLP labels
+    # (all 8 test images are Atelectasis only) gets a curve under the reviewed labels.
+    assert test_nlp["roc"]["Cardiomegaly"] is None
+    assert test_reviewed["roc"]["Cardiomegaly"] is not None
+    assert test_reviewed["support"]["Cardiomegaly"] == 1
+    assert set(evaluations["nlp"]["val"]["auroc"]) == set(FINDINGS)
+    assert metrics["training"]["mean_auroc"] == pytest.approx(
+        max(e["val_mean_auroc"] for e in progress["epochs_done"] if e["val_mean_auroc"] is not None)
+    )
+    # The card carries the test figure too, so the Predict page shows a measured AUROC.
+    card = read_artifact(folder).card
+    assert card["metrics"]["test"]["n_images"] == 8
+    assert card["name"] == "tuned-1"
+
+
+def test_failed_job_records_its_error_and_the_worker_carries_on(studio) -> None:
+    engine = studio["engine"]
+    with session_scope(engine) as session:
+        bad = enqueue_job(session, {"name": "broken", "data_dir": "/no/such/folder", "epochs": 1},
+                          kind=JOB_FINE_TUNE).id  # fmt: skip
+        nonsense = enqueue_job(session, {}, kind="paint").id
+        predict = enqueue_predict(session).id
+    worker = Worker(engine, settings=fast_settings())
+    assert worker.run_once() == bad
+    failed = _job(engine, bad)
+    assert failed.status == "failed"
+    assert "/no/such/folder" in failed.error and "not a ChestX-ray14 folder" in failed.error
+    assert worker.run_once() == nonsense
+    assert "Unknown job kind 'paint'" in _job(engine, nonsense).error
+
+    assert worker.run_once() == predict
+    job = _job(engine, predict)
+    assert job.status == "succeeded", job.error
+    with session_scope(engine, read_only=True) as session:
+        stored = session.scalars(
+            select(Prediction).where(Prediction.model_version_id == studio["base_id"])
+        ).all()
+        n_images = len(session.scalars(select(Image.id)).all())
+    assert len(stored) == n_images == 56
+    assert all(
+        len(p.probabilities) == 14 and 0 <= min(p.probabilities) <= max(p.probabilities) <= 1 for p in stored
+    )
+    assert worker.run_once() is None  # queue empty
+
+
+def test_enqueue_refuses_bad_parameters_with_a_sentence(studio) -> None:
+    engine = studio["engine"]
+    with session_scope(engine) as session:
+        with pytest.raises(JobParamsError, match="between 1 and 500"):
+            enqueue_fine_tune(session, base_version_id=studio["base_id"], epochs=0, batch_size=16, lr=1e-4,
+                              label_source="nlp")  # fmt: skip
+        with pytest.raises(JobParamsError, match="already exists"):
+            enqueue_fine_tune(session, base_version_id=studio["base_id"], epochs=1, batch_size=16, lr=1e-4,
+                              label_source="nlp", name="tiny-base")  # fmt: skip
+        first = enqueue_fine_tune(session, base_version_id=studio["base_id"], epochs=1, batch_size=16, lr=1e-4,
+                                  label_source="nlp")  # fmt: skip
+        second = enqueue_fine_tune(session, base_version_id=studio["base_id"], epochs=1, batch_size=16,
+                                   lr=1e-4, label_source="nlp")  # fmt: skip
+        assert first.params["name"] == "tiny-base-ft1" and second.params["name"] == "tiny-base-ft2"
+
+
+def test_cancel_stops_between_steps_and_registers_nothing(studio) -> None:
+    engine = studio["engine"]
+    job_id = _enqueue(engine, epochs=50, name="never")
+    worker = Worker(engine, settings=fast_settings())
+
+    def cancel_once_training() -> None:
+        _wait_for(
+            lambda: (_job(engine, job_id).progress or {}).get("stage") == "train", 120, "training to start"
+        )
+        with session_scope(engine) as session:
+            request_cancel(session, job_id)
+
+    import threading
+
+    canceller = threading.Thread(target=cancel_once_training)
+    canceller.start()
+    assert worker.run_once() == job_id
+    canceller.join()
+    job = _job(engine, job_id)
+    assert job.status == "cancelled" and job.cancel_requested
+    assert job.progress["epoch"] < 50
+    assert "cancelled" in job.progress["message"]
+    with session_scope(engine, read_only=True) as session:
+        assert [v.name for v in list_versions(session)] == ["tiny-base"]
+
+
+def test_dead_worker_is_interrupted_and_the_job_resumes_from_its_saved_epoch(studio, tmp_path) -> None:
+    engine = studio["engine"]
+    job_id = _enqueue(engine, epochs=4, name="phoenix")
+    # A real worker process, killed without warning once it has finished epoch 1.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CHEXNET_HOME": str(studio["home"]),
+           "DATABASE_URL": studio["url"]}  # fmt: skip
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "db.worker", "--once", "--device", "cpu", "--heartbeat", "0.2",
+             "--backend", "torch", "--n-boot", "20"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    state_file = studio["home"] / "models" / "phoenix.work" / STATE_FILE
+    try:
+        _wait_for(
+            lambda: process.poll() is not None or len((_job(engine, job_id).progress or {}).get("epochs_done", [])) >= 1,
+            180,
+            "the first epoch",
+        )  # fmt: skip
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert state_file.is_file()
+    assert _job(engine, job_id).status == "running"  # nobody knows yet
+
+    # The next worker notices the stale heartbeat and marks the job interrupted.
+    time.sleep(1.2)
+    worker = Worker(engine, settings=fast_settings(stale_after_s=1.0))
+    assert worker.run_once() is None
+    interrupted = _job(engine, job_id)
+    assert interrupted.status == "interrupted" and "heartbeat" in interrupted.error
+    assert can_resume(interrupted)
+
+    with session_scope(engine) as session:
+        resumed_id = resume_job(session, job_id).id
+        with pytest.raises(JobParamsError, match="already continuing"):
+            resume_job(session, job_id)
+    assert worker.run_once() == resumed_id
+    resumed = _job(engine, resumed_id)
+    assert resumed.status == "succeeded", resumed.error
+    assert resumed.params["resume"] is True and resumed.params["resumed_from"] == job_id
+    saved_epoch = resumed.progress["resumed_after_epoch"]
+    assert saved_epoch >= 1
+    assert any(f"Resuming after epoch {saved_epoch}" in m for m in resumed.progress["messages"])
+    assert [e["epoch"] for e in resumed.progress["epochs_done"]] == [1, 2, 3, 4]
+    card = read_artifact(studio["home"] / "models" / "phoenix").card
+    assert [h["epoch"] for h in card["history"]] == [1, 2, 3, 4]
+    assert card["provenance"]["epochs"] == 4
+
+
+def test_promote_and_roll_back_move_the_active_model_pointer(studio, tmp_path) -> None:
+    engine = studio["engine"]
+    other = tiny_model(tmp_path / "models", "tiny-other", seed=1)
+    with session_scope(engine) as session:
+        registered = register_existing_model(session, other)
+        promote_version(session, registered.id)
+    assert active_model_dir() == other.resolve()
+    with session_scope(engine) as session:
+        back = rollback_version(session)
+        assert back.name == "tiny-base" and back.is_active
+    assert active_model_dir().name == "tiny-base"
+    with session_scope(engine, read_only=True) as session:
+        assert [v.name for v in list_versions(session) if v.is_active] == ["tiny-base"]
