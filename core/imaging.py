@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -99,14 +98,12 @@ def read_xray(
     if not data:
         raise ImageRejected("The file is empty.")
     try:
-        # Locally, Pillow's "this may be a decompression bomb" warning becomes an error. (warnings filters
-        # are process-wide while this block runs; that only makes other threads stricter, never looser.)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # Damaged-but-readable files make Pillow and pydicom warn; the outcome is reported instead.
-            warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
-            return _read(data, max_pixels=max_pixels, min_side=min_side)
+        # Never decode past Pillow's own bomb threshold: the header check in _read refuses first, so
+        # Pillow's DecompressionBombWarning cannot fire. (No warnings filters here: they are
+        # process-wide and would race between the threads that decode concurrently.)
+        if Image.MAX_IMAGE_PIXELS:
+            max_pixels = min(max_pixels, int(Image.MAX_IMAGE_PIXELS))
+        return _read(data, max_pixels=max_pixels, min_side=min_side)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
