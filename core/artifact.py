@@ -150,7 +150,9 @@ def save_artifact(model: torch.nn.Module, out_dir: str | Path, card: dict, *, ha
         state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                  for k, v in model.state_dict().items()}
         card = {**card, "weights_dtype": str(dtype).removeprefix("torch.")}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"name": card["name"], "format": "pt"})
+        # One metadata key only: safetensors writes a multi-key map in random order, which would make
+        # weights_digest() (the compiled-model cache key) differ between saves of the same weights.
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

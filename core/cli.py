@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, seed=args.seed, patience=args.patience if args.patience > 0 else None,
         device=args.device, workers=args.workers, resume=args.resume, image_size=args.image_size,
         name=args.name, cache_dir=Path(args.cache) if args.cache else None, description=args.description,
-        keep_work=args.keep_work,
+        keep_work=args.keep_work, time_budget_s=args.time_budget * 60 if args.time_budget else None,
     )  # fmt: skip
     is_main = env_dist_info().is_main  # under torchrun only rank 0 prints
     bars: dict[str, tqdm] = {}
@@ -153,6 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             desc = f"epoch {event.epoch}/{event.epochs}"
             b = bar(f"epoch{event.epoch}", event.steps_per_epoch, desc, "step")
             b.update(event.step - b.n)
+            if event.step == 0:  # the epoch's opening event: nothing measured yet
+                return
             b.set_postfix(loss=f"{event.loss:.4f}" if event.loss is not None else "nan", lr=f"{event.lr:.1e}",
                           img_s=f"{event.images_per_s:.1f}")  # fmt: skip
         elif event.phase == "epoch":
@@ -286,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="image cache folder (default: one per dataset under CHEXNET_HOME/cache)")
     p.add_argument("--description", help="text put before the generated model description")
     p.add_argument("--keep-work", action="store_true", help="keep <out>.work/ (train_state.pt) afterwards")
+    p.add_argument("--time-budget", type=float, help="minutes: start no epoch that would end after them")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_train)
 

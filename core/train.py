@@ -661,8 +661,9 @@ def _train(
             stop_reason = f"early stopping: no better validation mean AUROC for {stale_epochs} epoch(s)"
             break
         if config.time_budget_s is not None and history:
-            # The same decision on every rank: the broadcast epoch durations are rank 0's.
-            if time.perf_counter() - started + history[-1]["seconds"] > config.time_budget_s:
+            over = time.perf_counter() - started + history[-1]["seconds"] > config.time_budget_s
+            # Clocks differ between ranks: rank 0 decides for all, or some ranks would wait forever.
+            if broadcast_floats([float(over)], info, device)[0]:
                 stop_reason = f"time budget of {config.time_budget_s / 60:.0f} min reached"
                 break
         epoch_started = time.perf_counter()
@@ -852,7 +853,7 @@ def _train(
             parent,
             pos_weight,
             device_text,
-            stopped_early,
+            stop_reason,
             time.perf_counter() - started,
         )
         if not config.keep_work:
@@ -885,7 +886,7 @@ def _write_artifact(
     parent: str | None,
     pos_weight: np.ndarray | None,
     device_text: str,
-    stopped_early: bool,
+    stop_reason: str | None,
     wall_seconds: float,
 ) -> ModelArtifact:
     """The best epoch's weights (fp16) + a card saying exactly what was done."""
@@ -967,6 +968,7 @@ def _write_artifact(
                 if pos_weight is None
                 else dict(zip(FINDINGS, map(float, pos_weight), strict=True)),
                 "patience": config.patience,
+                "time_budget_s": config.time_budget_s,
                 "image_size": config.image_size,
                 "cache_size": config.cache_size,
                 "augmentation": "random crop + horizontal flip (train), centre crop (validation)",
@@ -975,7 +977,8 @@ def _write_artifact(
             },
             "epochs": epochs_run,
             "best_epoch": best_epoch,
-            "stopped_early": stopped_early,
+            "stopped_early": stop_reason is not None,
+            "stop_reason": stop_reason or f"all {config.epochs} requested epochs run",
             "wall_seconds": round(wall_seconds, 1),
         },
         metrics={

@@ -1,0 +1,20 @@
+"""Persistence for CheXNet Studio (SQLAlchemy 2 + alembic; SQLite by default, PostgreSQL via DATABASE_URL).
+
+Modules:
+- engine      get_engine(url=None), session_scope(engine=None, read_only=False), default_url()
+- models      the schema (typed declarative models); findings_of / set_findings for the 14 finding columns
+- migrate     upgrade(engine) (run automatically by get_engine), head_revision(), make_revision()
+- accounts    create_user, authenticate, ensure_initial_admin, set_password / set_role / set_active
+- importer    import_chestxray14(session_or_engine, root), store_upload(session, data, filename, user)
+- reviews     save_review, adjudicate, get_effective_label / effective_labels, review_queue,
+              remaining_count, label_history
+- export      export_labels_dataframe(session, "data-entry" | "trainer"), write_labels_csv
+- quality     label_quality(session): NLP overturns, inter-reader kappa, agreement with Google's labels
+- registry    register_model_version, promote, rollback, get_active_version, save_predictions
+- jobs        enqueue_job, claim_next_job, heartbeat, update_progress, request_cancel, finish_job,
+              mark_stale_jobs_interrupted
+- errors      the user-facing exceptions (str() is one sentence): StaleReviewError, InvalidLabelError, ...
+
+Functions that take a Session never commit: the caller's `session_scope()` block does, so a change and
+its audit event are one transaction. Command line: `python -m db --help`.
+"""

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -52,8 +53,11 @@ def postgres_server() -> Iterator[str]:
             [str(POSTGRES_SCRIPT), "start", folder], capture_output=True, text=True, timeout=300, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
         _postgres_unavailable(f"PostgreSQL could not be started with {POSTGRES_SCRIPT.name}: {exc}.")
     if started.returncode != 0:
+        subprocess.run([str(POSTGRES_SCRIPT), "stop", folder], capture_output=True, timeout=120, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
         lines = (started.stderr or started.stdout).strip().splitlines()
         detail = lines[-1] if lines else "no output"
         _postgres_unavailable(f"PostgreSQL could not be started with {POSTGRES_SCRIPT.name}: {detail}.")
@@ -69,30 +73,12 @@ def _sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     dispose_engine(url)
 
 
-@pytest.fixture(scope="session")
-def postgres_template(postgres_server: str) -> Iterator[str]:
-    """Name of a migrated database that each test's database is copied from (faster than migrating)."""
-    name = f"chexnet_template_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
-        get_engine(url)
-        dispose_engine(url)  # CREATE DATABASE ... TEMPLATE needs the template without connections
-        yield name
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
-
-
-def _postgres_engine(server_url: str, template: str) -> Iterator[Engine]:
+def _postgres_engine(server_url: str) -> Iterator[Engine]:
     name = f"chexnet_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
         url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
         yield get_engine(url)
         dispose_engine(url)
@@ -108,8 +94,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
         yield from _sqlite_engine(tmp_path)
     else:
-        server = request.getfixturevalue("postgres_server")
-        yield from _postgres_engine(server, request.getfixturevalue("postgres_template"))
+        yield from _postgres_engine(request.getfixturevalue("postgres_server"))
 
 
 @pytest.fixture

@@ -120,3 +120,13 @@ def test_default_database_is_created_and_migrated_under_chexnet_home(
         assert EXPECTED_TABLES <= set(inspect(engine).get_table_names())
     finally:
         dispose_engine(default_url())
+
+
+def test_sqlite_read_only_sessions_do_not_wait_for_a_writer(sqlite_engine: Engine) -> None:
+    with session_scope(sqlite_engine) as writer:
+        writer.add(User(username="pending", password_hash="x", role="clinician"))
+        writer.flush()  # the writer now holds SQLite's write lock until the block ends
+        with session_scope(sqlite_engine, read_only=True) as reader:
+            assert reader.query(User).count() == 0  # the committed snapshot, read without waiting
+    with session_scope(sqlite_engine, read_only=True) as reader:
+        assert reader.query(User).count() == 1

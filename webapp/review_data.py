@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import distinct, exists, func, select
+from sqlalchemy import exists, func, select
 
 from core.labels import FINDINGS, NO_FINDING
 from db import registry, reviews
@@ -87,7 +87,7 @@ def image_count() -> int:
 
 def splits() -> list[str]:
     with session(read_only=True) as db_session:
-        found = db_session.scalars(select(distinct(Image.split)).where(Image.split.is_not(None)))
+        found = db_session.scalars(select(Image.split).where(Image.split.is_not(None)).distinct())
         return sorted(found)
 
 

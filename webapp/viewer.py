@@ -58,7 +58,7 @@ def scale_box(x: float, y: float, w: float, h: float, shown_width: int, shown_he
 def xray_figure(
     image: np.ndarray,
     boxes: Iterable[tuple[str, float, float, float, float]] = (),
-    height: int = 640,
+    height: int = 560,
 ) -> go.Figure:
     """A zoomable figure of a grey or RGB uint8 image, with (finding, x, y, w, h) NIH boxes drawn on it."""
     shown = downsample(image)
@@ -80,8 +80,8 @@ def xray_figure(
         height=height,
         margin={"l": 0, "r": 0, "t": 0, "b": 0},
         dragmode="pan",
-        paper_bgcolor="#0e1117",
-        plot_bgcolor="#0e1117",
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
         hovermode=False,
     )
     return figure

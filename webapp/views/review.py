@@ -223,42 +223,43 @@ if FINDING_KEYS[FINDINGS[0]] not in state:  # the form's state was dropped (e.g.
     write_form(target.prefill())
 
 details = [target.split or "no split", target.view or "", f"patient {target.patient_id}" if target.patient_id else ""]
-st.subheader(target.name, anchor=False)
-st.caption(" · ".join(part for part in details if part))
-
 viewer_column, label_column = st.columns([7, 5], gap="large")
 
 with viewer_column:
+    st.subheader(target.name, anchor=False)
+    st.caption(" · ".join(part for part in details if part))
     pixels, pixel_problem = xray_pixels(target)
     prediction = None
     if pixels is None:
         st.error(pixel_problem)
     else:
         prediction, predictor, model_problem = model_prediction(target, pixels)
-        controls = st.columns([5, 2, 2], vertical_alignment="bottom")
-        low, high = controls[0].slider(
+        with st.container(horizontal=True, gap="medium", vertical_alignment="center"):
+            invert = st.toggle("Invert", key="review_invert")
+            show_boxes = st.toggle(
+                "NIH boxes", value=True, key="review_boxes", disabled=not target.boxes,
+                help="The dataset's bounding boxes (only some test-split images have them).",
+            )  # fmt: skip
+            show_cam = st.toggle(
+                "CAM overlay", key="review_cam", disabled=prediction is None,
+                help=model_problem or "Where the active model looked for the chosen finding.",
+            )  # fmt: skip
+        sliders = st.columns(3, vertical_alignment="bottom")
+        low, high = sliders[0].slider(
             "Window (grey levels)", 0, 255, (0, 255), key="review_window",
             help="Narrow the range to raise the contrast: grey levels below it turn black, above it white.",
         )  # fmt: skip
-        invert = controls[1].toggle("Invert", key="review_invert")
-        show_boxes = controls[2].toggle(
-            "NIH boxes", value=True, key="review_boxes", disabled=not target.boxes,
-            help="The dataset's bounding boxes (only some test images have them).",
-        )  # fmt: skip
-        cam_controls = st.columns([2, 4, 3], vertical_alignment="bottom")
-        show_cam = cam_controls[0].toggle("CAM overlay", key="review_cam", disabled=prediction is None)
-        cam_choice = MOST_PROBABLE
-        opacity = 0.45
+        cam_choice, opacity = MOST_PROBABLE, 0.45
         if prediction is not None:
             top = prediction.most_probable()
-            cam_choice = cam_controls[1].selectbox(
-                "CAM finding", [MOST_PROBABLE, *FINDINGS], key="review_cam_finding",
+            cam_choice = sliders[1].selectbox(
+                "CAM finding", [MOST_PROBABLE, *FINDINGS], key="review_cam_finding", disabled=not show_cam,
                 format_func=lambda f: f"Most probable: {pretty(top)} ({prediction.probabilities[top]:.2f})"
                 if f == MOST_PROBABLE else f"{pretty(f)} ({prediction.probabilities[f]:.2f})",
             )  # fmt: skip
-            opacity = cam_controls[2].slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="review_cam_opacity")
-        else:
-            cam_controls[1].caption(model_problem or "")
+            opacity = sliders[2].slider(
+                "CAM opacity", 0.0, 1.0, 0.45, 0.05, key="review_cam_opacity", disabled=not show_cam
+            )
 
         shown = apply_window(pixels, low, high, invert)
         cam_label = None
@@ -271,11 +272,11 @@ with viewer_column:
         if boxes:
             notes.append("Boxes: " + ", ".join(sorted({pretty(b[0]) for b in boxes})) + " (NIH).")
         if cam_label:
-            notes.append(f"CAM of {pretty(cam_label)}: the centre square the model saw.")
+            notes.append(f"CAM of {pretty(cam_label)}, over the centre square the model saw.")
         st.caption(" ".join(notes))
 
 with label_column:
-    st.markdown(f"**{status_sentence(target.effective)}**")
+    st.markdown(f"#### {status_sentence(target.effective)}")
     if target.own is not None:
         st.caption(f"You reviewed this image before (version {target.own_version}); saving updates your review.")
     if state.get("review_reason"):
@@ -283,24 +284,23 @@ with label_column:
     message_slot = st.container()
 
     with st.form("review_form", enter_to_submit=True, border=True):
-        st.markdown("**Findings**")
-        finding_columns = st.columns(3)
+        finding_columns = st.columns(2)
         # Column by column in FINDINGS order, so the Tab key walks the findings in reading order.
-        chunk = -(-len(FINDINGS) // 3)
+        per_column = -(-len(FINDINGS) // len(finding_columns))
         ticked = {}
         for index, finding in enumerate(FINDINGS):
-            with finding_columns[index // chunk]:
+            with finding_columns[index // per_column]:
                 ticked[finding] = st.checkbox(pretty(finding), key=FINDING_KEYS[finding])
         no_finding = st.checkbox(NO_FINDING, key=NO_FINDING_KEY, help="Not together with any finding above.")
         exclude = st.checkbox(
             "Not diagnostic quality — exclude", key=EXCLUDE_KEY,
             help="Leaves the image out of training and evaluation when most reviewers exclude it.",
         )  # fmt: skip
-        comment = st.text_input("Comment", key=COMMENT_KEY, placeholder="Optional; Enter saves")
-        buttons = st.columns([3, 2, 4])
-        save_clicked = buttons[0].form_submit_button("Save & next", type="primary", key="review_save",
-                                                     icon=":material/check:", width="stretch")
-        skip_clicked = buttons[1].form_submit_button("Skip", key="review_skip", width="stretch")
+        comment = st.text_input("Comment", key=COMMENT_KEY, placeholder="Optional — Enter saves")
+        with st.container(horizontal=True, gap="small"):
+            save_clicked = st.form_submit_button("Save & next", type="primary", key="review_save",
+                                                 icon=":material/check:")
+            skip_clicked = st.form_submit_button("Skip", key="review_skip", icon=":material/skip_next:")
 
     if save_clicked:
         values = LabelValues(ticked, no_finding, exclude, comment)
@@ -345,10 +345,12 @@ with label_column:
         width="stretch",
         height=(len(FINDINGS) + 1) * 35 + 3,
         column_config={
+            "Finding": st.column_config.TextColumn("Finding", width=135),
             "Model": st.column_config.ProgressColumn("Model", min_value=0.0, max_value=1.0, format="%.2f",
-                                                     help=model_note),
-            "Current": st.column_config.CheckboxColumn("Current label", help="The image's effective label now."),
-            "NLP": st.column_config.CheckboxColumn("NLP label", help="The dataset's NLP-mined label."),
+                                                     help=model_note, width=110),
+            "Current": st.column_config.CheckboxColumn("Label", help="The image's effective label now.",
+                                                       width=55),
+            "NLP": st.column_config.CheckboxColumn("NLP", help="The dataset's NLP-mined label.", width=55),
         },
     )
     if target.google:

@@ -1,0 +1,155 @@
+"""Evaluation of an artifact on a split: report keys, AUROC equal to sklearn's on the same predictions,
+localization on boxed images, thresholds from the card, the CLI's last-line JSON, and the real sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from core.artifact import default_input_spec, new_card, read_artifact, save_artifact
+from core.dataset import labels_matrix, load_chestxray14
+from core.evaluate import EvaluationError, evaluate, split_images
+from core.labels import FINDINGS
+from core.metrics import image_set_fingerprint
+from core.models import create_model
+from core.predictor import Predictor
+from tests.test_train import make_synthetic_dataset
+
+REPORT_KEYS = {
+    "model", "split", "n_images", "auroc", "auroc_ci", "mean_auroc", "mean_auroc_ci", "thresholds", "precision",
+    "recall", "mean_precision", "mean_recall", "localization", "roc", "pr", "youden_on_this_split",
+    "thresholds_source", "split_info",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("eval-data"), n_train_val=40, n_test=6, seed=1)
+
+
+@pytest.fixture(scope="module")
+def model_dir(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained model (evaluation does not care how good it is) with a card like core.train writes."""
+    import torch
+
+    torch.manual_seed(0)
+    ds = load_chestxray14(synthetic_data)
+    recipe = {"val_fraction": 0.25, "seed": 0}
+    card = {"provenance": {"data": {"split": recipe}}}
+    val_ids, _ = split_images(ds, "val", card)
+    recipe["val_images_sha256"] = image_set_fingerprint(val_ids)
+    thresholds = {label: 0.3 + 0.01 * i for i, label in enumerate(FINDINGS)}
+    card = new_card(
+        "eval-test", input={**default_input_spec(), "resize_shorter_side": 73, "crop": 64},
+        thresholds=thresholds, thresholds_source="test thresholds", provenance={"data": {"split": recipe}},
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("eval-model") / "eval-test"
+    save_artifact(create_model("densenet121"), out, card)
+    return out
+
+
+def _predictions(model: Path, data: Path, ids: list[str]) -> np.ndarray:
+    from core.imaging import read_xray_file
+
+    ds = load_chestxray14(data)
+    paths = ds.image_paths(ids)
+    predictor = Predictor.from_path(model, backend="torch", device="cpu")
+    predictions = predictor.predict([read_xray_file(paths[i]).pixels for i in ids])
+    return np.array([[p.probabilities[label] for label in FINDINGS] for p in predictions])
+
+
+def test_val_report_matches_sklearn(model_dir: Path, synthetic_data: Path) -> None:
+    report = evaluate(model_dir, synthetic_data, "val", n_boot=50, backend="torch", device="cpu")
+    assert REPORT_KEYS <= set(report)
+    json.dumps(report, allow_nan=False)
+    ds = load_chestxray14(synthetic_data)
+    ids, info = split_images(ds, "val", read_artifact(model_dir).card)
+    assert report["split_info"]["matches_training"] is True and info["matches_training"] is True
+    assert report["n_images"] == len(ids) == 10
+    assert report["image_set_sha256"] == image_set_fingerprint(ids)
+
+    y = labels_matrix(ds, ids)
+    probabilities = _predictions(model_dir, synthetic_data, ids)
+    checked = 0
+    for c, label in enumerate(FINDINGS):
+        if 0 < y[:, c].sum() < len(ids):
+            assert report["auroc"][label] == pytest.approx(
+                roc_auc_score(y[:, c], probabilities[:, c]), abs=1e-6
+            )
+            checked += 1
+        else:
+            assert report["auroc"][label] is None
+    assert checked >= 2
+    defined = [v for v in report["auroc"].values() if v is not None]
+    assert report["mean_auroc"] == pytest.approx(np.mean(defined))
+    # Default thresholds: the model card's (chosen on validation), with Youden on this split beside them.
+    assert report["thresholds"] == pytest.approx(read_artifact(model_dir).thresholds)
+    assert "model card" in report["thresholds_source"]
+    assert set(report["youden_on_this_split"]["thresholds"]) == set(FINDINGS)
+    assert report["localization"] is None  # no val image has a box
+
+
+def test_test_split_localization_and_youden_option(model_dir: Path, synthetic_data: Path) -> None:
+    report = evaluate(
+        model_dir, synthetic_data, "test", n_boot=0, thresholds="youden", backend="torch", device="cpu"
+    )
+    assert report["n_images"] == 6
+    overall = report["localization"]["overall"]
+    assert overall["n_boxes"] == 6 and report["n_localization_boxes"] == 6
+    assert 0.0 <= overall["pointing_accuracy"] <= 1.0
+    assert set(report["localization"]["per_label"]) == {FINDINGS[0]}
+    assert report["thresholds_source"].startswith("Youden")
+    assert "model_card_thresholds" in report
+    # Every test image is positive for the disc only: no class has both outcomes, so AUROC is undefined.
+    assert report["mean_auroc"] is None
+
+
+def test_labels_table_and_exclusions(model_dir: Path, synthetic_data: Path, tmp_path: Path) -> None:
+    from tests.test_train import write_labels_table
+
+    ds = load_chestxray14(synthetic_data)
+    ids, _ = split_images(ds, "val", read_artifact(model_dir).card)
+    table = write_labels_table(synthetic_data, tmp_path / "labels.csv", exclude=ids[:2])
+    report = evaluate(
+        model_dir, synthetic_data, "val", labels_table=table, n_boot=0, backend="torch", device="cpu"
+    )
+    assert report["n_excluded"] == 2 and report["n_images"] == len(ids) - 2
+    assert "labels.csv" in report["labels_source"]
+    # The table's Hernia column is the planted disc: its prevalence follows the table, not Data_Entry.
+    assert report["prevalence"]["Hernia"] == pytest.approx(report["prevalence"][FINDINGS[0]])
+
+
+def test_unknown_split_and_model_are_sentences(model_dir: Path, synthetic_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(EvaluationError, match="Unknown split"):
+        evaluate(model_dir, synthetic_data, "holdout", backend="torch")
+    with pytest.raises(EvaluationError, match="not a model folder"):
+        evaluate(tmp_path, synthetic_data, "test", backend="torch")
+
+
+def test_cli_prints_the_report_as_its_last_line(model_dir: Path, synthetic_data: Path, capsys) -> None:
+    from core.cli import main
+
+    argv = ["evaluate", "--model", str(model_dir), "--data", str(synthetic_data), "--split", "val", "--json",
+            "--n-boot", "20", "--backend", "torch", "--write-card"]  # fmt: skip
+    assert main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads(last)
+    assert REPORT_KEYS <= set(report) and report["split"] == "val"
+    stored = read_artifact(model_dir).card["metrics"]["val"]
+    assert stored["mean_auroc"] == pytest.approx(report["mean_auroc"]) and stored["n_images"] == 10
+    assert "roc" not in stored  # curves stay out of the card
+
+
+def test_real_sample_test_split(sample_dir: Path, tmp_path: Path) -> None:
+    """The shared sample's 4 official test images all have NIH boxes: localization scores every box."""
+    out = save_artifact(create_model("densenet121"), tmp_path / "random", new_card("random")).path
+    report = evaluate(out, sample_dir, "test", n_boot=0, backend="torch", device="cpu")
+    assert report["n_images"] == 4
+    ds = load_chestxray14(sample_dir)
+    test_ids = set(ds.entries.index[ds.entries["split"] == "test"])
+    n_boxes = int(ds.boxes["image_index"].isin(test_ids).sum())
+    assert report["localization"]["overall"]["n_boxes"] == n_boxes > 0
