@@ -458,30 +458,3 @@ def seed_registry(session: Session) -> ModelVersion | None:
         session.flush()
         return registry.get_version(session, version.id)
     return None
-
-
-# ----------------------------------------------------------------------------------------------------
-# What the dashboards read from a version
-
-
-def evaluation(version: ModelVersion, labels: str = "nlp", split: str = "test") -> dict[str, Any] | None:
-    """The stored evaluation report of a version (with curves), or None."""
-    return (((version.metrics or {}).get("evaluations") or {}).get(labels) or {}).get(split)
-
-
-def auroc_summary(version: ModelVersion, labels: str = "nlp", split: str = "test") -> dict[str, Any] | None:
-    """Per-class AUROC (+ CIs) of a version: the full evaluation if there is one, else the model card's."""
-    report = evaluation(version, labels, split)
-    if report is not None:
-        return report
-    if labels != "nlp":
-        return None
-    for section in ((version.metrics or {}).get("card") or {}).values():
-        if isinstance(section, dict) and section.get("split") == split and section.get("auroc"):
-            return section
-    return None
-
-
-def mean_auroc(version: ModelVersion, labels: str = "nlp", split: str = "test") -> float | None:
-    summary = auroc_summary(version, labels, split)
-    return None if summary is None else summary.get("mean_auroc")

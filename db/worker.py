@@ -398,6 +398,7 @@ class Worker:
     def _finish(
         self, run: JobRun, status: str, *, error: str | None = None, version_id: int | None = None
     ) -> None:
+        run.stop_heartbeats()  # a last beat after the row is finished would find the job "lost"
         run.progress.update(stage=status, stage_text=status.capitalize(), updated_at=utcnow().isoformat())
         try:
             with session_scope(self.engine) as session:
@@ -420,6 +421,7 @@ class Worker:
         self._finish(run, "cancelled", error=None)
 
     def _mark_interrupted(self, run: JobRun, reason: str) -> None:
+        run.stop_heartbeats()
         run.progress.update(stage="interrupted", stage_text="Interrupted", message=reason)
         try:
             with session_scope(self.engine) as session:
@@ -500,6 +502,7 @@ class Worker:
             "device": self.device_text,
             "nproc": self.settings.nproc,
         }
+        run.stop_heartbeats()
         with session_scope(self.engine) as session:
             creator = session.get(User, job.created_by_id) if job.created_by_id else None
             version = registry.register_model_version(
@@ -714,6 +717,7 @@ class Worker:
             model_dir, name = Path(version.path), version.name
         run.update(stage="evaluate", stage_text="Evaluating", version=name, force=True)
         metrics = self.evaluate_model(run, model_dir, data_dir)
+        run.stop_heartbeats()
         with session_scope(self.engine) as session:
             version = registry.get_version(session, int(params["version_id"]))
             version.metrics = {**(version.metrics or {}), **metrics}
@@ -782,6 +786,7 @@ class Worker:
                 )
         finally:
             pixels_iter.close()
+        run.stop_heartbeats()
         with session_scope(self.engine) as session:
             run.progress.update(
                 stage="succeeded",

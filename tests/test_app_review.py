@@ -91,22 +91,38 @@ def current(at: AppTest):
     return at.session_state["review_target"]
 
 
+def review_form(at: AppTest):
+    (form,) = [form for form in at.get("form") if any(b.label == "Save & next" for b in form.button)]
+    return form
+
+
+def checkbox(at: AppTest, label: str):
+    """A checkbox of the review form, found by its label as a reviewer finds it."""
+    (found,) = [box for box in review_form(at).checkbox if box.label == label]
+    return found
+
+
+def comment_box(at: AppTest):
+    (found,) = [box for box in review_form(at).text_input if box.label == "Comment"]
+    return found
+
+
 def form_values(at: AppTest) -> dict:
     return {
-        "findings": {f: at.checkbox(key=f"review_f_{f}").value for f in FINDINGS},
-        "no_finding": at.checkbox(key="review_nofinding").value,
-        "exclude": at.checkbox(key="review_exclude").value,
-        "comment": at.text_input(key="review_comment").value,
+        "findings": {f: checkbox(at, f.replace("_", " ")).value for f in FINDINGS},
+        "no_finding": checkbox(at, "No Finding").value,
+        "exclude": checkbox(at, "Not diagnostic quality — exclude").value,
+        "comment": comment_box(at).value,
     }
 
 
 def tick(at: AppTest, *findings: str, no_finding: bool = False, comment: str | None = None) -> None:
     """Set the form to exactly these findings (the rest unticked)."""
     for finding in FINDINGS:
-        at.checkbox(key=f"review_f_{finding}").set_value(finding in findings)
-    at.checkbox(key="review_nofinding").set_value(no_finding)
+        checkbox(at, finding.replace("_", " ")).set_value(finding in findings)
+    checkbox(at, "No Finding").set_value(no_finding)
     if comment is not None:
-        at.text_input(key="review_comment").set_value(comment)
+        comment_box(at).set_value(comment)
 
 
 def save(at: AppTest) -> AppTest:

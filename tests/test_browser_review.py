@@ -22,6 +22,7 @@ from tests.browser_fixtures import streamlit_server
 pytestmark = pytest.mark.browser
 
 CLINICIAN, ADMIN, PASSWORD = "dr-ames", "reviewer-admin", "browser test password"
+BOX_IMAGE = "00015649_000.png"  # a test-split image of the sample with an NIH box (Mass)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,8 @@ def log_in(page, app_url: str, username: str) -> None:
     page.get_by_role("textbox", name="Username").fill(username)
     page.get_by_role("textbox", name="Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    page.get_by_text(f"You are logged in as {username}").wait_for()
+    # The navigation now offers the account's pages (the login page itself is gone from it).
+    page.get_by_role("link", name=f"Log out ({username})").wait_for()
 
 
 def remaining(page) -> int:
@@ -68,11 +70,6 @@ def test_clinician_corrects_a_label_and_sees_it_in_queue_and_export(new_page, re
     image_name = page.get_by_role("heading", name=re.compile(r"\d{8}_\d{3}\.png")).inner_text().strip()
     left_before = remaining(page)
 
-    # The viewer: switch the CAM on, narrow the window; then the screenshot the README points to.
-    page.get_by_text("CAM overlay").click()
-    page.get_by_text("CAM of").wait_for()
-    page.screenshot(path=os.environ.get("REVIEW_SCREENSHOT_PATH", str(tmp_path / "review.png")), full_page=True)
-
     # Correct the label: untick No Finding if the NLP said so, tick Effusion, comment, Save & next.
     form = page.get_by_test_id("stForm")
     no_finding = form.get_by_role("checkbox", name="No Finding")
@@ -88,6 +85,20 @@ def test_clinician_corrects_a_label_and_sees_it_in_queue_and_export(new_page, re
     assert "Effusion" in page.get_by_test_id("stAlertContentSuccess").inner_text()
     page.get_by_role("heading", name=re.compile(r"\d{8}_\d{3}\.png")).filter(has_not_text=image_name).wait_for()
     assert remaining(page) == left_before - 1
+
+    # The viewer on an image with an NIH box, CAM on: the screenshot of the page.
+    page.get_by_role("button", name="Open an image").click()
+    page.get_by_role("textbox", name="Image index").fill(BOX_IMAGE)
+    page.get_by_role("textbox", name="Image index").press("Enter")
+    page.get_by_role("heading", name=BOX_IMAGE).wait_for()
+    page.keyboard.press("Escape")
+    page.get_by_text("CAM overlay").click()
+    page.get_by_text("CAM of").wait_for()
+    page.get_by_text("Boxes: Mass (NIH).").wait_for()
+    assert page.locator(".js-plotly-plot .shapelayer path").count() >= 1  # the box is drawn
+    page.set_viewport_size({"width": 1400, "height": 1450})  # Streamlit scrolls inside the page: grow it
+    page.wait_for_timeout(1000)
+    page.screenshot(path=os.environ.get("REVIEW_SCREENSHOT_PATH", str(tmp_path / "review.png")))
 
     with session_scope(engine, read_only=True) as session:
         review = session.query(Review).one()

@@ -84,9 +84,15 @@ def cli_runs(workdir, model_dir, full_resolution_images, tmp_path_factory) -> di
     }
     started = {name: start_cli(*args, cwd=workdir) for name, args in commands.items()}
     runs = {}
-    for name, process in started.items():
-        stdout, stderr = process.communicate(timeout=300)
-        runs[name] = subprocess.CompletedProcess(commands[name], process.returncode, stdout, stderr)
+    try:
+        for name, process in started.items():
+            stdout, stderr = process.communicate(timeout=300)
+            runs[name] = subprocess.CompletedProcess(commands[name], process.returncode, stdout, stderr)
+    finally:
+        for process in started.values():  # a hung run must not outlive the test session
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     runs["predict_files"], runs["cam_out"] = predict_files, out
     return runs
 
@@ -98,6 +104,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("."), result.stderr
 
 
+@pytest.mark.slow  # a subprocess (interpreter, torch and torchvision start-up)
 def test_predict_json_contract(cli_runs, workdir, predictor, full_resolution_images):
     second = str(full_resolution_images[1])  # an absolute path, read where it lies; the others are relative
     given = cli_runs["predict_files"]
@@ -133,6 +140,7 @@ def test_predict_json_contract(cli_runs, workdir, predictor, full_resolution_ima
     assert records[0]["probabilities"] != records[2]["probabilities"]
 
 
+@pytest.mark.slow  # a subprocess (interpreter, torch and torchvision start-up)
 def test_cam_writes_an_overlay_of_the_original_size(cli_runs, workdir, predictor):
     out = cli_runs["cam_out"]
     result = cli_runs["cam"]
@@ -152,6 +160,7 @@ def test_cam_writes_an_overlay_of_the_original_size(cli_runs, workdir, predictor
     assert (np.abs(inside[..., 0] - inside[..., 2]) > 10).mean() > 0.1
 
 
+@pytest.mark.slow  # a subprocess (interpreter, torch and torchvision start-up)
 def test_a_missing_model_folder_is_a_one_line_error(cli_runs):
     result = cli_runs["no-model"]
     assert_one_line_error(result)

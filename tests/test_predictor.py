@@ -14,11 +14,13 @@ from torchvision import transforms
 from core.artifact import ModelArtifact, new_card, read_artifact, save_artifact, update_card
 from core.imaging import read_xray_file
 from core.labels import FINDINGS
+from core.models import create_model
 from core.paths import cache_dir
 from core.predictor import OpenVinoBackend, Prediction, Predictor, TorchBackend
 from core.preprocess import crop_window, model_input
 
-BACKENDS = ("torch", "openvino")
+# Compiling for OpenVINO takes ~10 s of CPU: its tests are marked slow (and nothing else triggers it).
+EACH_BACKEND = ["torch", pytest.param("openvino", marks=pytest.mark.slow)]
 N_IMAGES = 6
 N_SINGLE = 4
 
@@ -35,15 +37,25 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> ModelArtifact:
     torch.manual_seed(0)
-    from core.models import create_model
-
     return save_artifact(create_model(), tmp_path_factory.mktemp("predictor") / "m", new_card("test-random"),
                          half=False)
 
 
+class PerBackend(dict):
+    """Built on first use, once per module: a backend nobody asks for is never compiled."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, backend: str):
+        self[backend] = self.make(backend)
+        return self[backend]
+
+
 @pytest.fixture(scope="module")
-def predictors(artifact: ModelArtifact) -> dict[str, Predictor]:
-    return {backend: Predictor(artifact, backend=backend, device="cpu") for backend in BACKENDS}
+def predictors(artifact: ModelArtifact) -> PerBackend:
+    return PerBackend(lambda backend: Predictor(artifact, backend=backend, device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +91,13 @@ def reference_probabilities(artifact: ModelArtifact, reference_inputs: torch.Ten
 
 
 @pytest.fixture(scope="module")
-def batched(predictors, images) -> dict[str, list[Prediction]]:
-    return {backend: predictors[backend].predict(images, batch_size=4) for backend in BACKENDS}
+def batched(predictors, images) -> PerBackend:
+    return PerBackend(lambda backend: predictors[backend].predict(images, batch_size=4))
 
 
 @pytest.fixture(scope="module")
-def sequential(predictors, images) -> dict[str, list[Prediction]]:
-    return {b: [predictors[b].predict_one(img) for img in images[:N_SINGLE]] for b in BACKENDS}
+def sequential(predictors, images) -> PerBackend:
+    return PerBackend(lambda backend: [predictors[backend].predict_one(img) for img in images[:N_SINGLE]])
 
 
 def probabilities(predictions: list[Prediction]) -> np.ndarray:
@@ -101,12 +113,13 @@ def test_model_input_matches_the_reproductions_eval_transform(images, reference_
     np.testing.assert_allclose(ours, reference_inputs.numpy(), rtol=0, atol=1e-5)
 
 
-def test_backends_are_what_they_say(predictors):
-    assert isinstance(predictors["torch"].backend, TorchBackend)
-    assert isinstance(predictors["openvino"].backend, OpenVinoBackend)
+@pytest.mark.parametrize("backend", EACH_BACKEND)
+def test_backend_is_what_it_says(backend, predictors):
+    expected = {"torch": TorchBackend, "openvino": OpenVinoBackend}[backend]
+    assert isinstance(predictors[backend].backend, expected)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EACH_BACKEND)
 def test_backend_matches_a_plain_fp32_forward(backend, batched, reference_probabilities):
     ours = probabilities(batched[backend])
     assert ours.shape == (N_IMAGES, len(FINDINGS))
@@ -115,6 +128,7 @@ def test_backend_matches_a_plain_fp32_forward(backend, batched, reference_probab
     assert np.abs(np.diff(reference_probabilities, axis=0)).max(axis=1).min() > 2e-3
 
 
+@pytest.mark.slow
 def test_backends_agree_on_probabilities_and_cams(batched):
     np.testing.assert_allclose(probabilities(batched["torch"]), probabilities(batched["openvino"]), rtol=0,
                                atol=1e-3)
@@ -150,7 +164,7 @@ def test_positive_follows_thresholds_edited_on_the_card(artifact, batched, image
 # ------------------------------------------------------------------------------- batching and threading
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EACH_BACKEND)
 def test_a_batch_equals_one_image_at_a_time(backend, batched, sequential):
     assert len(batched[backend]) == N_IMAGES  # 6 images in batches of 4: a full and a partial batch
     np.testing.assert_allclose(probabilities(batched[backend][:N_SINGLE]), probabilities(sequential[backend]),
@@ -160,13 +174,14 @@ def test_a_batch_equals_one_image_at_a_time(backend, batched, sequential):
         np.testing.assert_allclose(together.cams, alone.cams, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EACH_BACKEND)
 def test_concurrent_predictions_equal_sequential_ones(backend, predictors, images, sequential):
+    expected_results, predictor = sequential[backend], predictors[backend]  # built before the threads start
     work = [i % N_SINGLE for i in range(8)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda i: predictors[backend].predict_one(images[i]), work))
+        results = list(pool.map(lambda i: predictor.predict_one(images[i]), work))
     for i, result in zip(work, results, strict=True):
-        expected = sequential[backend][i]
+        expected = expected_results[i]
         assert result.positive == expected.positive
         assert result.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
         np.testing.assert_allclose(result.cams, expected.cams, rtol=1e-5, atol=1e-5)
@@ -221,13 +236,17 @@ def test_the_crop_window_is_where_the_model_input_comes_from():
 # ------------------------------------------------------------------------------------------------ misc
 
 
+@pytest.mark.slow
 def test_auto_picks_openvino_on_cpu_and_reuses_the_compiled_cache(artifact, predictors, images):
+    first = predictors["openvino"]
     cached = cache_dir() / "openvino" / f"{artifact.weights_digest()}-224.xml"
     assert cached.is_file()  # written by the openvino predictor of this module
+    written = cached.stat().st_mtime_ns
     auto = Predictor(artifact, backend="auto", device="cpu")
+    assert cached.stat().st_mtime_ns == written  # read back, not converted and saved again
     assert isinstance(auto.backend, OpenVinoBackend)
     again = auto.predict_one(images[0]).probabilities
-    assert again == pytest.approx(predictors["openvino"].predict_one(images[0]).probabilities, abs=1e-6)
+    assert again == pytest.approx(first.predict_one(images[0]).probabilities, abs=1e-6)
 
 
 def test_an_unknown_backend_is_refused(artifact):

@@ -15,17 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from sqlalchemy import Engine, select
 
-from core.artifact import default_input_spec, new_card, read_artifact, save_artifact
+from core.artifact import read_artifact
 from core.labels import FINDINGS
-from core.models import create_model
 from core.paths import REPO_ROOT, active_model_dir
 from core.train import STATE_FILE
 from db import accounts
-from db.engine import dispose_engine, get_engine, session_scope
-from db.importer import import_chestxray14
+from db.engine import dispose_engine, session_scope
 from db.jobs import enqueue_job, get_job, request_cancel
 from db.models import Image, ModelVersion, Prediction
 from db.registry import get_version, list_versions
@@ -41,59 +38,28 @@ from db.training_service import (
     resume_job,
     rollback_version,
 )
-from db.worker import Worker, WorkerSettings
-from tests.test_train import make_synthetic_dataset
-
-CROP, RESIZE = 48, 55
-
-
-def tiny_model(folder: Path, name: str, seed: int = 0) -> Path:
-    """A randomly initialised CheXNet whose card asks for 48-px crops (what the synthetic data trains at)."""
-    torch.manual_seed(seed)
-    card = new_card(name, input={**default_input_spec(), "resize_shorter_side": RESIZE, "crop": CROP})
-    save_artifact(create_model(), folder / name, card)
-    return folder / name
-
-
-def fast_settings(**overrides) -> WorkerSettings:
-    settings = dict(device="cpu", eval_backend="torch", n_boot=20, heartbeat_s=0.2, progress_interval_s=0.2,
-                    poll_s=0.1, train_workers=1, stale_after_s=120)  # fmt: skip
-    settings.update(overrides)
-    return WorkerSettings(**settings)
+from db.worker import Worker
+from tests.admin_helpers import fast_settings, make_studio, synthetic_dataset, tiny_model
 
 
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("cxr14"), n_train_val=48, n_test=8)
+    return synthetic_dataset(tmp_path_factory.mktemp("cxr14"))
 
 
 @pytest.fixture
 def studio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_data: Path, fast_password_hashing):
-    """A fresh CHEXNET_HOME + database with the synthetic dataset imported and a tiny base model registered."""
-    home = tmp_path / "home"
-    monkeypatch.setenv("CHEXNET_HOME", str(home))
-    monkeypatch.delenv("CHEXNET_MODEL", raising=False)
-    url = f"sqlite:///{tmp_path / 'studio.db'}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    engine = get_engine(url)
-    import_chestxray14(engine, synthetic_data, hash_images=False)
-    base_dir = tiny_model(tmp_path / "models", "tiny-base")
-    with session_scope(engine) as session:
-        admin = accounts.create_user(session, "boss", "correct horse battery", role="admin")
-        reader = accounts.create_user(session, "reader", "correct horse battery", role="clinician")
-        base = register_existing_model(session, base_dir)
-        promote_version(session, base.id)
-        base_id = base.id
-    yield {"engine": engine, "data": synthetic_data, "base_id": base_id, "admin": admin, "reader": reader,
-           "home": home, "url": url}  # fmt: skip
-    dispose_engine(url)
+    made = make_studio(tmp_path, monkeypatch, synthetic_data)
+    yield made
+    dispose_engine(made.url)
 
 
 def _enqueue(engine: Engine, **overrides) -> int:
     with session_scope(engine) as session:
         base_id = session.scalar(select(ModelVersion.id).where(ModelVersion.name == "tiny-base"))
-        settings = dict(base_version_id=base_id, epochs=1, batch_size=16, lr=1e-3, label_source="nlp",
-                        val_fraction=0.25)  # fmt: skip
+        settings = dict(
+            base_version_id=base_id, epochs=1, batch_size=16, lr=1e-3, label_source="nlp", val_fraction=0.25
+        )
         settings.update(overrides)
         return enqueue_fine_tune(session, **settings).id
 
@@ -101,6 +67,10 @@ def _enqueue(engine: Engine, **overrides) -> int:
 def _job(engine: Engine, job_id: int):
     with session_scope(engine, read_only=True) as session:
         return get_job(session, job_id)
+
+
+def _progress(engine: Engine, job_id: int) -> dict:
+    return _job(engine, job_id).progress or {}
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -112,13 +82,21 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_fine_tune_with_reviewed_labels_registers_an_evaluated_version(studio) -> None:
-    engine = studio["engine"]
+    engine = studio.engine
     # A clinician corrects one test image: its effective label now differs from the NLP one.
     with session_scope(engine) as session:
         test_image = session.scalar(select(Image).where(Image.split == "test").order_by(Image.id))
         reader = accounts.get_user(session, "reader")
-        save_review(session, test_image.id, reader, {"Cardiomegaly": True, "Effusion": True}, False, False,
-                    "bar and fluid", None)  # fmt: skip
+        save_review(
+            session,
+            test_image.id,
+            reader,
+            {"Cardiomegaly": True, "Effusion": True},
+            False,
+            False,
+            "bar and fluid",
+            None,
+        )
     job_id = _enqueue(engine, label_source="effective", epochs=2, class_weighting=True, name="tuned-1")
 
     worker = Worker(engine, settings=fast_settings())
@@ -139,7 +117,7 @@ def test_fine_tune_with_reviewed_labels_registers_an_evaluated_version(studio) -
     with session_scope(engine, read_only=True) as session:
         version = get_version(session, "tuned-1")
         assert job.result_model_version_id == version.id
-        assert version.parent_id == studio["base_id"]
+        assert version.parent_id == studio.base_id
         assert not version.is_active  # registering never promotes
         snapshot = version.label_snapshot
         assert snapshot["source"] == "effective" and snapshot["n_reviewed"] == 1
@@ -147,7 +125,7 @@ def test_fine_tune_with_reviewed_labels_registers_an_evaluated_version(studio) -
         assert version.hyperparams["epochs"] == 2 and version.hyperparams["class_weighting"] is True
         metrics = version.metrics
     folder = Path(version.path)
-    assert folder == studio["home"] / "models" / "tuned-1"
+    assert folder == studio.home / "models" / "tuned-1"
     assert not (folder.parent / "tuned-1.work").exists()  # the work folder goes once registered
     # The table the run trained on is kept with the model and matches the recorded hash.
     import hashlib
@@ -176,10 +154,11 @@ def test_fine_tune_with_reviewed_labels_registers_an_evaluated_version(studio) -
 
 
 def test_failed_job_records_its_error_and_the_worker_carries_on(studio) -> None:
-    engine = studio["engine"]
+    engine = studio.engine
     with session_scope(engine) as session:
-        bad = enqueue_job(session, {"name": "broken", "data_dir": "/no/such/folder", "epochs": 1},
-                          kind=JOB_FINE_TUNE).id  # fmt: skip
+        bad = enqueue_job(
+            session, {"name": "broken", "data_dir": "/no/such/folder", "epochs": 1}, kind=JOB_FINE_TUNE
+        ).id
         nonsense = enqueue_job(session, {}, kind="paint").id
         predict = enqueue_predict(session).id
     worker = Worker(engine, settings=fast_settings())
@@ -195,7 +174,7 @@ def test_failed_job_records_its_error_and_the_worker_carries_on(studio) -> None:
     assert job.status == "succeeded", job.error
     with session_scope(engine, read_only=True) as session:
         stored = session.scalars(
-            select(Prediction).where(Prediction.model_version_id == studio["base_id"])
+            select(Prediction).where(Prediction.model_version_id == studio.base_id)
         ).all()
         n_images = len(session.scalars(select(Image.id)).all())
     assert len(stored) == n_images == 56
@@ -206,23 +185,22 @@ def test_failed_job_records_its_error_and_the_worker_carries_on(studio) -> None:
 
 
 def test_enqueue_refuses_bad_parameters_with_a_sentence(studio) -> None:
-    engine = studio["engine"]
+    engine = studio.engine
+    settings = dict(base_version_id=studio.base_id, epochs=1, batch_size=16, lr=1e-4, label_source="nlp")
     with session_scope(engine) as session:
         with pytest.raises(JobParamsError, match="between 1 and 500"):
-            enqueue_fine_tune(session, base_version_id=studio["base_id"], epochs=0, batch_size=16, lr=1e-4,
-                              label_source="nlp")  # fmt: skip
+            enqueue_fine_tune(session, **dict(settings, epochs=0))
         with pytest.raises(JobParamsError, match="already exists"):
-            enqueue_fine_tune(session, base_version_id=studio["base_id"], epochs=1, batch_size=16, lr=1e-4,
-                              label_source="nlp", name="tiny-base")  # fmt: skip
-        first = enqueue_fine_tune(session, base_version_id=studio["base_id"], epochs=1, batch_size=16, lr=1e-4,
-                                  label_source="nlp")  # fmt: skip
-        second = enqueue_fine_tune(session, base_version_id=studio["base_id"], epochs=1, batch_size=16,
-                                   lr=1e-4, label_source="nlp")  # fmt: skip
+            enqueue_fine_tune(session, **settings, name="tiny-base")
+        with pytest.raises(JobParamsError, match="not a ChestX-ray14 folder"):
+            enqueue_fine_tune(session, **settings, data_dir=studio.home)
+        first = enqueue_fine_tune(session, **settings)
+        second = enqueue_fine_tune(session, **settings)
         assert first.params["name"] == "tiny-base-ft1" and second.params["name"] == "tiny-base-ft2"
 
 
 def test_cancel_stops_between_steps_and_registers_nothing(studio) -> None:
-    engine = studio["engine"]
+    engine = studio.engine
     job_id = _enqueue(engine, epochs=50, name="never")
     worker = Worker(engine, settings=fast_settings())
 
@@ -248,25 +226,44 @@ def test_cancel_stops_between_steps_and_registers_nothing(studio) -> None:
 
 
 def test_dead_worker_is_interrupted_and_the_job_resumes_from_its_saved_epoch(studio, tmp_path) -> None:
-    engine = studio["engine"]
-    job_id = _enqueue(engine, epochs=4, name="phoenix")
+    engine = studio.engine
+    job_id = _enqueue(engine, epochs=3, name="phoenix")
     # A real worker process, killed without warning once it has finished epoch 1.
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CHEXNET_HOME": str(studio["home"]),
-           "DATABASE_URL": studio["url"]}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "CHEXNET_HOME": str(studio.home),
+        "DATABASE_URL": studio.url,
+    }
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "db.worker", "--once", "--device", "cpu", "--heartbeat", "0.2",
-             "--backend", "torch", "--n-boot", "20"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    state_file = studio["home"] / "models" / "phoenix.work" / STATE_FILE
+            [
+                sys.executable,
+                "-m",
+                "db.worker",
+                "--once",
+                "--device",
+                "cpu",
+                "--heartbeat",
+                "0.2",
+                "--backend",
+                "torch",
+                "--n-boot",
+                "20",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    state_file = studio.home / "models" / "phoenix.work" / STATE_FILE
     try:
         _wait_for(
-            lambda: process.poll() is not None or len((_job(engine, job_id).progress or {}).get("epochs_done", [])) >= 1,
+            lambda: process.poll() is not None or len(_progress(engine, job_id).get("epochs_done", [])) >= 1,
             180,
             "the first epoch",
-        )  # fmt: skip
+        )
         assert process.poll() is None, log_path.read_text()[-3000:]
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
@@ -295,14 +292,14 @@ def test_dead_worker_is_interrupted_and_the_job_resumes_from_its_saved_epoch(stu
     saved_epoch = resumed.progress["resumed_after_epoch"]
     assert saved_epoch >= 1
     assert any(f"Resuming after epoch {saved_epoch}" in m for m in resumed.progress["messages"])
-    assert [e["epoch"] for e in resumed.progress["epochs_done"]] == [1, 2, 3, 4]
-    card = read_artifact(studio["home"] / "models" / "phoenix").card
-    assert [h["epoch"] for h in card["history"]] == [1, 2, 3, 4]
-    assert card["provenance"]["epochs"] == 4
+    assert [e["epoch"] for e in resumed.progress["epochs_done"]] == [1, 2, 3]
+    card = read_artifact(studio.home / "models" / "phoenix").card
+    assert [h["epoch"] for h in card["history"]] == [1, 2, 3]
+    assert card["provenance"]["epochs"] == 3
 
 
 def test_promote_and_roll_back_move_the_active_model_pointer(studio, tmp_path) -> None:
-    engine = studio["engine"]
+    engine = studio.engine
     other = tiny_model(tmp_path / "models", "tiny-other", seed=1)
     with session_scope(engine) as session:
         registered = register_existing_model(session, other)

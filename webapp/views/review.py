@@ -28,8 +28,6 @@ from webapp.review_data import STRATEGIES, LabelValues, ReviewTarget, label_text
 from webapp.viewer import PLOTLY_CONFIG, apply_window, xray_figure  # noqa: E402
 
 MOST_PROBABLE = "__most_probable__"
-FINDING_KEYS = {finding: f"review_f_{finding}" for finding in FINDINGS}
-NO_FINDING_KEY, EXCLUDE_KEY, COMMENT_KEY = "review_nofinding", "review_exclude", "review_comment"
 CACHED_PREDICTIONS = 8
 state = st.session_state
 
@@ -42,13 +40,29 @@ def pretty(finding: str) -> str:
 # Opening images and moving through the queue
 
 
+def form_keys() -> dict[str, str]:
+    """Widget keys of the form: the 14 findings, "no_finding", "exclude", "comment".
+
+    The keys change with every image opened. A click that interrupts a run still sends the browser's
+    values of the previous form, and with the same keys those would overwrite the new image's label.
+    """
+    token = state.get("review_form_token", 0)
+    keys = {finding: f"review_{token}_f_{finding}" for finding in FINDINGS}
+    keys.update({name: f"review_{token}_{name}" for name in ("no_finding", "exclude", "comment")})
+    return keys
+
+
 def write_form(values: LabelValues) -> None:
-    """Put a label into the form's widgets (only before the form is drawn in a run, or in callbacks)."""
-    for finding, key in FINDING_KEYS.items():
-        state[key] = bool(values.findings.get(finding, False))
-    state[NO_FINDING_KEY] = values.no_finding
-    state[EXCLUDE_KEY] = values.exclude
-    state[COMMENT_KEY] = values.comment
+    """Show a label in a fresh form (only before the form is drawn in a run, or in callbacks)."""
+    for key in form_keys().values():
+        state.pop(key, None)
+    state["review_form_token"] = state.get("review_form_token", 0) + 1
+    keys = form_keys()
+    for finding in FINDINGS:
+        state[keys[finding]] = bool(values.findings.get(finding, False))
+    state[keys["no_finding"]] = values.no_finding
+    state[keys["exclude"]] = values.exclude
+    state[keys["comment"]] = values.comment
 
 
 def open_image(image_id: int) -> None:
@@ -199,8 +213,9 @@ queue_bar[2].metric(
     help=f"Images in this queue you have not reviewed yet ({skipped_count} skipped this session).",
 )  # fmt: skip
 with queue_bar[3].popover("Open an image", icon=":material/search:", width="stretch"):
-    st.text_input("Image index", key="review_open_name", placeholder="00000001_000.png")
-    st.button("Open", key="review_open", on_click=open_by_name)
+    with st.form("review_open_form", border=False):
+        st.text_input("Image index", key="review_open_name", placeholder="00000001_000.png")
+        st.form_submit_button("Open", key="review_open", on_click=open_by_name)
     if state.get("review_open_problem"):
         st.error(state["review_open_problem"])
 
@@ -219,8 +234,9 @@ if target is None:
         st.success("You have reviewed every image in this queue. Choose another queue above.")
     st.stop()
 
-if FINDING_KEYS[FINDINGS[0]] not in state:  # the form's state was dropped (e.g. after visiting another page)
+if form_keys()[FINDINGS[0]] not in state:  # the form's state was dropped (e.g. after visiting another page)
     write_form(target.prefill())
+keys = form_keys()
 
 details = [target.split or "no split", target.view or "", f"patient {target.patient_id}" if target.patient_id else ""]
 viewer_column, label_column = st.columns([7, 5], gap="large")
@@ -244,7 +260,7 @@ with viewer_column:
                 "CAM overlay", key="review_cam", disabled=prediction is None,
                 help=model_problem or "Where the active model looked for the chosen finding.",
             )  # fmt: skip
-        sliders = st.columns(3, vertical_alignment="bottom")
+        sliders = st.columns([4, 5, 3], vertical_alignment="bottom")
         low, high = sliders[0].slider(
             "Window (grey levels)", 0, 255, (0, 255), key="review_window",
             help="Narrow the range to raise the contrast: grey levels below it turn black, above it white.",
@@ -290,13 +306,13 @@ with label_column:
         ticked = {}
         for index, finding in enumerate(FINDINGS):
             with finding_columns[index // per_column]:
-                ticked[finding] = st.checkbox(pretty(finding), key=FINDING_KEYS[finding])
-        no_finding = st.checkbox(NO_FINDING, key=NO_FINDING_KEY, help="Not together with any finding above.")
+                ticked[finding] = st.checkbox(pretty(finding), key=keys[finding])
+        no_finding = st.checkbox(NO_FINDING, key=keys["no_finding"], help="Not together with any finding above.")
         exclude = st.checkbox(
-            "Not diagnostic quality — exclude", key=EXCLUDE_KEY,
+            "Not diagnostic quality — exclude", key=keys["exclude"],
             help="Leaves the image out of training and evaluation when most reviewers exclude it.",
         )  # fmt: skip
-        comment = st.text_input("Comment", key=COMMENT_KEY, placeholder="Optional — Enter saves")
+        comment = st.text_input("Comment", key=keys["comment"], placeholder="Optional — Enter saves")
         with st.container(horizontal=True, gap="small"):
             save_clicked = st.form_submit_button("Save & next", type="primary", key="review_save",
                                                  icon=":material/check:")

@@ -1,0 +1,351 @@
+"""What the Fine-tune and Models & ROC pages read, as plain values (no ORM object outlives a rerun).
+
+Each function opens its own short transaction through webapp.database.session.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import func, select
+
+from core.labels import FINDINGS, PUBLISHED_CHEXNET_AUROC
+from db import training_service as service
+from db.jobs import list_jobs
+from db.label_status import LabelStatus, label_status
+from db.models import Image, LabelEvent, ModelVersion, TrainingJob
+from db.registry import list_versions
+from webapp.database import session
+
+LABEL_CHOICES = {"nlp": "NLP labels", "reviewed": "Reviewed labels"}
+SPLIT_CHOICES = {"test": "Official test split", "val": "Validation split"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Formatting
+
+
+def pretty(finding: str) -> str:
+    return finding.replace("_", " ")
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def when_text(moment: dt.datetime | None) -> str:
+    return "—" if moment is None else moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def number_text(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    id: int
+    name: str
+    path: str
+    parent: str | None
+    status: str
+    is_active: bool
+    created_at: dt.datetime
+    promoted_at: dt.datetime | None
+    label_source: str
+    label_snapshot: dict[str, Any]
+    hyperparams: dict[str, Any]
+    metrics: dict[str, Any] = field(repr=False)
+    notes: str = ""
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} (active)" if self.is_active else self.name
+
+    def report(self, labels: str = "nlp", split: str = "test") -> dict[str, Any] | None:
+        """The full evaluation report (with curves), or None."""
+        return (((self.metrics or {}).get("evaluations") or {}).get(labels) or {}).get(split)
+
+    def auroc_summary(self, labels: str = "nlp", split: str = "test") -> dict[str, Any] | None:
+        """Per-class AUROC: the evaluation report if any, else (NLP labels only) the model card's figures."""
+        report = self.report(labels, split)
+        if report is not None or labels != "nlp":
+            return report
+        for section in ((self.metrics or {}).get("card") or {}).values():
+            if isinstance(section, dict) and section.get("split") == split and section.get("auroc"):
+                return section
+        return None
+
+    def mean_auroc(self, labels: str = "nlp", split: str = "test") -> float | None:
+        summary = self.auroc_summary(labels, split)
+        return None if summary is None else summary.get("mean_auroc")
+
+    @property
+    def training_val_auroc(self) -> float | None:
+        training = (self.metrics or {}).get("training") or {}
+        if training.get("mean_auroc") is not None:
+            return training["mean_auroc"]
+        return ((self.metrics or {}).get("card") or {}).get("val", {}).get("mean_auroc")
+
+    @property
+    def evaluated(self) -> bool:
+        return bool((self.metrics or {}).get("evaluations"))
+
+
+def _label_source_text(snapshot: dict[str, Any] | None) -> str:
+    source = (snapshot or {}).get("source")
+    if source == "effective":
+        return f"reviewed ({snapshot.get('n_reviewed', 0):,} reviewed images)"
+    if source == "nlp":
+        return "NLP"
+    return (snapshot or {}).get("description") or "—"
+
+
+def load_versions() -> list[VersionInfo]:
+    """All registered versions, newest first; registers the demo model on an empty registry."""
+    with session() as db:
+        service.seed_registry(db)
+        versions = list_versions(db)
+        names = {v.id: v.name for v in versions}
+        return [
+            VersionInfo(
+                id=v.id,
+                name=v.name,
+                path=v.path,
+                parent=names.get(v.parent_id) if v.parent_id else None,
+                status=v.status,
+                is_active=v.is_active,
+                created_at=v.created_at,
+                promoted_at=v.promoted_at,
+                label_source=_label_source_text(v.label_snapshot),
+                label_snapshot=dict(v.label_snapshot or {}),
+                hyperparams=dict(v.hyperparams or {}),
+                metrics=dict(v.metrics or {}),
+                notes=v.notes or "",
+            )
+            for v in versions
+        ]
+
+
+def registry_frame(versions: list[VersionInfo]) -> pd.DataFrame:
+    rows = []
+    for v in versions:
+        rows.append(
+            {
+                "active": "●" if v.is_active else "",
+                "version": v.name,
+                "parent": v.parent or "—",
+                "created": when_text(v.created_at),
+                "labels": v.label_source,
+                "test AUROC (NLP)": v.mean_auroc("nlp", "test"),
+                "test AUROC (reviewed)": v.mean_auroc("reviewed", "test"),
+                "val AUROC (training)": v.training_val_auroc,
+                "status": v.status,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def auroc_table(
+    versions: list[VersionInfo], active: VersionInfo | None, labels: str, split: str
+) -> pd.DataFrame:
+    """Per finding: each version's AUROC [95% CI], its delta to the active version, and CheXNet's figure."""
+    reference = active.auroc_summary(labels, split) if active is not None else None
+    table = pd.DataFrame({"finding": [pretty(f) for f in FINDINGS]})
+    for version in versions:
+        summary = version.auroc_summary(labels, split) or {}
+        auroc = summary.get("auroc") or {}
+        ci = summary.get("auroc_ci") or {}
+        table[f"{version.name}"] = [auroc.get(f) for f in FINDINGS]
+        table[f"{version.name} 95% CI"] = [_ci_text(ci.get(f)) for f in FINDINGS]
+        if reference is not None and not version.is_active:
+            base = reference.get("auroc") or {}
+            table[f"{version.name} Δ active"] = [
+                None if auroc.get(f) is None or base.get(f) is None else auroc[f] - base[f] for f in FINDINGS
+            ]
+    table["CheXNet (published)"] = [PUBLISHED_CHEXNET_AUROC[f] for f in FINDINGS]
+    means = {"finding": "Mean"}
+    for column in table.columns[1:]:
+        values = pd.to_numeric(table[column], errors="coerce")
+        means[column] = values.mean() if values.notna().any() and "CI" not in column else None
+    for version in versions:
+        summary = version.auroc_summary(labels, split) or {}
+        if summary.get("mean_auroc") is not None:
+            means[version.name] = summary["mean_auroc"]
+        means[f"{version.name} 95% CI"] = _ci_text(summary.get("mean_auroc_ci"))
+    return pd.concat([table, pd.DataFrame([means])], ignore_index=True)
+
+
+def _ci_text(ci: Any) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return "—"
+    return f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
+def operating_points_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """Per finding: threshold, precision, recall (sensitivity), specificity, F1 and support."""
+    rows = []
+    for finding in report.get("labels") or FINDINGS:
+        rows.append(
+            {
+                "finding": pretty(finding),
+                "threshold": (report.get("thresholds") or {}).get(finding),
+                "precision": (report.get("precision") or {}).get(finding),
+                "recall": (report.get("recall") or {}).get(finding),
+                "specificity": (report.get("specificity") or {}).get(finding),
+                "F1": (report.get("f1") or {}).get(finding),
+                "positives": (report.get("support") or {}).get(finding),
+                "AUROC": (report.get("auroc") or {}).get(finding),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dataset and labels
+
+
+@st.cache_data(ttl=60, show_spinner=False, max_entries=4)
+def _cached_status(
+    url_key: str, n_images: int, n_events: int, last_event: Any, active_id: int | None
+) -> LabelStatus:
+    # Keyed on counts that change whenever labels or the active version do: a full recount is needed
+    # only then (it reads every label of the dataset).
+    with session(read_only=True) as db:
+        return label_status(db)
+
+
+def dataset_status() -> LabelStatus:
+    from db.engine import default_url
+
+    with session(read_only=True) as db:
+        n_images = int(db.scalar(select(func.count()).select_from(Image)) or 0)
+        n_events = int(db.scalar(select(func.count()).select_from(LabelEvent)) or 0)
+        last_event = db.scalar(select(func.max(LabelEvent.id)))
+        active_id = db.scalar(select(ModelVersion.id).where(ModelVersion.is_active))
+    return _cached_status(default_url(), n_images, n_events, last_event, active_id)
+
+
+def finding_frame(status: LabelStatus) -> pd.DataFrame:
+    since = f"changed since {status.active_name}" if status.active_name else "changed since active model"
+    return pd.DataFrame(
+        {
+            "finding": [pretty(f.finding) for f in status.findings],
+            "NLP positives": [f.nlp_positive for f in status.findings],
+            "effective positives": [f.effective_positive for f in status.findings],
+            "changed by review": [f.changed for f in status.findings],
+            since: [f.changed_since_active for f in status.findings],
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Jobs
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: int
+    kind: str
+    status: str
+    params: dict[str, Any]
+    progress: dict[str, Any]
+    error: str | None
+    worker_id: str | None
+    cancel_requested: bool
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    heartbeat_at: dt.datetime | None
+    result_version: str | None
+    resumable: bool
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("queued", "running")
+
+    @property
+    def title(self) -> str:
+        kind = service.JOB_KIND_TEXT.get(self.kind, self.kind)
+        name = self.params.get("name") or self.progress.get("version")
+        if self.kind == service.JOB_FINE_TUNE and name:
+            suffix = " (resumed)" if self.params.get("resume") else ""
+            return f"Job #{self.id} · {kind} → {name}{suffix}"
+        return f"Job #{self.id} · {kind}" + (f" · {name}" if name else "")
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or dt.datetime.now(dt.UTC)
+        return (end - self.started_at).total_seconds()
+
+
+def _job_info(job: TrainingJob, versions: dict[int, str]) -> JobInfo:
+    return JobInfo(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        params=dict(job.params or {}),
+        progress=dict(job.progress or {}),
+        error=job.error,
+        worker_id=job.worker_id,
+        cancel_requested=job.cancel_requested,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        heartbeat_at=job.heartbeat_at,
+        result_version=versions.get(job.result_model_version_id) if job.result_model_version_id else None,
+        resumable=service.can_resume(job),
+    )
+
+
+def load_jobs(limit: int = 25) -> tuple[JobInfo | None, list[JobInfo]]:
+    """(the job to show live: running, else oldest queued, else newest), the newest `limit` jobs."""
+    with session(read_only=True) as db:
+        names = dict(db.execute(select(ModelVersion.id, ModelVersion.name)).all())
+        current = service.current_job(db)
+        jobs = [_job_info(job, names) for job in list_jobs(db, limit=limit)]
+        return (_job_info(current, names) if current else None), jobs
+
+
+def jobs_frame(jobs: list[JobInfo]) -> pd.DataFrame:
+    rows = []
+    for job in jobs:
+        params = job.params
+        labels = service.LABEL_SOURCES.get(params.get("label_source", ""), "")
+        rows.append(
+            {
+                "job": job.id,
+                "kind": service.JOB_KIND_TEXT.get(job.kind, job.kind),
+                "status": job.status,
+                "version": job.result_version or params.get("name") or job.progress.get("version") or "",
+                "epochs": params.get("epochs"),
+                "labels": "reviewed" if labels.startswith("Reviewed") else ("NLP" if labels else ""),
+                "queued": when_text(job.created_at),
+                "ran for": duration_text(job.duration_s) if job.started_at else "—",
+                "message": job.error or job.progress.get("message") or "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def n_images_with_files() -> int:
+    with session(read_only=True) as db:
+        return int(db.scalar(select(func.count()).select_from(Image).where(Image.path.is_not(None))) or 0)
