@@ -129,6 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device, workers=args.workers, resume=args.resume, image_size=args.image_size,
         name=args.name, cache_dir=Path(args.cache) if args.cache else None, description=args.description,
         keep_work=args.keep_work, time_budget_s=args.time_budget * 60 if args.time_budget else None,
+        threads=args.threads,
     )  # fmt: skip
     is_main = env_dist_info().is_main  # under torchrun only rank 0 prints
     bars: dict[str, tqdm] = {}
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", help="text put before the generated model description")
     p.add_argument("--keep-work", action="store_true", help="keep <out>.work/ (train_state.pt) afterwards")
     p.add_argument("--time-budget", type=float, help="minutes: start no epoch that would end after them")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 suits a busy shared CPU)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_train)
 

@@ -96,6 +96,9 @@ class TrainConfig:
     progress_every: int | None = None  # steps between progress events (None: 1 on CPU, 25 on CUDA)
     # Wall-clock budget: no epoch is started that the last epoch's duration says would end past it.
     time_budget_s: float | None = None
+    # CPU threads for this run (torch.set_num_threads, restored afterwards); None: torch's default. On a
+    # CPU shared with other busy processes 1 thread wastes far less time in OpenMP spin-waits.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -380,7 +383,8 @@ def device_description(device: torch.device, world_size: int = 1) -> str:
     if device.type == "cuda":
         text = torch.cuda.get_device_name(device)
         return f"{world_size} x {text}" if world_size > 1 else text
-    return f"CPU ({torch.get_num_threads()} threads)" + (
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' if threads > 1 else ''})" + (
         f" x {world_size} processes" if world_size > 1 else ""
     )
 
@@ -542,16 +546,25 @@ def train(
     """Train a model as `config` says and write it as an artifact to `config.out_dir`.
 
     `progress` receives `TrainProgress` events (rank 0 only); `should_cancel` is polled between steps
-    and makes the run raise `TrainingCancelled` (the last finished epoch stays saved for `resume`).
+    and makes the run raise `TrainingCancelled` (the last finished epoch stays saved for `resume`); it is
+    ignored under torchrun.
     Returns the artifact on rank 0; other ranks of a multi-GPU run return it too once rank 0 wrote it.
     """
     info = env_dist_info()
     device = resolve_device(config.device, info)
+    previous_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     init_distributed(info, device)
+    # Several ranks asking their own should_cancel could disagree and deadlock DDP: there, cancelling
+    # is terminating the process group (the last finished epoch stays saved).
+    if info.enabled:
+        should_cancel = None
     try:
         return _train(config, info, device, progress if info.is_main else None, should_cancel)
     finally:
         shutdown_distributed()
+        torch.set_num_threads(previous_threads)
 
 
 def _train(

@@ -907,12 +907,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference backend of evaluations and predictions",
     )
     parser.add_argument("--worker-id", help="default: HOST:PID")
+    parser.add_argument(
+        "--register",
+        metavar="MODEL_DIR",
+        help="register a model folder made outside the app (e.g. by `torchrun ... -m core train`) as a new "
+        "version, then exit",
+    )
     return parser
+
+
+def register_folder(model_dir: str, url: str | None) -> int:
+    """`--register DIR`: one sentence on success or failure."""
+    from core.artifact import ArtifactError
+    from db.training_service import register_existing_model
+
+    try:
+        with session_scope(get_engine(url)) as session:
+            version = register_existing_model(session, Path(model_dir).expanduser())
+            print(f"Registered {version.name!r} (version id {version.id}) from {version.path}.", flush=True)
+    except (ArtifactError, DbUserError) as exc:
+        print(f"Cannot register {model_dir}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    if args.register:
+        return register_folder(args.register, args.database_url)
     settings = WorkerSettings(
         poll_s=args.poll,
         heartbeat_s=args.heartbeat,

@@ -87,6 +87,14 @@ def test_clinician_logs_in_and_gets_the_clinician_pages(accounts_db):
     assert any("no images yet" in info.value for info in at.info)  # empty database: how to import
 
 
+def test_admin_logs_in_and_gets_every_page(accounts_db):
+    at = log_in("root", PASSWORD)
+    assert not at.exception and at.session_state["user"].role == "admin"
+    assert can_open(at, "review.py") and can_open(at, "quality.py")
+    for admin_view in ("admin.py", "models.py"):
+        assert can_open(at, admin_view) == (VIEWS / admin_view).exists()
+
+
 @pytest.mark.parametrize(
     ("username", "password", "sentence"),
     [

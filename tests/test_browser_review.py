@@ -54,6 +54,12 @@ def log_in(page, app_url: str, username: str) -> None:
     page.get_by_role("link", name=f"Log out ({username})").wait_for()
 
 
+def settle(page) -> None:
+    """Wait until the script run has finished (Streamlit marks the previous run's elements stale)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0")
+
+
 def remaining(page) -> int:
     metric = page.get_by_test_id("stMetric").filter(has_text="Left in this queue")
     return int(re.sub(r"\D", "", metric.get_by_test_id("stMetricValue").inner_text()))
@@ -83,7 +89,8 @@ def test_clinician_corrects_a_label_and_sees_it_in_queue_and_export(new_page, re
 
     page.get_by_text(f"Saved your review of {image_name} (version 1). 1 review, consensus:").wait_for()
     assert "Effusion" in page.get_by_test_id("stAlertContentSuccess").inner_text()
-    page.get_by_role("heading", name=re.compile(r"\d{8}_\d{3}\.png")).filter(has_not_text=image_name).wait_for()
+    heading = page.get_by_role("heading", name=re.compile(r"\d{8}_\d{3}\.png"))
+    heading.filter(has_not_text=image_name).wait_for()  # the next image
     assert remaining(page) == left_before - 1
 
     # The viewer on an image with an NIH box, CAM on: the screenshot of the page.
@@ -91,11 +98,14 @@ def test_clinician_corrects_a_label_and_sees_it_in_queue_and_export(new_page, re
     page.get_by_role("textbox", name="Image index").fill(BOX_IMAGE)
     page.get_by_role("textbox", name="Image index").press("Enter")
     page.get_by_role("heading", name=BOX_IMAGE).wait_for()
+    settle(page)
     page.keyboard.press("Escape")
     page.get_by_text("CAM overlay").click()
     page.get_by_text("CAM of").wait_for()
     page.get_by_text("Boxes: Mass (NIH).").wait_for()
     assert page.locator(".js-plotly-plot .shapelayer path").count() >= 1  # the box is drawn
+    # The form shows this image's NLP label (Mass among them), not the previous image's input.
+    assert page.get_by_test_id("stForm").get_by_role("checkbox", name="Mass").is_checked()
     page.set_viewport_size({"width": 1400, "height": 1450})  # Streamlit scrolls inside the page: grow it
     page.wait_for_timeout(1000)
     page.screenshot(path=os.environ.get("REVIEW_SCREENSHOT_PATH", str(tmp_path / "review.png")))

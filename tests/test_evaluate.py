@@ -20,10 +20,21 @@ from core.predictor import Predictor
 from tests.test_train import make_synthetic_dataset
 
 REPORT_KEYS = {
-    "model", "split", "n_images", "auroc", "auroc_ci", "mean_auroc", "mean_auroc_ci", "thresholds", "precision",
-    "recall", "mean_precision", "mean_recall", "localization", "roc", "pr", "youden_on_this_split",
-    "thresholds_source", "split_info",
+    "model", "split", "n_images", "auroc", "auroc_ci", "mean_auroc", "mean_auroc_ci", "thresholds",
+    "precision", "recall", "mean_precision", "mean_recall", "localization", "roc", "pr",
+    "youden_on_this_split", "thresholds_source", "split_info",
 }  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """Inference on tiny images: one thread avoids OpenMP spin-waits on a busy shared CPU."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

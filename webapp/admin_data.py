@@ -21,8 +21,8 @@ from db.models import Image, LabelEvent, ModelVersion, TrainingJob
 from db.registry import list_versions
 from webapp.database import session
 
-LABEL_CHOICES = {"nlp": "NLP labels", "reviewed": "Reviewed labels"}
-SPLIT_CHOICES = {"test": "Official test split", "val": "Validation split"}
+LABEL_CHOICES = {"nlp": "NLP labels", "reviewed": "reviewed labels"}
+SPLIT_CHOICES = {"test": "official test split", "val": "validation split"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ class VersionInfo:
 def _label_source_text(snapshot: dict[str, Any] | None) -> str:
     source = (snapshot or {}).get("source")
     if source == "effective":
-        return f"reviewed ({snapshot.get('n_reviewed', 0):,} reviewed images)"
+        return f"reviewed ({snapshot.get('n_reviewed', 0):,} images)"
     if source == "nlp":
         return "NLP"
     return (snapshot or {}).get("description") or "—"
@@ -144,22 +144,34 @@ def load_versions() -> list[VersionInfo]:
 
 
 def registry_frame(versions: list[VersionInfo]) -> pd.DataFrame:
+    """The registry as text cells ("—" where a figure is missing), the active version marked."""
     rows = []
     for v in versions:
+        val = v.mean_auroc("nlp", "val")
         rows.append(
             {
-                "active": "●" if v.is_active else "",
-                "version": v.name,
+                "version": f"● {v.name}" if v.is_active else v.name,
                 "parent": v.parent or "—",
-                "created": when_text(v.created_at),
+                "created": v.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M"),
                 "labels": v.label_source,
-                "test AUROC (NLP)": v.mean_auroc("nlp", "test"),
-                "test AUROC (reviewed)": v.mean_auroc("reviewed", "test"),
-                "val AUROC (training)": v.training_val_auroc,
+                "test AUROC": number_text(v.mean_auroc("nlp", "test")),
+                "val AUROC": number_text(val if val is not None else v.training_val_auroc),
+                "test AUROC, reviewed labels": number_text(v.mean_auroc("reviewed", "test")),
                 "status": v.status,
             }
         )
     return pd.DataFrame(rows)
+
+
+def default_split(versions: list[VersionInfo]) -> str:
+    """The split with more evaluated images: the official test split, unless (as in the 555-image sample,
+    whose test split has 4 images) the validation split is the larger one."""
+    sizes = {"test": 0, "val": 0}
+    for version in versions:
+        for split in sizes:
+            report = version.auroc_summary("nlp", split) or {}
+            sizes[split] = max(sizes[split], int(report.get("n_images") or 0))
+    return "val" if sizes["val"] > sizes["test"] else "test"
 
 
 def auroc_table(
@@ -176,7 +188,7 @@ def auroc_table(
         table[f"{version.name} 95% CI"] = [_ci_text(ci.get(f)) for f in FINDINGS]
         if reference is not None and not version.is_active:
             base = reference.get("auroc") or {}
-            table[f"{version.name} Δ active"] = [
+            table[f"{version.name} Δ"] = [
                 None if auroc.get(f) is None or base.get(f) is None else auroc[f] - base[f] for f in FINDINGS
             ]
     table["CheXNet (published)"] = [PUBLISHED_CHEXNET_AUROC[f] for f in FINDINGS]
@@ -192,10 +204,36 @@ def auroc_table(
     return pd.concat([table, pd.DataFrame([means])], ignore_index=True)
 
 
+def style_auroc_table(table: pd.DataFrame) -> Any:
+    """Three decimals; deltas signed, green where the version beats the active one, red where it is worse."""
+
+    def colour(value: Any) -> str:
+        if not isinstance(value, int | float) or pd.isna(value) or abs(value) < 0.005:
+            return ""
+        return "color: #1a7f37; font-weight: 600" if value > 0 else "color: #c62828; font-weight: 600"
+
+    deltas = [c for c in table.columns if "Δ" in c]
+    numbers = [c for c in table.columns if c != "finding" and "CI" not in c and c not in deltas]
+    styler = table.style.format("{:.3f}", subset=numbers, na_rep="—")
+    styler = styler.format("{:+.3f}", subset=deltas, na_rep="—")
+    return styler.map(colour, subset=deltas)
+
+
 def _ci_text(ci: Any) -> str:
     if not ci or ci[0] is None or ci[1] is None:
         return "—"
     return f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
+THRESHOLD_SOURCES = {
+    "this_data": "chosen on these images (Youden's J; optimistic)",
+    "given": "as given",
+}
+
+
+def threshold_source_text(report: dict[str, Any]) -> str:
+    source = report.get("thresholds_source") or "the model card"
+    return THRESHOLD_SOURCES.get(source, source)
 
 
 def operating_points_frame(report: dict[str, Any]) -> pd.DataFrame:

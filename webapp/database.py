@@ -21,7 +21,9 @@ from db.engine import default_url, get_engine, session_scope
 
 log = logging.getLogger(__name__)
 
-UNREACHABLE_SENTENCE = "The database cannot be reached right now ({detail}); try again in a moment or ask an admin."
+UNREACHABLE_SENTENCE = (
+    "The database cannot be reached right now ({detail}); try again in a moment or ask an admin."
+)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -23,12 +23,21 @@ def _pretty(finding: str) -> str:
 def _layout(figure: go.Figure, height: int, **extra: Any) -> go.Figure:
     settings = {
         "height": height,
-        "margin": {"l": 10, "r": 10, "t": 30, "b": 10},
-        "legend": {"orientation": "h", "y": -0.18, "x": 0},
+        "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+        "legend": {"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
         "template": "plotly_white",
     }
     figure.update_layout(**{**settings, **extra})
     return figure
+
+
+def _smoothed(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average, bias-corrected at the start (as TensorBoard draws it)."""
+    out, average = [], 0.0
+    for n, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**n))
+    return out
 
 
 def loss_curve(progress: dict[str, Any]) -> go.Figure:
@@ -37,14 +46,24 @@ def loss_curve(progress: dict[str, Any]) -> go.Figure:
     epochs = progress.get("epochs_done") or []
     figure = go.Figure()
     if points:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
         figure.add_scatter(
-            x=[p[0] for p in points],
-            y=[p[1] for p in points],
+            x=xs,
+            y=ys,
             mode="lines",
             name="training loss",
-            line={"color": PALETTE[0], "width": 1.5},
+            line={"color": "#9fb6cd", "width": 1},
             hovertemplate="epoch %{x:.2f}<br>loss %{y:.4f}<extra></extra>",
         )
+        if len(points) >= 10:
+            figure.add_scatter(
+                x=xs,
+                y=_smoothed(ys),
+                mode="lines",
+                name="smoothed",
+                line={"color": PALETTE[0], "width": 2.5},
+                hovertemplate="epoch %{x:.2f}<br>smoothed %{y:.4f}<extra></extra>",
+            )
     val = [(e["epoch"], e["val_loss"]) for e in epochs if e.get("val_loss") is not None]
     if val:
         figure.add_scatter(
@@ -62,7 +81,7 @@ def loss_curve(progress: dict[str, Any]) -> go.Figure:
         300,
         title={"text": "Loss", "font": {"size": 14}},
         xaxis={"title": "epoch", "range": [0, total]},
-        yaxis={"title": "BCE loss", "rangemode": "tozero"},
+        yaxis={"title": "BCE loss"},
     )
 
 
@@ -186,9 +205,18 @@ def curve_overlay(reports: dict[str, dict[str, Any]], finding: str, kind: str = 
                 hoverinfo="skip",
             )
     axes = ("false positive rate", "true positive rate") if kind == "roc" else ("recall", "precision")
+    # The legend sits in the corner a curve never reaches: bottom right (ROC), bottom left (PR).
+    corner = {"x": 0.98, "xanchor": "right"} if kind == "roc" else {"x": 0.02, "xanchor": "left"}
     return _layout(
         figure,
         520,
+        legend={
+            "orientation": "v",
+            "y": 0.02,
+            "yanchor": "bottom",
+            "bgcolor": "rgba(255,255,255,0.85)",
+            **corner,
+        },
         title={"text": _pretty(finding), "font": {"size": 15}},
         xaxis={"title": axes[0], "range": [0, 1], "constrain": "domain"},
         yaxis={"title": axes[1], "range": [0, 1.02], "scaleanchor": "x", "scaleratio": 1},
@@ -242,4 +270,4 @@ def curve_grid(reports: dict[str, dict[str, Any]], kind: str = "roc") -> go.Figu
     figure.update_xaxes(range=[0, 1], showticklabels=False)
     figure.update_yaxes(range=[0, 1.02], showticklabels=False)
     figure.update_annotations(font_size=11)
-    return _layout(figure, 240 * rows, legend={"orientation": "h", "y": 1.04, "x": 0})
+    return _layout(figure, 240 * rows, legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})

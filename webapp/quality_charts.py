@@ -31,7 +31,7 @@ def _layout(figure: go.Figure, y_title: str, y_range: list[float]) -> go.Figure:
 
 
 def overturn_bars(findings: pd.DataFrame) -> go.Figure:
-    """Per finding: the share of NLP positives the review made negative, and of NLP negatives made positive."""
+    """Per finding: the share of NLP positives the review made negative, and of negatives made positive."""
     names = [name.replace("_", " ") for name in findings["finding"]]
     figure = go.Figure()
     for column, label, colour in (

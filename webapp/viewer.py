@@ -49,7 +49,9 @@ def downsample(image: np.ndarray, max_side: int = MAX_DISPLAY_SIDE) -> np.ndarra
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
-def scale_box(x: float, y: float, w: float, h: float, shown_width: int, shown_height: int) -> tuple[float, ...]:
+def scale_box(
+    x: float, y: float, w: float, h: float, shown_width: int, shown_height: int
+) -> tuple[float, float, float, float]:
     """An NIH box (original 1024 px space) as (x0, y0, x1, y1) in the shown image's pixels."""
     sx, sy = shown_width / BBOX_COORDINATE_SIZE, shown_height / BBOX_COORDINATE_SIZE
     return x * sx, y * sy, (x + w) * sx, (y + h) * sy

@@ -109,7 +109,7 @@ def dataset_section() -> int:
     cols[3].metric("Excluded", f"{status.n_excluded:,}", help="Left out of training by the reviewers.")
     if status.active_name:
         cols[4].metric(
-            "Labels changed since active model",
+            "Changed since active",
             f"{status.n_images_changed_since_active:,}",
             help=f"Images reviewed or adjudicated after {status.active_name} was registered "
             f"({admin_data.when_text(status.active_created_at)}) whose label now differs from the NLP label; "
@@ -118,7 +118,7 @@ def dataset_section() -> int:
     else:
         cols[4].metric("Labels changed by review", f"{status.n_changed:,}")
     with st.expander("Label counts per finding"):
-        st.dataframe(admin_data.finding_frame(status), hide_index=True, width="stretch")
+        st.dataframe(admin_data.finding_frame(status), hide_index=True, width="stretch", height=35 * 15 + 3)
         st.caption(
             "Effective label = adjudication, else the reviewers' consensus, else the NLP label; excluded "
             "images are not counted. “Changed” counts reviewed images whose effective label differs from the "

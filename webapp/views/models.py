@@ -59,15 +59,16 @@ def registry_section(versions: list[VersionInfo]) -> None:
         width="stretch",
         key="registry_table",
         column_config={
-            "active": st.column_config.TextColumn("", width=30, help="The version the app uses."),
-            "test AUROC (NLP)": st.column_config.NumberColumn(
-                format="%.3f", help="Mean over the 14 findings, official test split, NLP labels."
+            "version": st.column_config.TextColumn("version", help="● marks the version the app uses."),
+            "test AUROC": st.column_config.TextColumn(
+                "test AUROC", help="Mean over the 14 findings, official test split, NLP labels."
             ),
-            "test AUROC (reviewed)": st.column_config.NumberColumn(
-                format="%.3f", help="Same images, labels corrected by the reviewers where reviewed."
+            "val AUROC": st.column_config.TextColumn(
+                "val AUROC", help="Mean over the 14 findings on the version's own validation split."
             ),
-            "val AUROC (training)": st.column_config.NumberColumn(
-                format="%.3f", help="Best epoch's mean validation AUROC while training."
+            "test AUROC, reviewed labels": st.column_config.TextColumn(
+                "test AUROC, reviewed labels",
+                help="Same test images, labels corrected by the reviewers where reviewed.",
             ),
         },
     )
@@ -185,7 +186,7 @@ def dashboards(versions: list[VersionInfo]) -> None:
             "Evaluated against",
             list(LABEL_CHOICES),
             default="nlp",
-            format_func=LABEL_CHOICES.get,
+            format_func=lambda k: LABEL_CHOICES[k].capitalize() if k == "reviewed" else LABEL_CHOICES[k],
             key="compare_labels",
         )
         or "nlp"
@@ -194,7 +195,7 @@ def dashboards(versions: list[VersionInfo]) -> None:
         controls[2].segmented_control(
             "Split",
             list(SPLIT_CHOICES),
-            default="test",
+            default=admin_data.default_split(versions),
             format_func=lambda s: "Test" if s == "test" else "Validation",
             key="compare_split",
         )
@@ -210,22 +211,18 @@ def dashboards(versions: list[VersionInfo]) -> None:
     missing = [name for name, report in reports.items() if report is None]
     reports = {name: report for name, report in reports.items() if report is not None}
     if missing:
-        what = f"{SPLIT_CHOICES[split].lower()} against {LABEL_CHOICES[labels].lower()}"
-        hint = (
-            "No reviewed image lies in this split yet, or the version was not evaluated since reviews "
-            "were saved: "
-            if labels == "reviewed"
-            else ""
-        )
+        why = " (made where reviewed images lie in the split)" if labels == "reviewed" else ""
         st.info(
-            f"{hint}{', '.join(missing)} has no evaluation on the {what}; select it above and press "
-            "**Evaluate** (the AUROC table falls back to the figures in its model card).",
+            f"No evaluation of {', '.join(missing)} on the {SPLIT_CHOICES[split]} against "
+            f"{LABEL_CHOICES[labels]}{why}. Select it in the registry and press **Evaluate**; meanwhile the "
+            "AUROC table shows the figures of its model card where there are any.",
             icon=":material/info:",
         )
     if reports:
         first = next(iter(reports.values()))
+        source = first.get("labels_source") or LABEL_CHOICES[labels]
         st.caption(
-            f"{first.get('n_images', 0):,} images · labels: {first.get('labels_source', labels)} · "
+            f"{first.get('n_images', 0):,} images · labels: {source} · "
             f"{int(round(100 * (first.get('ci_level') or 0.95)))}% CIs from {first.get('n_boot', 0):,} "
             "bootstrap resamples"
         )
@@ -242,17 +239,16 @@ def dashboards(versions: list[VersionInfo]) -> None:
         curves(reports, "roc")
     with tab_table:
         table = admin_data.auroc_table(chosen, active, labels, split)
-        number_columns = {
-            c: st.column_config.NumberColumn(c, format="%+.3f" if "Δ" in c else "%.3f")
-            for c in table.columns
-            if c != "finding" and "CI" not in c
-        }
         st.dataframe(
-            table, hide_index=True, width="stretch", column_config=number_columns, height=35 * 16 + 3
+            admin_data.style_auroc_table(table),
+            hide_index=True,
+            width="stretch",
+            height=35 * (len(table) + 1) + 3,
+            column_config={"finding": st.column_config.TextColumn("finding", width=135)},
         )
         st.caption(
-            "Δ active: difference to the active version's AUROC. CheXNet (published): Rajpurkar et al. "
-            "2017, official test split, NLP labels."
+            "Δ: difference to the active version's AUROC (green better, red worse). CheXNet (published): "
+            "Rajpurkar et al. 2017, official test split, NLP labels."
         )
     with tab_pr:
         curves(reports, "pr")
@@ -262,17 +258,19 @@ def dashboards(versions: list[VersionInfo]) -> None:
         else:
             name = st.selectbox("Version", list(reports), key="points_version")
             report = reports[name]
+            points = admin_data.operating_points_frame(report)
             st.dataframe(
-                admin_data.operating_points_frame(report),
+                points,
                 hide_index=True,
                 width="stretch",
+                height=35 * (len(points) + 1) + 3,
                 column_config={
                     c: st.column_config.NumberColumn(c, format="%.3f")
                     for c in ("threshold", "precision", "recall", "specificity", "F1", "AUROC")
                 },
             )
             st.caption(
-                f"Thresholds: {report.get('thresholds_source', 'model card')}. Recall is sensitivity; "
+                f"Thresholds: {admin_data.threshold_source_text(report)}. Recall is sensitivity; "
                 "precision is the positive predictive value at this split's prevalence."
             )
 
@@ -291,7 +289,13 @@ def curves(reports: dict, kind: str) -> None:
     if finding == ALL_FINDINGS:
         st.plotly_chart(curve_grid(reports, kind), width="stretch", config=PLOTLY_CONFIG, key=f"{kind}_grid")
         st.caption(
-            "Panel titles give each version's "
+            "Axes 0–1: "
+            + (
+                "false positive rate →, true positive rate ↑. "
+                if kind == "roc"
+                else "recall →, precision ↑. "
+            )
+            + "Panel titles give each version's "
             + ("AUROC" if kind == "roc" else "average precision")
             + " in legend order; “undefined” where the split has no positive of the finding."
         )

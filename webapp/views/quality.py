@@ -11,10 +11,13 @@ user = require_role("clinician", "admin")
 
 import pandas as pd  # noqa: E402
 
+from core.labels import FINDINGS  # noqa: E402
 from db.export import export_labels_dataframe  # noqa: E402
 from db.quality import label_quality  # noqa: E402
 from webapp.database import engine_or_stop, session  # noqa: E402
 from webapp.quality_charts import google_bars, kappa_bars, overturn_bars  # noqa: E402
+
+TABLE_HEIGHT = (len(FINDINGS) + 1) * 35 + 3  # every finding without scrolling
 
 st.title("Label quality")
 st.caption(
@@ -65,13 +68,13 @@ with overturns_tab:
             "→ positive": findings["neg_to_pos"],
             "rate −→+": findings["neg_to_pos_rate"].map(percent),
         }),
-        hide_index=True, width="stretch",
+        hide_index=True, width="stretch", height=TABLE_HEIGHT,
     )  # fmt: skip
 
 with agreement_tab:
     st.caption(
-        "Images read by two or more clinicians. Cohen's kappa when every such image was read by the same two "
-        "readers, Fleiss' kappa otherwise; empty where kappa is undefined (all readers always gave one answer)."
+        "Images read by two or more clinicians. Cohen's kappa when every such image was read by the same "
+        "two readers, Fleiss' kappa otherwise; empty where kappa is undefined (one answer from everybody)."
     )
     st.plotly_chart(kappa_bars(findings), key="quality_kappa", width="stretch")
     st.dataframe(
@@ -82,7 +85,7 @@ with agreement_tab:
             "Method": findings["kappa_method"].fillna("–"),
             "All readers agree": findings["percent_agreement"].map(percent),
         }),
-        hide_index=True, width="stretch",
+        hide_index=True, width="stretch", height=TABLE_HEIGHT,
     )  # fmt: skip
 
 with google_tab:
@@ -108,8 +111,8 @@ with google_tab:
 if user.role == "admin":
     st.subheader("Export the consensus labels", anchor=False)
     st.caption(
-        "The effective label of every labelled image: an admin's adjudication, else the reviewers' consensus, "
-        "else the NLP label. The file is made when you click, from the labels as they are then."
+        "The effective label of every labelled image: an admin's adjudication, else the reviewers' "
+        "consensus, else the NLP label. The file is made when you click, from the labels as they are then."
     )
 
     def export_csv(export_format: str):

@@ -178,8 +178,8 @@ st.caption(
 engine_or_stop()
 if review_data.image_count() == 0:
     st.info(
-        "The database holds no images yet, so there is nothing to review. Import ChestX-ray14 first: an admin "
-        "can do it on the admin page, or run `python -m db import /path/to/ChestX-ray14` on the server "
+        "The database holds no images yet, so there is nothing to review. Import ChestX-ray14 first: an "
+        "admin can do it on the admin page, or run `python -m db import /path/to/ChestX-ray14` on the server "
         "(the folder with Data_Entry_2017*.csv and images/)."
     )
     st.stop()
@@ -198,7 +198,8 @@ finding_choice = split_choice = None
 if strategy == "finding":
     finding_choice = queue_bar[1].selectbox("Finding", FINDINGS, key="review_finding", format_func=pretty)
 elif strategy == "split":
-    split_choice = queue_bar[1].selectbox("Split", review_data.splits() or ["train_val", "test"], key="review_split")
+    split_options = review_data.splits() or ["train_val", "test"]
+    split_choice = queue_bar[1].selectbox("Split", split_options, key="review_split")
 
 queue_key = (strategy, finding_choice, split_choice)
 if state.get("review_queue") is None or state.get("review_queue_key") != queue_key:
@@ -219,11 +220,13 @@ with queue_bar[3].popover("Open an image", icon=":material/search:", width="stre
     if state.get("review_open_problem"):
         st.error(state["review_open_problem"])
 
+# Fixed slots: whether or not a message shows, the elements below keep their place in the page.
+notice_slot, flash_slot = st.empty(), st.empty()
 if queue.notice:
-    st.info(queue.notice, icon=":material/info:")
+    notice_slot.info(queue.notice, icon=":material/info:")
 flash = state.pop("review_flash", None)
 if flash:
-    st.success(flash, icon=":material/check_circle:")
+    flash_slot.success(flash, icon=":material/check_circle:")
 
 target: ReviewTarget | None = state.get("review_target")
 if target is None:
@@ -238,7 +241,8 @@ if form_keys()[FINDINGS[0]] not in state:  # the form's state was dropped (e.g. 
     write_form(target.prefill())
 keys = form_keys()
 
-details = [target.split or "no split", target.view or "", f"patient {target.patient_id}" if target.patient_id else ""]
+patient = f"patient {target.patient_id}" if target.patient_id else ""
+details = [target.split or "no split", target.view or "", patient]
 viewer_column, label_column = st.columns([7, 5], gap="large")
 
 with viewer_column:
@@ -270,8 +274,8 @@ with viewer_column:
             top = prediction.most_probable()
             cam_choice = sliders[1].selectbox(
                 "CAM finding", [MOST_PROBABLE, *FINDINGS], key="review_cam_finding", disabled=not show_cam,
-                format_func=lambda f: f"Most probable: {pretty(top)} ({prediction.probabilities[top]:.2f})"
-                if f == MOST_PROBABLE else f"{pretty(f)} ({prediction.probabilities[f]:.2f})",
+                format_func=lambda f: f"Top: {pretty(top)} {prediction.probabilities[top]:.2f}"
+                if f == MOST_PROBABLE else f"{pretty(f)} {prediction.probabilities[f]:.2f}",
             )  # fmt: skip
             opacity = sliders[2].slider(
                 "CAM opacity", 0.0, 1.0, 0.45, 0.05, key="review_cam_opacity", disabled=not show_cam
@@ -292,12 +296,21 @@ with viewer_column:
         st.caption(" ".join(notes))
 
 with label_column:
-    st.markdown(f"#### {status_sentence(target.effective)}")
+    st.markdown(f":material/group: **{status_sentence(target.effective)}**")
     if target.own is not None:
-        st.caption(f"You reviewed this image before (version {target.own_version}); saving updates your review.")
+        st.caption(
+            f"You reviewed this image before (version {target.own_version}); saving updates your review."
+        )
     if state.get("review_reason"):
         st.caption(state["review_reason"])
     message_slot = st.container()
+    if pixels is None:  # nobody labels an image they cannot see
+        st.info("This image cannot be reviewed without its file; skip it or ask an admin to re-import it.")
+        if st.button("Skip", key="review_skip_unreadable", icon=":material/skip_next:"):
+            state["review_skipped"] = [*state["review_skipped"], target.image_id]
+            state["review_queue"] = None
+            st.rerun()
+        st.stop()
 
     with st.form("review_form", enter_to_submit=True, border=True):
         finding_columns = st.columns(2)
@@ -307,7 +320,9 @@ with label_column:
         for index, finding in enumerate(FINDINGS):
             with finding_columns[index // per_column]:
                 ticked[finding] = st.checkbox(pretty(finding), key=keys[finding])
-        no_finding = st.checkbox(NO_FINDING, key=keys["no_finding"], help="Not together with any finding above.")
+        no_finding = st.checkbox(
+            NO_FINDING, key=keys["no_finding"], help="Not together with any finding above."
+        )
         exclude = st.checkbox(
             "Not diagnostic quality — exclude", key=keys["exclude"],
             help="Leaves the image out of training and evaluation when most reviewers exclude it.",
