@@ -48,7 +48,9 @@ def default_input_spec() -> dict[str, Any]:
     }
 
 
-def new_card(name: str, *, labels: tuple[str, ...] = FINDINGS, arch: str = "densenet121", **extra: Any) -> dict:
+def new_card(
+    name: str, *, labels: tuple[str, ...] = FINDINGS, arch: str = "densenet121", **extra: Any
+) -> dict:
     card: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -138,7 +140,9 @@ def read_artifact(path: str | Path) -> ModelArtifact:
     return ModelArtifact(path=path, card=card)
 
 
-def save_artifact(model: torch.nn.Module, out_dir: str | Path, card: dict, *, half: bool = True) -> ModelArtifact:
+def save_artifact(
+    model: torch.nn.Module, out_dir: str | Path, card: dict, *, half: bool = True
+) -> ModelArtifact:
     """Write the artifact atomically: a reader never sees a half-written folder."""
     out_dir = Path(out_dir)
     if len(card["labels"]) != model.classifier.out_features:
@@ -147,8 +151,10 @@ def save_artifact(model: torch.nn.Module, out_dir: str | Path, card: dict, *, ha
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         dtype = torch.float16 if half else torch.float32
-        state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-                 for k, v in model.state_dict().items()}
+        state = {
+            k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in model.state_dict().items()
+        }
         card = {**card, "weights_dtype": str(dtype).removeprefix("torch.")}
         # One metadata key only: safetensors writes a multi-key map in random order, which would make
         # weights_digest() (the compiled-model cache key) differ between saves of the same weights.
@@ -187,7 +193,9 @@ def convert_chexnet_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torc
     return converted
 
 
-def import_chexnet_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, name: str | None = None) -> ModelArtifact:
+def import_chexnet_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, *, name: str | None = None
+) -> ModelArtifact:
     """Convert a public CheXNet `model.pth.tar` (a dict with `state_dict`) into an artifact."""
     checkpoint = Path(checkpoint)
     try:
@@ -197,8 +205,8 @@ def import_chexnet_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, na
     except Exception as exc:
         # torch's own message is several paragraphs (and suggests weights_only=False): keep one sentence.
         raise ArtifactError(
-            f"{checkpoint.name} is not a PyTorch checkpoint this app can read safely: it is damaged, or it holds "
-            "Python objects other than tensors, which are refused because loading them could run code."
+            f"{checkpoint.name} is not a PyTorch checkpoint this app can read safely: it is damaged, or it "
+            "holds Python objects other than tensors, which are refused because loading them could run code."
         ) from exc
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not state:
@@ -215,11 +223,15 @@ def import_chexnet_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, na
     if missing or unexpected:
         raise ArtifactError(
             f"{checkpoint.name} is not a CheXNet DenseNet-121 checkpoint "
-            f"({len(missing)} tensors missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})."
+            f"({len(missing)} tensors missing, {len(unexpected)} unexpected, "
+            f"e.g. {(missing or unexpected)[0]})."
         )
     card = new_card(
         name or checkpoint.stem.removesuffix(".pth"),
-        provenance={"imported_from": checkpoint.name, "format": "CheXNet reproduction model.pth.tar",
-                    "epochs": raw.get("epoch") if isinstance(raw, dict) else None},
+        provenance={
+            "imported_from": checkpoint.name,
+            "format": "CheXNet reproduction model.pth.tar",
+            "epochs": raw.get("epoch") if isinstance(raw, dict) else None,
+        },
     )
     return save_artifact(model, out_dir, card, half=False)

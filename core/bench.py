@@ -40,13 +40,15 @@ def _naive_baseline(weights: dict[str, torch.Tensor], num_classes: int):
     net.classifier = torch.nn.Linear(1024, num_classes)
     net.load_state_dict(weights)
     net.eval()
-    transform = transforms.Compose([
-        transforms.Resize(256),
-        transforms.CenterCrop(224),
-        transforms.ToTensor(),
-        transforms.Lambda(lambda t: t.repeat(3, 1, 1)),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Lambda(lambda t: t.repeat(3, 1, 1)),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
 
     def run(path: Path) -> np.ndarray:
         with Image.open(path) as img:
@@ -126,8 +128,11 @@ def run(what: str, args: argparse.Namespace) -> dict:
         from core.bench_loader import bench_loader
         from core.paths import SHARED_SAMPLE_DIR
 
-        return bench_loader(Path(args.data) if args.data else SHARED_SAMPLE_DIR, n_images=args.images,
-                            batch_size=args.batch_size or 32)
+        return bench_loader(
+            Path(args.data) if args.data else SHARED_SAMPLE_DIR,
+            n_images=args.images,
+            batch_size=args.batch_size or 32,
+        )
     if what == "train":
         from core.train import bench_training
 

@@ -14,7 +14,14 @@ from core.preprocess import CropWindow
 
 # A compact "jet"-like colormap (blue → cyan → yellow → red), built once: no matplotlib needed.
 _ANCHORS = np.array(
-    [[0.0, 0, 0, 128], [0.15, 0, 0, 255], [0.35, 0, 255, 255], [0.55, 255, 255, 0], [0.8, 255, 0, 0], [1.0, 128, 0, 0]]
+    [
+        [0.0, 0, 0, 128],
+        [0.15, 0, 0, 255],
+        [0.35, 0, 255, 255],
+        [0.55, 255, 255, 0],
+        [0.8, 255, 0, 0],
+        [1.0, 128, 0, 0],
+    ]
 )
 _LUT = np.stack(
     [np.interp(np.linspace(0, 1, 256), _ANCHORS[:, 0], _ANCHORS[:, c]) for c in (1, 2, 3)], axis=1

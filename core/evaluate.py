@@ -149,39 +149,25 @@ def evaluate(
     boxes = ds.boxes[ds.boxes["image_index"].isin(set(ids))]
     boxes_by_image = {index: group for index, group in boxes.groupby("image_index")}
     probabilities = np.zeros((len(ids), len(artifact.labels)), dtype=np.float64)
-    localization_items: list[tuple[str, np.ndarray, tuple[float, float, float, float]]] = []
+    # (label, prediction, box): a Prediction holds the small model-space CAMs; each is upsampled to its
+    # image only while scored, so thousands of boxed 1024-px images never sit in memory as full CAMs.
+    box_items: list[tuple[str, Any, tuple[float, float, float, float]]] = []
     unreadable: dict[str, str] = {}
     keep = np.ones(len(ids), dtype=bool)
-    done = 0
     images = _read_images([str(paths[i]) for i in ids])
-    for start in range(0, len(ids), batch_size):
-        chunk_ids = ids[start : start + batch_size]
-        pixels, positions = [], []
-        for offset, index in enumerate(chunk_ids):
-            image = next(images)
-            if isinstance(image, str):
-                unreadable[index] = image
-                keep[start + offset] = False
-            else:
-                pixels.append(image)
-                positions.append(start + offset)
-        predictions = predictor.predict(pixels, batch_size=batch_size) if pixels else []
-        for position, prediction in zip(positions, predictions, strict=True):
-            probabilities[position] = [prediction.probabilities[label] for label in artifact.labels]
-            for row in boxes_by_image.get(ids[position], boxes.iloc[:0]).itertuples():
-                if row.label in artifact.labels:
-                    box = (row.x_img, row.y_img, row.w_img, row.h_img)
-                    localization_items.append((row.label, prediction.cam(row.label), box))
-        done += len(chunk_ids)
-        if progress is not None:
-            progress(done, len(ids))
-    images.close()
+    try:
+        _predict_all(ids, images, predictor, batch_size, artifact.labels, boxes_by_image, probabilities,
+                     box_items, unreadable, keep, progress)  # fmt: skip
+    finally:
+        images.close()
     if not keep.any():
         raise EvaluationError(f"None of the {len(ids)} images of the {split} split could be read.")
     ids = [index for index, ok in zip(ids, keep, strict=True) if ok]
     y_true, probabilities = y_true[keep], probabilities[keep]
 
-    localization = localization_report(localization_items) if localization_items else None
+    localization = None
+    if box_items:
+        localization = localization_report(_upsampled(box_items))
     card_thresholds = artifact.thresholds
     youden = youden_thresholds(y_true, probabilities, artifact.labels)
     main_thresholds = card_thresholds if thresholds == "validation" else None
@@ -213,11 +199,54 @@ def evaluate(
         ),
         n_excluded=n_excluded,
         n_unreadable=len(unreadable),
-        n_localization_boxes=len(localization_items),
+        n_localization_boxes=len(box_items),
         backend=predictor.backend.name,
         seconds=round(time.perf_counter() - started, 2),
     )
     return to_jsonable(report)
+
+
+def _predict_all(
+    ids: list[str],
+    images: Iterator[np.ndarray | str],
+    predictor: Any,
+    batch_size: int,
+    labels: tuple[str, ...],
+    boxes_by_image: dict[str, Any],
+    probabilities: np.ndarray,
+    box_items: list,
+    unreadable: dict[str, str],
+    keep: np.ndarray,
+    progress: Progress | None,
+) -> None:
+    """Fill `probabilities` (rows in `ids` order), `box_items`, `unreadable` and `keep` batch by batch."""
+    done = 0
+    for start in range(0, len(ids), batch_size):
+        chunk_ids = ids[start : start + batch_size]
+        pixels, positions = [], []
+        for offset, index in enumerate(chunk_ids):
+            image = next(images)
+            if isinstance(image, str):
+                unreadable[index] = image
+                keep[start + offset] = False
+            else:
+                pixels.append(image)
+                positions.append(start + offset)
+        predictions = predictor.predict(pixels, batch_size=batch_size) if pixels else []
+        for position, prediction in zip(positions, predictions, strict=True):
+            probabilities[position] = [prediction.probabilities[label] for label in labels]
+            group = boxes_by_image.get(ids[position])
+            for row in group.itertuples() if group is not None else ():
+                if row.label in labels:
+                    box_items.append((row.label, prediction, (row.x_img, row.y_img, row.w_img, row.h_img)))
+        done += len(chunk_ids)
+        if progress is not None:
+            progress(done, len(ids))
+
+
+def _upsampled(box_items: list) -> Iterator[tuple[str, np.ndarray, tuple[float, float, float, float]]]:
+    for label, prediction, box in box_items:
+        yield label, prediction.cam(label), box
 
 
 def card_metrics_entry(report: dict[str, Any]) -> dict[str, Any]:

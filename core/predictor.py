@@ -96,8 +96,11 @@ class OpenVinoBackend:
         example = torch.zeros(1, 3, crop, crop)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # OpenVINO traces with torch.jit internally
-            return ov.convert_model(_CamOutputs(model.float().eval()), example_input=example,
-                                    input=[ov.PartialShape([-1, 3, crop, crop])])
+            return ov.convert_model(
+                _CamOutputs(model.float().eval()),
+                example_input=example,
+                input=[ov.PartialShape([-1, 3, crop, crop])],
+            )
 
     def _borrow(self):
         try:
@@ -166,7 +169,9 @@ class Predictor:
                     Prediction(
                         labels=self.labels,
                         probabilities=by_label,
-                        positive=[label for label in self.labels if by_label[label] >= self.thresholds[label]],
+                        positive=[
+                            label for label in self.labels if by_label[label] >= self.thresholds[label]
+                        ],
                         cams=cam,
                         image_size=(width, height),
                         window=crop_window(width, height, self.resize, self.crop),

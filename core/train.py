@@ -528,14 +528,22 @@ class _Clock:
         if steps > 0:
             self.windows.append((seconds, steps))
 
-    def eta(self, steps_left_in_epoch: int, epochs_after: int, steps_per_epoch: int) -> float | None:
+    def eta(
+        self,
+        steps_left_in_epoch: int,
+        epochs_after: int,
+        steps_per_epoch: int,
+        budget_left_s: float | None = None,
+    ) -> float | None:
         if not self.windows:
             return None
         per_step = sum(s for s, _ in self.windows) / sum(n for _, n in self.windows)
         per_val = self.val_s or 0.0
-        return (
-            steps_left_in_epoch * per_step + per_val + epochs_after * (steps_per_epoch * per_step + per_val)
-        )
+        this_epoch = steps_left_in_epoch * per_step + per_val
+        epoch_s = steps_per_epoch * per_step + per_val
+        if budget_left_s is not None:  # the epochs a time budget will let start
+            epochs_after = min(epochs_after, max(0, int((budget_left_s - this_epoch) // max(epoch_s, 1e-9))))
+        return this_epoch + epochs_after * epoch_s
 
 
 def train(
@@ -665,6 +673,10 @@ def _train(
     steps_per_epoch = math.ceil(shard_len / per_rank_batch)
     every = config.progress_every or (25 if cuda else 1)
     clock = _Clock()
+
+    def budget_left(now: float) -> float | None:
+        return None if config.time_budget_s is None else config.time_budget_s - (now - started)
+
     generator = torch.Generator(device=device)
     stop_reason: str | None = None
     epoch = start_epoch - 1
@@ -736,7 +748,12 @@ def _train(
                             images_seen=((epoch - 1) * steps_per_epoch + step) * config.batch_size,
                             loss=_finite(mean_loss),
                             lr=optimizer.param_groups[0]["lr"],
-                            eta_s=clock.eta(steps_per_epoch - step, config.epochs - epoch, steps_per_epoch),
+                            eta_s=clock.eta(
+                                steps_per_epoch - step,
+                                config.epochs - epoch,
+                                steps_per_epoch,
+                                budget_left(now),
+                            ),
                             device=device_text,
                             images_per_s=window_images / max(now - window_started, 1e-9),
                         )
@@ -847,7 +864,9 @@ def _train(
                 val_loss=_finite(val_loss),
                 val_auroc=val_auroc,
                 val_mean_auroc=val_mean,
-                eta_s=clock.eta(0, config.epochs - epoch, steps_per_epoch) if epoch < config.epochs else 0.0,
+                eta_s=clock.eta(0, config.epochs - epoch, steps_per_epoch, budget_left(time.perf_counter()))
+                if epoch < config.epochs
+                else 0.0,
                 device=device_text,
                 images_per_s=history[-1]["images_per_s"],
             )

@@ -99,9 +99,9 @@ def describe_device(device: str = "auto", nproc: int = 1) -> tuple[str, str]:
         name = torch.cuda.get_device_name(0)
         count = torch.cuda.device_count()
         used = min(nproc, count) if nproc > 1 else 1
-        return "cuda", f"{used} × {name}" if used > 1 else name
+        return "cuda", f"{used} x {name}" if used > 1 else name
     text = f"CPU ({torch.get_num_threads()} threads)"
-    return "cpu", text + (f" × {nproc} processes" if nproc > 1 else "")
+    return "cpu", text + (f" x {nproc} processes" if nproc > 1 else "")
 
 
 # ----------------------------------------------------------------------------------------------------

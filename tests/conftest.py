@@ -12,7 +12,9 @@ from core.paths import SHARED_SAMPLE_DIR
 pytest_plugins = ["tests.browser_fixtures", "tests.db_fixtures"]
 
 # Runtime data of the tests never touches the developer's ./var.
-os.environ.setdefault("CHEXNET_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"chexnet-test-{os.getpid()}"))
+os.environ.setdefault(
+    "CHEXNET_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"chexnet-test-{os.getpid()}")
+)
 
 
 @pytest.fixture(scope="session")

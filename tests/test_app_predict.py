@@ -32,7 +32,9 @@ def _page(monkeypatch, model_dir, tmp_path) -> AppTest:
     return AppTest.from_file(PAGE, default_timeout=180)
 
 
-def test_real_image_gives_fourteen_probabilities_and_a_cam(monkeypatch, model_dir, tmp_path, full_resolution_images):
+def test_real_image_gives_fourteen_probabilities_and_a_cam(
+    monkeypatch, model_dir, tmp_path, full_resolution_images
+):
     at = _page(monkeypatch, model_dir, tmp_path)
     at.run()
     at.get("file_uploader")[0].set_value(("xray.png", full_resolution_images[3].read_bytes(), "image/png"))

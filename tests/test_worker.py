@@ -34,7 +34,6 @@ from db.training_service import (
     enqueue_fine_tune,
     enqueue_predict,
     promote_version,
-    register_existing_model,
     resume_job,
     rollback_version,
 )
@@ -298,12 +297,46 @@ def test_dead_worker_is_interrupted_and_the_job_resumes_from_its_saved_epoch(stu
     assert card["provenance"]["epochs"] == 3
 
 
+def test_multi_process_fine_tune_runs_under_torchrun(studio) -> None:
+    """CHEXNET_WORKER_GPUS > 1 makes the worker run torchrun; two CPU (gloo) processes stand in for GPUs."""
+    job_id = _enqueue(studio.engine, epochs=2, name="ddp")
+    assert Worker(studio.engine, settings=fast_settings(nproc=2)).run_once() == job_id
+    job = _job(studio.engine, job_id)
+    assert job.status == "succeeded", job.error
+    assert job.progress["device"].endswith("x 2 processes")  # as rank 0 reported it
+    assert [e["epoch"] for e in job.progress["epochs_done"]] == [1, 2] and job.progress["loss_history"]
+    card = read_artifact(studio.home / "models" / "ddp").card
+    assert card["provenance"]["device"].endswith("x 2 processes")
+    with session_scope(studio.engine, read_only=True) as session:
+        assert get_version(session, "ddp").metrics["evaluations"]["nlp"]["test"]["n_images"] == 8
+
+
 def test_promote_and_roll_back_move_the_active_model_pointer(studio, tmp_path) -> None:
     engine = studio.engine
     other = tiny_model(tmp_path / "models", "tiny-other", seed=1)
+    # A model made outside the app (e.g. by torchrun from the CLI) joins the registry from the command line.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "db.worker", "--register", str(other)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Registered 'tiny-other'" in done.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "db.worker", "--register", str(other)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 1 and "already exists" in again.stderr
     with session_scope(engine) as session:
-        registered = register_existing_model(session, other)
-        promote_version(session, registered.id)
+        promote_version(session, "tiny-other")
     assert active_model_dir() == other.resolve()
     with session_scope(engine) as session:
         back = rollback_version(session)

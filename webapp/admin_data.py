@@ -259,7 +259,7 @@ def operating_points_frame(report: dict[str, Any]) -> pd.DataFrame:
 # Dataset and labels
 
 
-@st.cache_data(ttl=60, show_spinner=False, max_entries=4)
+@st.cache_data(show_spinner=False, max_entries=4)
 def _cached_status(
     url_key: str, n_images: int, n_events: int, last_event: Any, active_id: int | None
 ) -> LabelStatus:

@@ -8,7 +8,9 @@ POSITIVE_COLOUR = "#d62728"
 NEGATIVE_COLOUR = "#9bb7d4"
 
 
-def probability_bars(probabilities: dict[str, float], thresholds: dict[str, float], title: str = "") -> go.Figure:
+def probability_bars(
+    probabilities: dict[str, float], thresholds: dict[str, float], title: str = ""
+) -> go.Figure:
     """Horizontal bars, most probable on top, each class's operating threshold marked."""
     ranked = sorted(probabilities, key=probabilities.__getitem__)
     positive = [probabilities[label] >= thresholds[label] for label in ranked]

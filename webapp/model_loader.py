@@ -31,7 +31,10 @@ def load_active_predictor() -> tuple[Predictor | None, str | None]:
     """The active model's predictor, or (None, a sentence saying why there is none)."""
     model_dir = active_model_dir()
     if model_dir is None:
-        return None, "No model is configured yet, so nothing can be predicted. An admin can train or import one."
+        return (
+            None,
+            "No model is configured yet, so nothing can be predicted. An admin can train or import one.",
+        )
     try:
         mtime = (Path(model_dir) / CARD_FILE).stat().st_mtime
         return _load(str(model_dir), mtime), None

@@ -12,22 +12,28 @@ VIEWS = Path(__file__).resolve().parent / "views"
 
 
 def _page(name: str, title: str, icon: str, **kwargs) -> st.Page:
-    return st.Page(str(VIEWS / f"{name}.py"), title=title, icon=icon, url_path=name, **kwargs)
+    return st.Page(str(VIEWS / f"{name}.py"), title=title, icon=f":material/{icon}:", url_path=name, **kwargs)
 
 
 def build_pages() -> dict[str, list[st.Page]]:
     user = current_user()
-    pages: dict[str, list[st.Page]] = {"Demo": [_page("predict", "Predict", ":material/radiology:", default=True)]}
     if user is None:
-        pages["Account"] = [_page("login", "Log in", ":material/login:")]
-        return pages
-    if user.role in ("clinician", "admin") and (VIEWS / "review.py").exists():
-        pages["Clinicians"] = [_page("review", "Review labels", ":material/rate_review:")]
-        if (VIEWS / "quality.py").exists():
-            pages["Clinicians"].append(_page("quality", "Label quality", ":material/fact_check:"))
+        return {
+            "Demo": [_page("predict", "Predict", "radiology", default=True)],
+            "Account": [_page("login", "Log in", "login")],
+        }
+    # Logged-in readers land on their work queue; the public demo stays one click away.
+    pages = {
+        "Clinicians": [
+            _page("review", "Review labels", "rate_review", default=True),
+            _page("quality", "Label quality", "fact_check"),
+        ],
+        "Demo": [_page("predict", "Predict", "radiology")],
+    }
     if user.role == "admin":
-        admin = [p for p in (("admin", "Fine-tune", ":material/model_training:"), ("models", "Models & ROC", ":material/monitoring:")) if (VIEWS / f"{p[0]}.py").exists()]
-        if admin:
-            pages["Admin"] = [_page(*p) for p in admin]
-    pages["Account"] = [_page("logout", f"Log out ({user.username})", ":material/logout:")]
+        pages["Admin"] = [
+            _page("admin", "Fine-tune", "model_training"),
+            _page("models", "Models & ROC", "monitoring"),
+        ]
+    pages["Account"] = [_page("logout", f"Log out ({user.username})", "logout")]
     return pages

@@ -14,7 +14,9 @@ if current_user() is not None:
 
 with st.form("login", clear_on_submit=False):
     username = st.text_input("Username", key="login_username", autocomplete="username")
-    password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
+    password = st.text_input(
+        "Password", type="password", key="login_password", autocomplete="current-password"
+    )
     submitted = st.form_submit_button("Log in", type="primary")
 
 if submitted:

@@ -55,8 +55,13 @@ if predictor is None:
     st.info(problem)
     st.stop()
 
-upload = st.file_uploader("Chest X-ray", type=None, accept_multiple_files=False, key="upload",
-                          help="PNG (8/16-bit), JPEG or DICOM. The file type is read from its contents.")
+upload = st.file_uploader(
+    "Chest X-ray",
+    type=None,
+    accept_multiple_files=False,
+    key="upload",
+    help="PNG (8/16-bit), JPEG or DICOM. The file type is read from its contents.",
+)
 if upload is None:
     st.stop()
 
@@ -89,7 +94,8 @@ with left:
     positives = prediction.positive
     if validated:
         st.markdown(
-            "**Above threshold:** " + (", ".join(p.replace("_", " ") for p in positives) if positives else "none")
+            "**Above threshold:** "
+            + (", ".join(p.replace("_", " ") for p in positives) if positives else "none")
         )
     table = pd.DataFrame(
         {
@@ -105,16 +111,23 @@ with left:
 with right:
     st.subheader("Where the model looked (CAM)")
     labels = sorted(predictor.labels, key=lambda k: -prediction.probabilities[k])
-    finding = st.selectbox("Finding", labels, index=0, format_func=lambda k: f"{k.replace('_', ' ')} "
-                           f"({prediction.probabilities[k]:.3f})", key="cam_finding")
+    finding = st.selectbox(
+        "Finding",
+        labels,
+        index=0,
+        format_func=lambda k: f"{k.replace('_', ' ')} ({prediction.probabilities[k]:.3f})",
+        key="cam_finding",
+    )
     opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="cam_opacity")
     overlay = render_overlay(image.pixels, prediction.cam(finding), opacity)
     original_col, overlay_col = st.columns(2)
-    original_col.image(image.pixels, caption=f"Original ({image.format}, {image.width}×{image.height})",
-                       width="stretch")
+    original_col.image(
+        image.pixels, caption=f"Original ({image.format}, {image.width}×{image.height})", width="stretch"
+    )
     overlay_col.image(overlay, caption=f"CAM: {finding.replace('_', ' ')}", width="stretch")
     buffer = io.BytesIO()
     Image.fromarray(overlay).save(buffer, format="PNG")
-    st.download_button("Download overlay (PNG)", buffer.getvalue(), file_name=f"cam-{finding}.png",
-                       mime="image/png")
+    st.download_button(
+        "Download overlay (PNG)", buffer.getvalue(), file_name=f"cam-{finding}.png", mime="image/png"
+    )
     st.caption("The overlay covers the centre square the model saw; the rest of the image was not analysed.")
