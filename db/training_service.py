@@ -24,9 +24,10 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core import paths
 from core.artifact import ArtifactError, read_artifact
 from core.labels import FINDINGS
-from core.paths import BUNDLED_MODEL_DIR, active_model_dir, models_dir, set_active_model_dir
+from core.paths import active_model_dir, models_dir, set_active_model_dir
 from db import registry
 from db.errors import DbUserError
 from db.jobs import enqueue_job, get_job
@@ -277,6 +278,24 @@ def enqueue_evaluate(
     )
 
 
+def ensure_evaluated(session: Session, version_id: int, created_by: User | None = None) -> TrainingJob | None:
+    """Queue an evaluation of a version that has none yet (and none queued), when a dataset is imported.
+
+    So that the dashboards have curves for the demo model soon after the first import.
+    """
+    version = registry.get_version(session, version_id)
+    if (version.metrics or {}).get("evaluations") or dataset_root(session) is None:
+        return None
+    pending = session.scalars(
+        select(TrainingJob).where(
+            TrainingJob.kind == JOB_EVALUATE, TrainingJob.status.in_(("queued", "running"))
+        )
+    )
+    if any((job.params or {}).get("version_id") == version.id for job in pending):
+        return None
+    return enqueue_evaluate(session, version_id=version.id, created_by=created_by)
+
+
 def can_resume(job: TrainingJob) -> bool:
     """An interrupted or cancelled fine-tune whose last finished epoch is saved."""
     from core.train import STATE_FILE
@@ -439,14 +458,15 @@ def register_existing_model(
 
 
 def seed_registry(session: Session) -> ModelVersion | None:
-    """On an empty registry, register the model the app uses now (normally the bundled demo) as active.
+    """On an empty registry, register the model the app uses now (normally the bundled demo) as active,
+    and queue its evaluation when a dataset is already imported.
 
     Returns the version registered, or None when the registry was not empty or there is no model.
     """
     if session.scalar(select(func.count()).select_from(ModelVersion)):
         return None
     current = active_model_dir()
-    candidates = [path for path in (current, BUNDLED_MODEL_DIR) if path is not None]
+    candidates = [path for path in (current, paths.BUNDLED_MODEL_DIR) if path is not None]
     for path in candidates:
         try:
             version = register_existing_model(session, Path(path), notes="Registered on first start.")
@@ -456,5 +476,6 @@ def seed_registry(session: Session) -> ModelVersion | None:
             return None  # another process seeded it at the same moment
         registry.promote(session, version.id)
         session.flush()
+        ensure_evaluated(session, version.id)
         return registry.get_version(session, version.id)
     return None

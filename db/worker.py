@@ -725,7 +725,7 @@ class Worker:
                 stage="succeeded",
                 stage_text="Succeeded",
                 fraction=1.0,
-                message=f"Evaluated {name!r}.",
+                message=f"Evaluated {name!r}; its curves are on the Models & ROC page.",
                 updated_at=utcnow().isoformat(),
             )
             finish_job(session, run.job_id, self.worker_id, "succeeded", progress=run.progress)

@@ -9,17 +9,31 @@ from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from core.paths import REPO_ROOT, active_model_dir
+from db import accounts
 from db.engine import dispose_engine, session_scope
 from db.jobs import claim_next_job, enqueue_job, list_jobs, update_progress
 from db.models import TrainingJob
 from db.registry import get_active_version, list_versions
 from db.training_service import JOB_FINE_TUNE
 from db.worker import Worker
-from tests.admin_helpers import fast_settings, make_studio, synthetic_dataset
+from tests.admin_helpers import (
+    PASSWORD,
+    fast_settings,
+    make_studio,
+    one_torch_thread,
+    synthetic_dataset,
+    tiny_model,
+)
 from webapp.auth import SessionUser
 
 ADMIN_PAGE = str(REPO_ROOT / "webapp" / "views" / "admin.py")
 MODELS_PAGE = str(REPO_ROOT / "webapp" / "views" / "models.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +158,38 @@ def test_live_progress_panel_shows_a_running_job_and_cancels_it(studio) -> None:
     at.run()
     with session_scope(studio.engine, read_only=True) as session:
         assert session.get(TrainingJob, job_id).cancel_requested
+
+
+def test_first_start_import_registers_the_demo_model_and_queues_its_evaluation(
+    tmp_path, monkeypatch, synthetic_data, fast_password_hashing
+) -> None:
+    """An empty studio: the bundled model is registered as the active version; importing a dataset
+    through the page queues its evaluation so the dashboards get curves."""
+    monkeypatch.setenv("CHEXNET_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CHEXNET_MODEL", raising=False)
+    monkeypatch.setattr("core.paths.BUNDLED_MODEL_DIR", tiny_model(tmp_path / "repo-models", "demo-model"))
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    with session_scope(url) as session:
+        admin_id = accounts.create_user(session, "boss", PASSWORD, role="admin").id
+    try:
+        at = page(ADMIN_PAGE, SessionUser(admin_id, "boss", "admin"))
+        assert "No dataset is imported yet" in texts(at)
+        at.text_input(key="import_folder").set_value(str(synthetic_data))
+        button(at, "Import").click()
+        at.run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        shown = texts(at)
+        assert "56 images added" in shown and "Job #1 evaluates demo-model" in shown
+        assert at.metric[0].value == "56"
+        with session_scope(url, read_only=True) as session:
+            [version] = list_versions(session)
+            assert version.name == "demo-model" and version.is_active
+            [job] = list_jobs(session)
+            assert job.kind == "evaluate" and job.params["version_id"] == version.id
+            assert job.params["data_dir"] == str(synthetic_data)
+    finally:
+        dispose_engine(url)
 
 
 @pytest.mark.parametrize("path", [ADMIN_PAGE, MODELS_PAGE])

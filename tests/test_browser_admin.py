@@ -14,7 +14,7 @@ import pytest
 from core.paths import REPO_ROOT
 from db.engine import dispose_engine, session_scope
 from db.registry import get_active_version
-from tests.admin_helpers import PASSWORD, make_studio, synthetic_dataset
+from tests.admin_helpers import ONE_THREAD_ENV, PASSWORD, make_studio, synthetic_dataset
 from tests.browser_fixtures import streamlit_server
 
 pytestmark = pytest.mark.browser
@@ -47,7 +47,7 @@ def admin_app(tmp_path_factory):
                 "1",
             ],
             cwd=REPO_ROOT,
-            env={**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)},
+            env={**os.environ, **env, **ONE_THREAD_ENV, "PYTHONPATH": str(REPO_ROOT)},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -38,7 +38,20 @@ from db.training_service import (
     rollback_version,
 )
 from db.worker import Worker
-from tests.admin_helpers import fast_settings, make_studio, synthetic_dataset, tiny_model
+from tests.admin_helpers import (
+    ONE_THREAD_ENV,
+    fast_settings,
+    make_studio,
+    one_torch_thread,
+    synthetic_dataset,
+    tiny_model,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +243,7 @@ def test_dead_worker_is_interrupted_and_the_job_resumes_from_its_saved_epoch(stu
     # A real worker process, killed without warning once it has finished epoch 1.
     env = {
         **os.environ,
+        **ONE_THREAD_ENV,
         "PYTHONPATH": str(REPO_ROOT),
         "CHEXNET_HOME": str(studio.home),
         "DATABASE_URL": studio.url,
@@ -315,7 +329,7 @@ def test_promote_and_roll_back_move_the_active_model_pointer(studio, tmp_path) -
     engine = studio.engine
     other = tiny_model(tmp_path / "models", "tiny-other", seed=1)
     # A model made outside the app (e.g. by torchrun from the CLI) joins the registry from the command line.
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, **ONE_THREAD_ENV, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "db.worker", "--register", str(other)],
         cwd=REPO_ROOT,

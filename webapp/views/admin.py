@@ -19,6 +19,7 @@ from db import training_service as service  # noqa: E402
 from db.errors import DbUserError  # noqa: E402
 from db.jobs import request_cancel  # noqa: E402
 from db.models import User  # noqa: E402
+from db.registry import get_active_version  # noqa: E402
 from db.worker_status import read_worker_statuses  # noqa: E402
 from webapp import admin_data  # noqa: E402
 from webapp.admin_data import JobInfo, duration_text, number_text  # noqa: E402
@@ -55,11 +56,6 @@ def show_flash() -> None:
         st.success(text, icon=":material/check_circle:")
     elif kind == "error":
         st.error(text, icon=":material/error:")
-
-
-def db_user() -> User | None:
-    with session(read_only=True) as db:
-        return db.get(User, user.id)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -177,11 +173,16 @@ def run_import(folder: str, hash_images: bool) -> None:
         bar.empty()
         st.error(str(exc))
         return
-    flash(
-        "success",
-        f"Imported {folder}: {stats.summary()}"
-        + (f" Notes: {' '.join(stats.problems[:3])}" if stats.problems else ""),
-    )
+    text = f"Imported {folder}: {stats.summary()}"
+    if stats.problems:
+        text += f" Notes: {' '.join(stats.problems[:3])}"
+    # The active version gets curves on the new data (the worker evaluates it in the background).
+    with session() as db:
+        active = get_active_version(db)
+        job = service.ensure_evaluated(db, active.id, db.get(User, user.id)) if active else None
+        if job is not None:
+            text += f" Job #{job.id} evaluates {active.name} on it for the Models & ROC dashboards."
+    flash("success", text)
     st.rerun()
 
 
