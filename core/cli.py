@@ -113,6 +113,56 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dataset(args: argparse.Namespace) -> int:
+    """The dataset paper's table: images, patients, per-finding counts and percentages, split sizes."""
+    from core.dataset import DatasetError, format_summary, load_chestxray14, summary
+    from core.paths import SHARED_SAMPLE_DIR
+
+    try:
+        data_dir = Path(args.data) if args.data else SHARED_SAMPLE_DIR
+        dataset = load_chestxray14(data_dir, blacklist=args.blacklist)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        table = summary(dataset)
+        print(json.dumps({"root": str(dataset.root), "problems": dataset.problems,
+                          "table": json.loads(table.to_json(orient="index"))}))
+    else:
+        print(format_summary(dataset))
+        for problem in dataset.problems:
+            print(f"note: {problem}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Decode every image once into the preprocessed cache training reads (incremental)."""
+    from tqdm import tqdm
+
+    from core.cache import build_cache
+    from core.dataset import DatasetError, load_chestxray14
+    from core.paths import SHARED_SAMPLE_DIR
+    from core.train import default_cache_folder
+
+    data_dir = Path(args.data) if args.data else SHARED_SAMPLE_DIR
+    try:
+        dataset = load_chestxray14(data_dir, blacklist=args.blacklist)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from exc
+    folder = Path(args.out) if args.out else default_cache_folder(data_dir, args.size)
+    with tqdm(total=len(dataset.entries), unit="img", desc="image cache") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        cache = build_cache(dataset.image_paths(), folder, size=args.size, workers=args.workers or None,
+                            progress=progress)
+    print(f"{folder}: {cache.report.describe()}")
+    for problem in cache.report.problems[:20]:
+        print(f"note: {problem}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -265,6 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("dataset", help="summarise a ChestX-ray14 folder like the dataset paper's table")
+    p.add_argument("data", nargs="?", help="ChestX-ray14 folder (default: the shared sample)")
+    p.add_argument("--blacklist", help="file listing unusable images, one Image Index a line")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("cache", help="build (or extend) the preprocessed image cache used for training")
+    p.add_argument("data", nargs="?", help="ChestX-ray14 folder (default: the shared sample)")
+    p.add_argument("--out", help="cache folder (default: one per dataset under CHEXNET_HOME/cache)")
+    p.add_argument("--size", type=int, default=256, help="cached side in pixels (centre square)")
+    p.add_argument("--workers", type=int, default=0, help="decoding threads (0: auto)")
+    p.add_argument("--blacklist", help="file listing unusable images, one Image Index a line")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", help="train CheXNet on a ChestX-ray14 folder (torchrun for several GPUs)")
     p.add_argument("--data", required=True, help="ChestX-ray14 folder (official layout)")
