@@ -86,3 +86,46 @@ def test_no_model_says_so_and_predicts_nothing(monkeypatch, tmp_path):
     assert not at.exception
     assert any("No model is configured" in i.value for i in at.info)
     assert len(at.get("file_uploader")) == 0
+
+
+def test_logged_in_reader_can_send_an_upload_to_review_once(
+    monkeypatch, model_dir, tmp_path, full_resolution_images
+):
+    from sqlalchemy import select
+
+    from db.accounts import create_user
+    from db.engine import get_engine, session_scope
+    from db.models import Image
+    from webapp.auth import SessionUser
+
+    at = _page(monkeypatch, model_dir, tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    engine = get_engine()
+    with session_scope(engine) as session:
+        user = create_user(session, "dr-upload", "correct horse battery", "clinician")
+        session.flush()
+        user_id = user.id
+    at.session_state["user"] = SessionUser(id=user_id, username="dr-upload", role="clinician")
+    at.run()
+    data = full_resolution_images[5].read_bytes()
+    at.get("file_uploader")[0].set_value(("upload.png", data, "image/png"))
+    at.run()
+    for _ in range(2):  # the same bytes twice: stored once
+        at.button(key="send_to_review").click()
+        at.run()
+        assert not at.exception
+        assert any("Stored for review" in s.value for s in at.success)
+    with session_scope(engine) as session:
+        uploads = session.scalars(select(Image).where(Image.source == "upload")).all()
+        assert len(uploads) == 1 and uploads[0].uploaded_by_id == user_id
+        assert open(uploads[0].path, "rb").read() == data
+
+
+def test_anonymous_uploads_are_never_stored(monkeypatch, model_dir, tmp_path, full_resolution_images):
+    at = _page(monkeypatch, model_dir, tmp_path)
+    at.run()
+    at.get("file_uploader")[0].set_value(("x.png", full_resolution_images[0].read_bytes(), "image/png"))
+    at.run()
+    assert not at.exception
+    assert not [b for b in at.button if b.key == "send_to_review"]
+    assert not (tmp_path / "uploads").exists()

@@ -8,9 +8,14 @@ import io
 import pandas as pd
 import streamlit as st
 from PIL import Image
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.cam import render_overlay
 from core.imaging import ImageRejected, read_xray
+from db.importer import store_upload
+from db.models import User
+from webapp import database
+from webapp.auth import current_user
 from webapp.charts import probability_bars
 from webapp.model_loader import active_artifact, is_validated, load_active_predictor
 
@@ -48,6 +53,23 @@ def _mean_auroc_text(metrics: dict) -> str:
             where = section.get("split") or name or "evaluation"
             found.append(f"{section['mean_auroc']:.3f} ({where}, {section.get('n_images', '?')} images)")
     return "; ".join(found) or "not measured"
+
+
+def send_to_review(filename: str, data: bytes) -> None:
+    """Logged-in readers may keep an upload for review; anonymous uploads are never stored."""
+    user = current_user()
+    if user is None or user.role not in ("clinician", "admin"):
+        return
+    st.divider()
+    if st.button("Send this image to review", icon=":material/rate_review:", key="send_to_review"):
+        try:
+            with database.session() as db_session:
+                stored = store_upload(db_session, data, filename, db_session.get(User, user.id))
+                image_id = stored.id
+        except SQLAlchemyError:
+            st.error("The image could not be stored because the database is unavailable; nothing was saved.")
+            return
+        st.success(f"Stored for review as image #{image_id} (each file is stored once, by its content).")
 
 
 model_card()
@@ -131,3 +153,5 @@ with right:
         "Download overlay (PNG)", buffer.getvalue(), file_name=f"cam-{finding}.png", mime="image/png"
     )
     st.caption("The overlay covers the centre square the model saw; the rest of the image was not analysed.")
+
+send_to_review(upload.name, data)
