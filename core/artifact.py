@@ -160,6 +160,7 @@ def save_artifact(
         # weights_digest() (the compiled-model cache key) differ between saves of the same weights.
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private; a web server running as another user must read it
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

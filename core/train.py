@@ -610,7 +610,10 @@ def _train(
     if data is None:
         data = prepare_data(config, None, build=False)
 
-    model, parent = build_initial_model(config)
+    # A seeded initialisation (the same on every rank) without touching the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model, parent = build_initial_model(config)
     pos_weight = positive_weights(data.y_train) if config.class_weighting else None
     criterion = nn.BCEWithLogitsLoss(
         pos_weight=None if pos_weight is None else torch.from_numpy(pos_weight).to(device)

@@ -180,7 +180,10 @@ def test_progress_events(trained) -> None:
     assert {"cache", "train", "validate", "epoch", "done"} <= phases
     steps = [e for e in events if e.phase == "train" and e.step > 0]
     assert all(e.steps_per_epoch >= e.step and e.device.startswith("CPU") for e in steps)
-    assert all(e.loss is not None and e.images_per_s > 0 and e.lr == pytest.approx(1e-3) for e in steps)
+    assert all(e.loss is not None and e.images_per_s > 0 for e in steps)
+    # lr starts at 1e-3; ReduceLROnPlateau may divide it by 10 after two epochs without a lower val loss.
+    assert all(e.lr == pytest.approx(1e-3) for e in steps if e.epoch == 1)
+    assert all(any(e.lr == pytest.approx(1e-3 * 0.1**k) for k in range(4)) for e in steps)
     assert steps[-1].images_seen > steps[0].images_seen
     epoch_events = [e for e in events if e.phase == "epoch"]
     assert [e.epoch for e in epoch_events] == [1, 2, 3, 4]
