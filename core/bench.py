@@ -93,15 +93,18 @@ def bench_inference(args: argparse.Namespace) -> dict:
     for path in files[:2]:  # warm-up both paths
         baseline(path), project(path)
     base_times, fast_times, max_diff = [], [], 0.0
-    for _ in range(2):
-        for path in files:  # interleaved, so both see the same machine load
-            t0 = time.perf_counter()
-            p_base = baseline(path)
-            t1 = time.perf_counter()
+    # Alternating blocks rather than alternating images: PyTorch's OpenMP threads keep spinning for a
+    # while after each call and would otherwise steal the CPU from whichever path runs right after.
+    for _ in range(3):
+        base_probs = []
+        for path in files:
+            started = time.perf_counter()
+            base_probs.append(baseline(path))
+            base_times.append(time.perf_counter() - started)
+        for path, p_base in zip(files, base_probs, strict=True):
+            started = time.perf_counter()
             p_fast = project(path)
-            t2 = time.perf_counter()
-            base_times.append(t1 - t0)
-            fast_times.append(t2 - t1)
+            fast_times.append(time.perf_counter() - started)
             max_diff = max(max_diff, float(np.abs(p_base - p_fast).max()))
     base_ms = statistics.median(base_times) * 1000
     fast_ms = statistics.median(fast_times) * 1000

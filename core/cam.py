@@ -41,14 +41,18 @@ def cam_to_image(cam: np.ndarray, width: int, height: int, window: CropWindow) -
     """A [h, w] CAM → float32 [height, width] in [0, 1]; zero outside the part of the image the model saw."""
     scaled = normalise(cam)
     side = max(1, round(window.side))
-    resized = np.asarray(Image.fromarray(scaled).resize((side, side), Image.Resampling.BILINEAR))
+    # Upsampled as 8-bit: ~5x faster than float at X-ray sizes, and 1/255 steps are finer than any colormap.
+    as_bytes = Image.fromarray((scaled * 255).round().astype(np.uint8))
+    resized = np.asarray(as_bytes.resize((side, side), Image.Resampling.BILINEAR))
     full = np.zeros((height, width), dtype=np.float32)
     left, top = round(window.left), round(window.top)
     # Clip the pasted square to the image (rounding can push it a pixel over).
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + side, height), min(left + side, width)
-    full[y0:y1, x0:x1] = resized[y0 - top : y1 - top, x0 - left : x1 - left]
-    return np.clip(full, 0.0, 1.0)
+    inside = full[y0:y1, x0:x1]
+    inside[...] = resized[y0 - top : y1 - top, x0 - left : x1 - left]
+    inside *= np.float32(1 / 255)  # in place: values stay within [0, 1]
+    return full
 
 
 def colorize(cam01: np.ndarray) -> np.ndarray:
