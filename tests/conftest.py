@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.paths import SHARED_SAMPLE_DIR
 
@@ -15,6 +16,15 @@ pytest_plugins = ["tests.browser_fixtures", "tests.db_fixtures"]
 os.environ.setdefault(
     "CHEXNET_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"chexnet-test-{os.getpid()}")
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    # On a small shared CPU, 2 intra-op threads fighting other processes are several times slower than 1.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

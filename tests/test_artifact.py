@@ -32,15 +32,6 @@ from core.models import CheXNet, create_model
 from core.paths import REPO_ROOT
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # On a small shared CPU, 2 intra-op threads fighting other processes are several times slower than 1.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def randomise_batch_norms(model: torch.nn.Module, seed: int) -> None:
     """Non-trivial BN statistics, so that a buffer lost on the way would change the logits."""
     generator = torch.Generator().manual_seed(seed)

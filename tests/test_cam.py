@@ -17,15 +17,6 @@ from core.preprocess import CropWindow, crop_window, model_input
 GRID = 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # On a small shared CPU, 2 intra-op threads fighting other processes are several times slower than 1.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def cell_bounds(window: CropWindow, row: int, col: int, grid: int = GRID) -> tuple[float, ...]:
     """(x0, x1, y0, y1) of one CAM cell in original-image pixels."""
     cell = window.side / grid

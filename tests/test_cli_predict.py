@@ -27,15 +27,6 @@ from core.preprocess import crop_window
 MODEL_NAME = "cli-test"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # On a small shared CPU, 2 intra-op threads fighting other processes are several times slower than 1.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)

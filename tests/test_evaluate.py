@@ -26,17 +26,6 @@ REPORT_KEYS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """Inference on tiny images: one thread avoids OpenMP spin-waits on a busy shared CPU."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_dataset(tmp_path_factory.mktemp("eval-data"), n_train_val=40, n_test=6, seed=1)

@@ -25,15 +25,6 @@ N_IMAGES = 6
 N_SINGLE = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # On a small shared CPU, 2 intra-op threads fighting other processes are several times slower than 1.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> ModelArtifact:
     torch.manual_seed(0)
