@@ -65,7 +65,7 @@ def _cmd_init_admin(args: argparse.Namespace) -> int:
     password = ensure_initial_admin(get_engine(args.database_url))
     if password:
         print(f"Created the user {INITIAL_ADMIN_USERNAME!r} with the password: {password}")
-        print("It is shown only this once; change it after logging in.")
+        print("It is shown only this once: keep it safe (python -m db create-user adds more accounts).")
     else:
         print("No new admin account was needed (users exist, or the password came from the environment).")
     return 0

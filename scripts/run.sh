@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 export CHEXNET_HOME="${CHEXNET_HOME:-$PWD/var}"
 mkdir -p "$CHEXNET_HOME"
+# Migrate the database and create the first admin (its password is printed here, once).
+"$PY" -m db init-admin
 worker_pid=""
 if [ -f db/worker.py ]; then
   "$PY" -m db.worker &
