@@ -129,3 +129,33 @@ def test_anonymous_uploads_are_never_stored(monkeypatch, model_dir, tmp_path, fu
     assert not at.exception
     assert not [b for b in at.button if b.key == "send_to_review"]
     assert not (tmp_path / "uploads").exists()
+
+
+def test_monochrome1_dicom_upload_predicts_like_the_same_image_as_png(
+    monkeypatch, model_dir, tmp_path, full_resolution_images
+):
+    import io
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from tests.test_imaging import dicom_bytes
+
+    grey = np.asarray(PILImage.open(full_resolution_images[2]).convert("L"))
+    scaled = (grey.astype(np.float64) - grey.min()) / (grey.max() - grey.min())
+    buffer = io.BytesIO()
+    PILImage.fromarray(np.round(scaled * 255).astype(np.uint8)).save(buffer, format="PNG")
+    # The same radiograph as a 12-bit MONOCHROME1 DICOM (bright = low values), full 0..4095 range.
+    stored = np.round((1.0 - scaled) * 4095).astype(np.uint16)
+    dicom = dicom_bytes(stored, photometric="MONOCHROME1", bits_stored=12)
+
+    results = {}
+    for name, data in (("png", buffer.getvalue()), ("dicom", dicom)):
+        at = _page(monkeypatch, model_dir, tmp_path)
+        at.run()
+        at.get("file_uploader")[0].set_value((f"upload.{name}", data, "application/octet-stream"))
+        at.run()
+        assert not at.exception and not at.error
+        results[name] = at.session_state["prediction"].probabilities
+    for label in FINDINGS:
+        assert abs(results["png"][label] - results["dicom"][label]) < 0.01, label
