@@ -106,19 +106,22 @@ class ModelArtifact:
         except Exception as exc:
             raise ArtifactError(f"The weights in {self.path} could not be read ({exc}).") from exc
         state = {k: v.float() for k, v in state.items()}
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # tensor shape mismatches raise even with strict=False
-            raise ArtifactError(
-                f"The weights in {self.path} do not fit a {self.card.get('arch')} with {len(self.labels)} "
-                "outputs (tensor shapes differ)."
-            ) from exc
-        if missing or unexpected:
-            raise ArtifactError(
-                f"The weights in {self.path} do not fit a {self.card.get('arch')} with {len(self.labels)} "
-                f"outputs ({len(missing)} missing, {len(unexpected)} unexpected tensors)."
-            )
+        arch, outputs = self.card.get("arch"), len(self.labels)
+        _load_exactly(model, state, f"The weights in {self.path} do not fit a {arch} with {outputs} outputs")
         return model.to(device).eval()
+
+
+def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor], does_not_fit: str) -> None:
+    """Load every tensor or raise ArtifactError("<does_not_fit> (what differs).")."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shape mismatches raise even with strict=False
+        raise ArtifactError(f"{does_not_fit} (tensor shapes differ).") from exc
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{does_not_fit} ({len(missing)} tensors missing, {len(unexpected)} unexpected, "
+            f"e.g. {(missing or unexpected)[0]})."
+        )
 
 
 def is_artifact(path: str | Path) -> bool:
@@ -214,19 +217,11 @@ def import_chexnet_checkpoint(
         raise ArtifactError(f"{checkpoint.name} holds no state_dict.")
     state = convert_chexnet_state_dict(state)
     model = create_model("densenet121", num_classes=len(FINDINGS))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # tensor shape mismatches raise even with strict=False
-        raise ArtifactError(
-            f"{checkpoint.name} is not a CheXNet DenseNet-121 checkpoint with {len(FINDINGS)} outputs "
-            "(tensor shapes differ)."
-        ) from exc
-    if missing or unexpected:
-        raise ArtifactError(
-            f"{checkpoint.name} is not a CheXNet DenseNet-121 checkpoint "
-            f"({len(missing)} tensors missing, {len(unexpected)} unexpected, "
-            f"e.g. {(missing or unexpected)[0]})."
-        )
+    _load_exactly(
+        model,
+        state,
+        f"{checkpoint.name} is not a CheXNet DenseNet-121 checkpoint with {len(FINDINGS)} outputs",
+    )
     card = new_card(
         name or checkpoint.stem.removesuffix(".pth"),
         provenance={

@@ -12,15 +12,14 @@ honest choice for a test split; Youden's J chosen on the evaluated split itself 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.labels import FINDINGS
+from core.prefetch import prefetch_map
 
 SPLITS = ("test", "val", "train", "train_val", "all")
 THRESHOLD_MODES = ("validation", "youden")
@@ -78,15 +77,7 @@ def _read_images(paths: Sequence[str], workers: int = 2) -> Iterator[np.ndarray 
         except OSError as exc:
             return f"The file could not be opened ({exc.strerror or exc})."
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque = deque(pool.submit(read, p) for p in paths[: workers * 4])
-        submitted = len(pending)
-        while pending:
-            result = pending.popleft().result()
-            if submitted < len(paths):
-                pending.append(pool.submit(read, paths[submitted]))
-                submitted += 1
-            yield result
+    yield from prefetch_map(read, paths, workers=workers, depth=workers * 4, name="decode")
 
 
 def evaluate(

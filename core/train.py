@@ -23,7 +23,6 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from core.distributed import (
 )
 from core.labels import FINDINGS
 from core.metrics import auroc_per_class, mean_auroc, youden_thresholds
+from core.prefetch import prefetch_map
 
 STATE_FILE = "train_state.pt"
 BEST_WEIGHTS_FILE = "best.safetensors"
@@ -346,16 +346,7 @@ def iterate_batches(
             images, targets = images.pin_memory(), targets.pin_memory()
         return images, targets
 
-    depth = max(2, workers * 2)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="batches") as pool:
-        pending = deque(pool.submit(load, chunk) for chunk in chunks[:depth])
-        submitted = len(pending)
-        while pending:
-            batch = pending.popleft().result()
-            if submitted < len(chunks):
-                pending.append(pool.submit(load, chunks[submitted]))
-                submitted += 1
-            yield batch
+    yield from prefetch_map(load, chunks, workers=workers, depth=max(2, workers * 2), name="batches")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -426,6 +417,24 @@ def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def optimization_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> torch.Tensor:
+    """One forward/backward/update; returns the detached loss on the device (no host sync)."""
+    with _autocast(device):
+        logits = model(x)
+    loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 @torch.inference_mode()
@@ -727,14 +736,9 @@ def _train(
                     generator=generator,
                 )
                 y = targets.to(device, non_blocking=True)
-                with _autocast(device):
-                    logits = train_model(x)
-                loss = criterion(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach()
-                epoch_loss_sum += loss.detach()
+                loss = optimization_step(train_model, x, y, criterion, optimizer, device)
+                loss_sum += loss
+                epoch_loss_sum += loss
                 loss_count += 1
                 window_images += len(images) * info.world_size
                 if step % every == 0 or step == steps_per_epoch:
@@ -1065,13 +1069,7 @@ def bench_training(args: Any) -> dict:
 
     def step() -> torch.Tensor:
         x = to_model_input(source, train=True, crop=224, generator=generator)
-        with _autocast(device):
-            logits = model(x)
-        loss = criterion(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        return optimization_step(model, x, targets, criterion, optimizer, device)
 
     for _ in range(warmup):
         step()

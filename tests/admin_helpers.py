@@ -5,8 +5,6 @@ Plain functions, not fixtures: each test module wraps them in its own fixtures.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +28,6 @@ PASSWORD = "correct horse battery"
 # Subprocesses get one intra-op thread too: on a small shared CPU, 2 threads fighting other processes
 # are many times slower than 1 (OpenMP threads spin at every barrier while the other is descheduled).
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1"}
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def synthetic_dataset(root: Path) -> Path:

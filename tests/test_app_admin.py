@@ -20,7 +20,6 @@ from tests.admin_helpers import (
     PASSWORD,
     fast_settings,
     make_studio,
-    one_torch_thread,
     synthetic_dataset,
     tiny_model,
 )
@@ -28,12 +27,6 @@ from webapp.auth import SessionUser
 
 ADMIN_PAGE = str(REPO_ROOT / "webapp" / "views" / "admin.py")
 MODELS_PAGE = str(REPO_ROOT / "webapp" / "views" / "models.py")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -42,16 +42,9 @@ from tests.admin_helpers import (
     ONE_THREAD_ENV,
     fast_settings,
     make_studio,
-    one_torch_thread,
     synthetic_dataset,
     tiny_model,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
