@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from core.errors import UserError
 from core.labels import FINDINGS
 from core.models import CheXNet, ModelInitError, create_model
 
@@ -30,7 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INTENDED_USE = "Research use only — not for diagnosis."
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError, ValueError):
     """A model folder or checkpoint that cannot be used (one human sentence)."""
 
 

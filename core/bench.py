@@ -137,7 +137,7 @@ def run(what: str, args: argparse.Namespace) -> dict:
             batch_size=args.batch_size or 32,
         )
     if what == "train":
-        from core.train import bench_training
+        from core.training import bench_training
 
         return bench_training(args)
     raise SystemExit(f"Unknown benchmark '{what}'.")

@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 
+from core.errors import UserError
 from core.imaging import read_xray_file
 from core.preprocess import resize_shorter_side_center_crop
 
@@ -44,7 +45,7 @@ LOCK_FILE = ".lock"
 CHECKPOINT_EVERY = 2000
 
 
-class CacheError(ValueError):
+class CacheError(UserError, ValueError):
     """The image cache cannot be used as asked (one human sentence)."""
 
 

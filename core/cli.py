@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_SOME_REFUSED = 2
+from core.console import EXIT_OK, EXIT_USAGE, run_command
+from core.errors import UserError
+
+EXIT_SOME_REFUSED = EXIT_USAGE  # some inputs were refused (predict)
 
 
-class CliError(Exception):
+class CliError(UserError):
     """A problem to print as one sentence on stderr (no traceback)."""
 
 
@@ -141,7 +142,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from core.cache import build_cache
     from core.dataset import DatasetError, load_chestxray14
     from core.paths import SHARED_SAMPLE_DIR
-    from core.train import default_cache_folder
+    from core.training import default_cache_folder
 
     data_dir = Path(args.data) if args.data else SHARED_SAMPLE_DIR
     try:
@@ -167,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from core.distributed import env_dist_info
-    from core.train import TrainConfig, TrainingError, TrainProgress, train
+    from core.training import TrainConfig, TrainingError, TrainProgress, train
 
     config = TrainConfig(
         data_dir=Path(args.data), out_dir=Path(args.out), epochs=args.epochs, batch_size=args.batch_size,
@@ -376,11 +377,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.func, args)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from core.errors import UserError
 from core.labels import FINDINGS, NO_FINDING, NUM_FINDINGS, parse_finding_labels
 
 Progress = Callable[[int, int], None]
@@ -52,7 +53,7 @@ _OPTIONAL_COLUMNS = {"OriginalImage[Width": "original_width", "Height]": "origin
 _IMAGE_DIR_PATTERN = re.compile(r"^images_\d{3}$")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A folder cannot be read as ChestX-ray14 (one human sentence)."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import UserError
 from core.labels import FINDINGS
 from core.prefetch import prefetch_map
 
@@ -26,7 +27,7 @@ THRESHOLD_MODES = ("validation", "youden")
 Progress = Callable[[int, int], None]
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(UserError, RuntimeError):
     """The evaluation cannot run as asked (one human sentence)."""
 
 
@@ -106,7 +107,7 @@ def evaluate(
     from core.localization import localization_report
     from core.metrics import evaluation_report, precision_recall_f1_at, to_jsonable, youden_thresholds
     from core.predictor import Predictor
-    from core.train import read_labels_table
+    from core.training import read_labels_table
 
     if thresholds not in THRESHOLD_MODES:
         raise EvaluationError(f"Unknown thresholds '{thresholds}': use {' or '.join(THRESHOLD_MODES)}.")

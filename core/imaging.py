@@ -27,13 +27,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from core.errors import UserError
+
 __all__ = ["ImageRejected", "XrayImage", "read_xray", "read_xray_file"]
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 64
 
 
-class ImageRejected(ValueError):
+class ImageRejected(UserError, ValueError):
     """The upload cannot be used as an X-ray; `str(e)` is one human sentence saying why."""
 
     def __init__(self, sentence: str) -> None:

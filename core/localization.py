@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from core.errors import UserError
 from core.labels import FINDINGS
 
 Box = tuple[float, float, float, float]
@@ -40,7 +41,7 @@ NIH_BBOX_LABEL_ALIASES: dict[str, str] = {"Infiltrate": "Infiltration"}
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-class LocalizationInputError(ValueError):
+class LocalizationInputError(UserError, ValueError):
     """Raised for a CAM or box that cannot be scored; str() is one sentence."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
+from core.errors import UserError
 from core.labels import FINDINGS
 
 ProgressFn = Callable[[int, int], None]
@@ -27,7 +28,7 @@ Thresholds = Mapping[str, float | None] | Sequence[float | None] | float
 THRESHOLD_METHODS = ("youden", "sensitivity", "fixed")
 
 
-class MetricsInputError(ValueError):
+class MetricsInputError(UserError, ValueError):
     """Raised when predictions and labels cannot be evaluated together; str() is one sentence."""
 
 

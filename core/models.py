@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import DenseNet121_Weights, densenet121
 
+from core.errors import UserError
 from core.labels import NUM_FINDINGS
 
 
-class ModelInitError(RuntimeError):
+class ModelInitError(UserError, RuntimeError):
     """A model could not be initialised as asked (one human sentence)."""
 
 

@@ -10,6 +10,7 @@ import getpass
 import sys
 from collections.abc import Callable, Sequence
 
+from core.console import run_command
 from db.errors import DbUserError
 
 
@@ -163,11 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args))
-    except (DbUserError, ValueError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    return run_command(args.run, args)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.errors import UserError
 
-class DbUserError(Exception):
+
+class DbUserError(UserError):
     """Base of the errors the UI may show as they are."""
 
 

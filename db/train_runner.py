@@ -17,7 +17,7 @@ from pathlib import Path
 
 def main(argv: Sequence[str] | None = None) -> int:
     from core.distributed import env_dist_info
-    from core.train import TrainConfig, TrainingError, TrainProgress, train
+    from core.training import TrainConfig, TrainingError, TrainProgress, train
 
     config_path, events_path = (argv if argv is not None else sys.argv[1:])[:2]
     config = TrainConfig(**json.loads(Path(config_path).read_text()))

@@ -298,7 +298,7 @@ def ensure_evaluated(session: Session, version_id: int, created_by: User | None 
 
 def can_resume(job: TrainingJob) -> bool:
     """An interrupted or cancelled fine-tune whose last finished epoch is saved."""
-    from core.train import STATE_FILE
+    from core.training import STATE_FILE
 
     if job.kind != JOB_FINE_TUNE or job.status not in ("interrupted", "cancelled"):
         return False

@@ -382,7 +382,7 @@ class Worker:
             )
             raise
         except Exception as exc:  # any failure ends this job only; the worker carries on
-            from core.train import TrainingCancelled
+            from core.training import TrainingCancelled
 
             if isinstance(exc, TrainingCancelled) or run.should_cancel():
                 self._end_cancelled(run, str(exc) if isinstance(exc, TrainingCancelled) else "")
@@ -441,7 +441,7 @@ class Worker:
     # fine-tune --------------------------------------------------------------------------------------
     def _fine_tune(self, run: JobRun, job: TrainingJob) -> None:
         from core.artifact import read_artifact
-        from core.train import TrainConfig, load_train_state
+        from core.training import TrainConfig, load_train_state
 
         params = fine_tune_params(job.params or {})
         with session_scope(self.engine) as session:
@@ -493,7 +493,7 @@ class Worker:
         _write_card_metrics(artifact.path, metrics)
         shutil.copyfile(params.labels_path, Path(artifact.path) / "training_labels.csv")
 
-        from core.train import config_dict
+        from core.training import config_dict
 
         hyperparams = {
             **config_dict(config),
@@ -546,7 +546,7 @@ class Worker:
         return snapshot
 
     def _train(self, run: JobRun, config: Any) -> Any:
-        from core.train import train
+        from core.training import train
 
         if self.settings.nproc > 1:
             return self._train_with_torchrun(run, config)
@@ -555,7 +555,7 @@ class Worker:
     def _train_with_torchrun(self, run: JobRun, config: Any) -> Any:
         """Several processes (one per GPU) under torchrun; rank 0 writes its progress events to a file."""
         from core.artifact import read_artifact
-        from core.train import TrainingCancelled, TrainingError, config_dict
+        from core.training import TrainingCancelled, TrainingError, config_dict
 
         if self.device_kind == "cuda":
             import torch
@@ -641,7 +641,7 @@ class Worker:
         from core.artifact import read_artifact
         from core.dataset import DatasetError, load_chestxray14
         from core.evaluate import EvaluationError, evaluate, split_images
-        from core.train import TrainingCancelled
+        from core.training import TrainingCancelled
         from db.export import export_labels_dataframe
 
         reviewed_table: Path | None = None
@@ -734,7 +734,7 @@ class Worker:
     def _predict(self, run: JobRun, job: TrainingJob) -> None:
         from core.evaluate import _read_images
         from core.predictor import Predictor
-        from core.train import TrainingCancelled
+        from core.training import TrainingCancelled
 
         with session_scope(self.engine, read_only=True) as session:
             version_id = (job.params or {}).get("version_id")
@@ -848,7 +848,7 @@ def _write_card_metrics(model_dir: str | Path, metrics: dict[str, Any]) -> None:
 def _error_sentence(exc: BaseException) -> str:
     """The user-facing text of a failure: our own errors are sentences; others get their type name."""
     from core.evaluate import EvaluationError
-    from core.train import TrainingError
+    from core.training import TrainingError
 
     if isinstance(exc, DbUserError | TrainingError | EvaluationError):
         return str(exc)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.artifact import read_artifact
 from core.labels import FINDINGS, NO_FINDING
-from core.train import (
+from core.training import (
     STATE_FILE,
     TrainConfig,
     TrainingCancelled,

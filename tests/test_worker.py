@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 from core.artifact import read_artifact
 from core.labels import FINDINGS
 from core.paths import REPO_ROOT, active_model_dir
-from core.train import STATE_FILE
+from core.training import STATE_FILE
 from db import accounts
 from db.engine import dispose_engine, session_scope
 from db.jobs import enqueue_job, get_job, request_cancel

@@ -47,6 +47,7 @@ from core.distributed import (
     shard_epoch_order,
     shutdown_distributed,
 )
+from core.errors import Cancelled, UserError
 from core.labels import FINDINGS
 from core.metrics import auroc_per_class, mean_auroc, youden_thresholds
 from core.prefetch import prefetch_map
@@ -61,11 +62,11 @@ DEFAULT_FINETUNE_LR = 1e-4
 FULL_DATASET_IMAGES = 112_120
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot start or go on as asked (one human sentence)."""
 
 
-class TrainingCancelled(TrainingError):
+class TrainingCancelled(Cancelled):
     """`should_cancel()` returned True; the last finished epoch is saved and can be resumed."""
 
 

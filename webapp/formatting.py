@@ -1,0 +1,65 @@
+"""How values read on every page: finding names, durations, times, numbers, and one-shot messages.
+
+Every user-supplied string (file names, comments, usernames) is shown with `st.text`/`plain()` or in a
+dataframe, never inside markdown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import streamlit as st
+
+_FLASH_KEY = "_flash"
+_FLASH_ICONS = {
+    "success": ":material/check_circle:",
+    "error": ":material/error:",
+    "warning": ":material/warning:",
+    "info": ":material/info:",
+}
+
+
+def pretty(finding: str) -> str:
+    """'Pleural_Thickening' -> 'Pleural Thickening'."""
+    return finding.replace("_", " ")
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def when_text(moment: dt.datetime | None) -> str:
+    return "—" if moment is None else moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def number_text(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+_MARKDOWN_SPECIALS = "\\`*_{}[]()#+-.!|<>~:$"
+
+
+def plain(text: object) -> str:
+    """`text` escaped so that st.markdown/st.caption/labels show it literally (no links, images, HTML)."""
+    return "".join("\\" + c if c in _MARKDOWN_SPECIALS else c for c in str(text))
+
+
+def flash(kind: str, text: str) -> None:
+    """A message that survives the rerun that follows a button (kind: success | error | warning | info)."""
+    st.session_state[_FLASH_KEY] = (kind, text)
+
+
+def show_flash() -> None:
+    kind, text = st.session_state.pop(_FLASH_KEY, (None, None))
+    if kind is None:
+        return
+    getattr(st, kind if kind in _FLASH_ICONS else "info")(text, icon=_FLASH_ICONS.get(kind))
