@@ -17,8 +17,10 @@ model trained on the cache therefore sees what the predictor feeds it.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -28,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 
+from core import paths
 from core.errors import UserError
 from core.imaging import read_xray_file
 from core.preprocess import resize_shorter_side_center_crop
@@ -187,6 +190,14 @@ class ImageCache:
         state = self.__dict__.copy()
         state["_array"] = None
         return state
+
+
+def default_cache_folder(data_dir: str | os.PathLike[str], size: int) -> Path:
+    """One cache per dataset folder and size: image indexes alone do not identify pixels across copies."""
+    root = Path(data_dir).resolve()
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", root.name).strip("-") or "dataset"
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:10]
+    return paths.cache_dir() / "images" / f"{slug}-{digest}-{size}px"
 
 
 def build_cache(

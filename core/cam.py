@@ -7,8 +7,9 @@ colour overlay at the original resolution.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
-from PIL import Image
 
 from core.preprocess import CropWindow
 
@@ -37,21 +38,40 @@ def normalise(cam: np.ndarray) -> np.ndarray:
     return (cam - low) / (high - low)
 
 
+@lru_cache(maxsize=32)
+def _upsample_weights(cells: int, side: int) -> np.ndarray:
+    """[side, cells] float32: Pillow's bilinear weights for upsampling `cells` samples to `side` pixels
+    (pixel centres aligned, edges held), so that map @ weights.T is the resize as one small matrix product."""
+    centres = (np.arange(side, dtype=np.float64) + 0.5) * (cells / side)
+    weights = np.maximum(0.0, 1.0 - np.abs((np.arange(cells) + 0.5)[None, :] - centres[:, None]))
+    weights /= weights.sum(axis=1, keepdims=True)
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+# Keeps rounding in the products from lifting the peak a hair above 1 (the result stays within [0, 1]).
+_BELOW_ONE = np.float32(1 - 2**-20)
+
+
 def cam_to_image(cam: np.ndarray, width: int, height: int, window: CropWindow) -> np.ndarray:
-    """A [h, w] CAM → float32 [height, width] in [0, 1]; zero outside the part of the image the model saw."""
-    scaled = normalise(cam)
+    """A [h, w] CAM → float32 [height, width] in [0, 1]; zero outside the part of the image the model saw.
+
+    Bilinear upsampling is separable, so it is two small matrix products (rows x map x columns), written
+    straight into the part of the image the model saw: ~10x cheaper than resizing an image of the map.
+    """
+    scaled = normalise(cam) * _BELOW_ONE
     side = max(1, round(window.side))
-    # Upsampled as 8-bit: ~5x faster than float at X-ray sizes, and 1/255 steps are finer than any colormap.
-    as_bytes = Image.fromarray((scaled * 255).round().astype(np.uint8))
-    resized = np.asarray(as_bytes.resize((side, side), Image.Resampling.BILINEAR))
     full = np.zeros((height, width), dtype=np.float32)
     left, top = round(window.left), round(window.top)
-    # Clip the pasted square to the image (rounding can push it a pixel over).
+    # Clip the square to the image (rounding can push it a pixel over).
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + side, height), min(left + side, width)
-    inside = full[y0:y1, x0:x1]
-    inside[...] = resized[y0 - top : y1 - top, x0 - left : x1 - left]
-    inside *= np.float32(1 / 255)  # in place: values stay within [0, 1]
+    if y1 <= y0 or x1 <= x0:
+        return full
+    rows = _upsample_weights(scaled.shape[0], side)[y0 - top : y1 - top]
+    columns = _upsample_weights(scaled.shape[1], side)[x0 - left : x1 - left]
+    np.matmul(rows, scaled @ columns.T, out=full[y0:y1, x0:x1])
     return full
 
 

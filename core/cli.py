@@ -139,10 +139,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     """Decode every image once into the preprocessed cache training reads (incremental)."""
     from tqdm import tqdm
 
-    from core.cache import build_cache
+    from core.cache import build_cache, default_cache_folder
     from core.dataset import DatasetError, load_chestxray14
     from core.paths import SHARED_SAMPLE_DIR
-    from core.training import default_cache_folder
 
     data_dir = Path(args.data) if args.data else SHARED_SAMPLE_DIR
     try:
@@ -156,8 +155,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        cache = build_cache(dataset.image_paths(), folder, size=args.size, workers=args.workers or None,
-                            progress=progress)
+        cache = build_cache(
+            dataset.image_paths(), folder, size=args.size, workers=args.workers or None, progress=progress
+        )
     print(f"{folder}: {cache.report.describe()}")
     for problem in cache.report.problems[:20]:
         print(f"note: {problem}", file=sys.stderr)
@@ -168,19 +168,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from core.distributed import env_dist_info
-    from core.training import TrainConfig, TrainingError, TrainProgress, train
+    from core.training import TrainConfig, TrainProgress, train
+    from core.training.flags import settings_from_flags
+    from core.training.step import base_crop_of
 
+    base_model = Path(args.base_model) if args.base_model else None
     config = TrainConfig(
-        data_dir=Path(args.data), out_dir=Path(args.out), epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, init=args.init,
-        base_model=Path(args.base_model) if args.base_model else None,
-        labels_table=Path(args.labels) if args.labels else None,
-        exclude=Path(args.exclude) if args.exclude else None, class_weighting=args.class_weighting,
-        val_fraction=args.val_fraction, seed=args.seed, patience=args.patience if args.patience > 0 else None,
-        device=args.device, workers=args.workers, resume=args.resume, image_size=args.image_size,
-        name=args.name, cache_dir=Path(args.cache) if args.cache else None, description=args.description,
-        keep_work=args.keep_work, time_budget_s=args.time_budget * 60 if args.time_budget else None,
-        threads=args.threads,
+        data_dir=Path(args.data), out_dir=Path(args.out), settings=settings_from_flags(args), init=args.init,
+        base_model=base_model, labels_table=Path(args.labels) if args.labels else None,
+        exclude=Path(args.exclude) if args.exclude else None, seed=args.seed, device=args.device,
+        workers=args.workers, resume=args.resume, name=args.name,
+        cache_dir=Path(args.cache) if args.cache else None, description=args.description,
+        keep_work=args.keep_work, threads=args.threads,
+        # A fine-tune keeps the base model's input size unless --image-size says otherwise.
+        base_crop=base_crop_of(base_model) if args.init == "artifact" and base_model else None,
     )  # fmt: skip
     is_main = env_dist_info().is_main  # under torchrun only rank 0 prints
     bars: dict[str, tqdm] = {}
@@ -221,8 +222,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         artifact = train(config, progress if is_main else None)
-    except TrainingError as exc:
-        raise CliError(str(exc)) from exc
     finally:
         for key in list(bars):
             close(key)
@@ -282,6 +281,9 @@ def _card_metrics(model_dir: Path) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.training.config import INITS
+    from core.training.flags import add_settings_flags
+
     parser = argparse.ArgumentParser(prog="python -m core", description="CheXNet Studio's ML engine.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -334,27 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train CheXNet on a ChestX-ray14 folder (torchrun for several GPUs)")
     p.add_argument("--data", required=True, help="ChestX-ray14 folder (official layout)")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16, help="global batch (split over GPUs)")
-    p.add_argument("--lr", type=float, default=None, help="default 1e-3, or 1e-4 with --init artifact")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--init", default="random", choices=["random", "imagenet", "artifact"])
+    add_settings_flags(p)
+    p.add_argument("--init", default="random", choices=list(INITS))
     p.add_argument("--base-model", help="model folder to fine-tune (--init artifact)")
     p.add_argument("--labels", help="labels table CSV (image_index + 14 findings, optional exclude column)")
     p.add_argument("--exclude", help="image indexes to leave out (text list or CSV)")
-    p.add_argument("--class-weighting", action="store_true", help="BCE pos_weight from label frequencies")
-    p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--patience", type=int, default=3, help="early stopping patience in epochs (0: off)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--workers", type=int, default=0, help="threads for the cache build and loading (0: auto)")
     p.add_argument("--resume", action="store_true", help="continue after the last saved epoch")
-    p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--name", help="model name (default: the output folder's name)")
     p.add_argument("--cache", help="image cache folder (default: one per dataset under CHEXNET_HOME/cache)")
     p.add_argument("--description", help="text put before the generated model description")
     p.add_argument("--keep-work", action="store_true", help="keep <out>.work/ (train_state.pt) afterwards")
-    p.add_argument("--time-budget", type=float, help="minutes: start no epoch that would end after them")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 suits a busy shared CPU)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_train)
@@ -372,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-card", action="store_true", help="store the AUROC summary in the model card")
     p.add_argument("--json", action="store_true", help="only the JSON report (always its last line)")
     p.set_defaults(func=cmd_evaluate)
+
+    from core.cli_compare import add_commands  # compare, ood
+
+    add_commands(sub)
     return parser
 
 

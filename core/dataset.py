@@ -26,6 +26,8 @@ from core.labels import FINDINGS, NO_FINDING, NUM_FINDINGS, parse_finding_labels
 
 Progress = Callable[[int, int], None]
 
+# How model cards and reports name the dataset (with the folder's name, never its absolute path).
+DATASET_NAME = "ChestX-ray14"
 DATA_ENTRY_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 BBOX_NAME = "BBox_List_2017.csv"
 TRAIN_VAL_LIST = "train_val_list.txt"
@@ -244,6 +246,35 @@ def read_image_list(path: str | os.PathLike[str]) -> set[str]:
                 return {row.split(",")[column].strip() for row in lines[1:] if row.count(",") >= column}
         raise DatasetError(f"The CSV {path.name} has no 'Image Index' or 'image_index' column.")
     return {line.split()[0] for line in lines}
+
+
+def read_labels_table(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, set[str]]:
+    """A labels table CSV -> (image_index + 14 finding columns as 0/1, images marked for exclusion).
+
+    Accepts `image_index` or `Image Index`; an optional `exclude` column (1/true/yes) marks images to
+    leave out (e.g. rejected during label review).
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={"image_index": str, "Image Index": str})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"Cannot read the labels table {path.name}: {exc}.") from exc
+    table.columns = [str(c).strip() for c in table.columns]
+    if "image_index" not in table.columns and "Image Index" in table.columns:
+        table = table.rename(columns={"Image Index": "image_index"})
+    absent = [c for c in ("image_index", *FINDINGS) if c not in table.columns]
+    if absent:
+        raise DatasetError(f"The labels table {path.name} lacks the column(s) {', '.join(absent)}.")
+    table["image_index"] = table["image_index"].astype(str).str.strip()
+    values = table[list(FINDINGS)].apply(pd.to_numeric, errors="coerce")
+    if values.isna().any().any() or not values.isin([0, 1]).all().all():
+        raise DatasetError(f"The labels table {path.name} must hold only 0 or 1 in the finding columns.")
+    table[list(FINDINGS)] = values.astype(np.int64)
+    excluded: set[str] = set()
+    if "exclude" in table.columns:
+        flag = table["exclude"].astype(str).str.strip().str.lower().isin(["1", "1.0", "true", "yes", "y"])
+        excluded = set(table.loc[flag, "image_index"])
+    return table[["image_index", *FINDINGS]], excluded
 
 
 def _ticker(progress: Progress | None, total: int) -> Callable[[], None]:

@@ -1,18 +1,20 @@
 """One training entry for one process or many: `torchrun --nproc_per_node=N -m core train ...`.
 
-torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them everything here degrades to a no-op single
-process, so the same code path runs in tests, on a laptop and on an 8-GPU node.
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK (read through `core.settings.torchrun_ranks`); without them
+everything here degrades to a no-op single process, so the same code path runs in tests, on a laptop and
+on an 8-GPU node.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from core import settings
 
 # Rank 0 builds the image cache (up to an hour for the full dataset) and runs validation while the
 # other ranks wait in a collective: the default 10-minute collective timeout would kill them.
@@ -36,12 +38,11 @@ class DistInfo:
 
 def env_dist_info() -> DistInfo:
     """What torchrun asked for (a single process when RANK/WORLD_SIZE are absent)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if "RANK" not in os.environ or world <= 1:
+    ranks = settings.torchrun_ranks()
+    if ranks is None:
         return DistInfo()
-    return DistInfo(
-        rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0"))
-    )
+    rank, world_size, local_rank = ranks
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> None:

@@ -103,11 +103,17 @@ def evaluate(
     those listed in `exclude`) are left out and counted.
     """
     from core.artifact import ArtifactError, read_artifact
-    from core.dataset import DatasetError, apply_exclusions, labels_matrix, load_chestxray14, read_image_list
+    from core.dataset import (
+        DatasetError,
+        apply_exclusions,
+        labels_matrix,
+        load_chestxray14,
+        read_image_list,
+        read_labels_table,
+    )
     from core.localization import localization_report
     from core.metrics import evaluation_report, precision_recall_f1_at, to_jsonable, youden_thresholds
     from core.predictor import Predictor
-    from core.training import read_labels_table
 
     if thresholds not in THRESHOLD_MODES:
         raise EvaluationError(f"Unknown thresholds '{thresholds}': use {' or '.join(THRESHOLD_MODES)}.")
@@ -243,6 +249,8 @@ def _upsampled(box_items: list) -> Iterator[tuple[str, np.ndarray, tuple[float, 
 
 def card_metrics_entry(report: dict[str, Any]) -> dict[str, Any]:
     """The compact part of a report that belongs in a model card's `metrics` (no curves)."""
+    from core.dataset import DATASET_NAME
+
     keys = (
         "split",
         "n_images",
@@ -254,11 +262,13 @@ def card_metrics_entry(report: dict[str, Any]) -> dict[str, Any]:
         "mean_precision",
         "mean_recall",
         "image_set_sha256",
-        "data_dir",
         "split_info",
         "labels_source",
     )
     entry = {key: report.get(key) for key in keys}
+    # A card travels between machines: the dataset by name, never the absolute folder of this one.
+    if report.get("data_dir"):
+        entry.update(dataset=DATASET_NAME, folder_name=Path(report["data_dir"]).name)
     overall = (report.get("localization") or {}).get("overall")
     if overall:
         entry["localization"] = {

@@ -13,6 +13,8 @@ Choices made here (and why):
   has one, else min..max of the data (ignoring Pixel Padding Value); MONOCHROME1 is inverted so that
   bone is always bright. Multi-frame files give their first frame.
 - EXIF orientation is applied (phone photos of films); no resizing or cropping happens here.
+- 8-bit grey PNGs (the NIH dataset's format) take a fast decoder (core.png_fast) with the same limits,
+  refusals and pixels; every other file, and any PNG that decoder does not fully understand, goes to Pillow.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from core import png_fast
 from core.errors import UserError
 
 __all__ = ["ImageRejected", "XrayImage", "read_xray", "read_xray_file"]
@@ -123,6 +126,10 @@ def _read(data: bytes, *, max_pixels: int, min_side: int) -> XrayImage:
     if data[128:132] == b"DICM":
         return _read_dicom(data, max_pixels=max_pixels, min_side=min_side, sniffed=True)
     raster_format = _sniff_raster(data)
+    if raster_format == "PNG":
+        fast = _read_grey_png(data, max_pixels=max_pixels, min_side=min_side)
+        if fast is not None:
+            return fast
     if raster_format is not None:
         return _read_raster(data, raster_format, max_pixels=max_pixels, min_side=min_side)
     not_an_image = _describe_non_image(data)
@@ -248,22 +255,55 @@ def _check_size(width: int, height: int, *, max_pixels: int, min_side: int) -> N
 _FORMAT_NAMES = {"MPO": "JPEG"}  # MPO is a camera JPEG with extra frames; users know it as JPEG
 
 
+def _header_damaged(label: str) -> ImageRejected:
+    return ImageRejected(
+        f"The file starts like a {label} image but its header is damaged, so it cannot be opened."
+    )
+
+
+def _data_damaged(label: str) -> ImageRejected:
+    return ImageRejected(
+        f"The {label} file is damaged or incomplete (cut short?), so the image cannot be decoded."
+    )
+
+
+def _pillow_bomb_refusal(max_pixels: int) -> ImageRejected:
+    # Pillow's own limit (Image.MAX_IMAGE_PIXELS, about 89 megapixels) tripped while reading the header.
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    return ImageRejected(
+        f"The image is larger than the {limit / 1e6:,.0f}-megapixel limit; it may be a 'decompression bomb'."
+    )
+
+
+def _read_grey_png(data: bytes, *, max_pixels: int, min_side: int) -> XrayImage | None:
+    """The fast path for 8-bit grey PNGs (core.png_fast), with Pillow's checks in Pillow's order;
+    None hands the file to Pillow."""
+    try:
+        header = png_fast.read_header(data)
+        if header is None:
+            return None
+        width, height = header.width, header.height
+        if Image.MAX_IMAGE_PIXELS and width * height > 2 * Image.MAX_IMAGE_PIXELS:
+            raise _pillow_bomb_refusal(max_pixels)  # where Pillow's open raises DecompressionBombError
+        _check_size(width, height, max_pixels=max_pixels, min_side=min_side)
+        pixels = png_fast.decode(data, header)
+    except png_fast.PngDamaged as damage:
+        raise (_header_damaged("PNG") if damage.in_header else _data_damaged("PNG")) from None
+    if pixels is None:
+        return None
+    return XrayImage(pixels=_finish(pixels), format="PNG", original_size=(width, height), bits_stored=8,
+                     photometric=None, source_mode="L", frame_count=1)  # fmt: skip
+
+
 def _read_raster(data: bytes, sniffed: str, *, max_pixels: int, min_side: int) -> XrayImage:
     formats = list(_PILLOW_FORMATS) if sniffed == "JPEG" else [sniffed]  # JPEG may open as MPO
     label = sniffed
     try:
         image = Image.open(io.BytesIO(data), formats=formats)  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        # Pillow's own limit (Image.MAX_IMAGE_PIXELS, about 89 megapixels) tripped while reading the header.
-        limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-        raise ImageRejected(
-            f"The image is larger than the {limit / 1e6:,.0f}-megapixel limit; "
-            "it may be a 'decompression bomb'."
-        ) from None
+        raise _pillow_bomb_refusal(max_pixels) from None
     except Exception:
-        raise ImageRejected(
-            f"The file starts like a {label} image but its header is damaged, so it cannot be opened."
-        ) from None
+        raise _header_damaged(label) from None
     with image:
         label = _FORMAT_NAMES.get(image.format or sniffed, image.format or sniffed)
         _check_size(image.width, image.height, max_pixels=max_pixels, min_side=min_side)
@@ -273,9 +313,7 @@ def _read_raster(data: bytes, sniffed: str, *, max_pixels: int, min_side: int) -
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise
         except Exception:
-            raise ImageRejected(
-                f"The {label} file is damaged or incomplete (cut short?), so the image cannot be decoded."
-            ) from None
+            raise _data_damaged(label) from None
         source_mode = image.mode
         bits = _raster_bits(image)
         oriented = _apply_exif_orientation(image)

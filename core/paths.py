@@ -1,9 +1,13 @@
-"""Where runtime data lives: everything under one folder, CHEXNET_HOME (default ./var)."""
+"""Where runtime data lives: everything under one folder, CHEXNET_HOME (default ./var).
+
+The folders made here are private (mode 0o700): they hold the database, uploads and model versions.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from core import settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The demo model committed with the repository; used when no other model is configured.
@@ -12,22 +16,25 @@ BUNDLED_MODEL_DIR = REPO_ROOT / "models" / "chexnet-demo"
 SHARED_SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "chestxray14-sample"
 
 
+PRIVATE_MODE = 0o700
+
+
+def _private_folder(path: Path) -> Path:
+    # Only the folder itself is made private: parents above CHEXNET_HOME are not ours to restrict.
+    path.mkdir(mode=PRIVATE_MODE, parents=True, exist_ok=True)
+    return path
+
+
 def chexnet_home() -> Path:
-    home = Path(os.environ.get("CHEXNET_HOME", REPO_ROOT / "var")).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+    return _private_folder(settings.chexnet_home())
 
 
 def models_dir() -> Path:
-    path = chexnet_home() / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _private_folder(chexnet_home() / "models")
 
 
 def cache_dir() -> Path:
-    path = chexnet_home() / "cache"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _private_folder(chexnet_home() / "cache")
 
 
 ACTIVE_MODEL_POINTER = "ACTIVE"
@@ -47,8 +54,9 @@ def set_active_model_dir(path: Path) -> None:
 
 def active_model_dir() -> Path | None:
     """The model the app and CLIs use by default: $CHEXNET_MODEL, else the promoted one, else the demo."""
-    if os.environ.get("CHEXNET_MODEL"):
-        return Path(os.environ["CHEXNET_MODEL"]).expanduser()
+    override = settings.model_override()
+    if override is not None:
+        return override
     pointer = active_model_pointer()
     if pointer.is_file():
         named = Path(pointer.read_text().strip())

@@ -2,15 +2,15 @@
 
 Two interchangeable backends run the same network and return (logits, CAMs) from one pass:
 - "torch": eager PyTorch, channels_last, inference_mode (CUDA when present);
-- "openvino": the same weights compiled by OpenVINO for the CPU, about twice as fast on CPUs
-  without bf16 units (see `python -m core bench inference`).
+- "openvino" (core.ov_backend): the same weights compiled by OpenVINO for this CPU, at the precision
+  measured best on this machine (bf16 only where it is faster and within 0.01 of fp32), about twice as
+  fast as PyTorch on CPUs (see `python -m core bench inference`).
 Both are stateless per call, so one Predictor serves every browser session concurrently.
+`Predictor.backend_info` says which backend, precision and cache entries are in use.
 """
 
 from __future__ import annotations
 
-import queue
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +20,10 @@ import torch
 
 from core.artifact import ModelArtifact, read_artifact
 from core.cam import cam_to_image
-from core.paths import cache_dir
+from core.ov_backend import OpenVinoBackend
 from core.preprocess import CropWindow, crop_window, model_input
+
+__all__ = ["OpenVinoBackend", "Prediction", "Predictor", "TorchBackend", "openvino_available"]
 
 
 @dataclass
@@ -48,75 +50,13 @@ class TorchBackend:
     def __init__(self, model: torch.nn.Module, device: torch.device):
         self.device = device
         self.model = model.to(device, memory_format=torch.channels_last).eval()
+        self.info = {"name": self.name, "device": str(device), "precision": "f32"}
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
             logits, cams = self.model.forward_with_cam(x)
             return logits.float().cpu().numpy(), cams.float().cpu().numpy()
-
-
-class _CamOutputs(torch.nn.Module):
-    """forward_with_cam as a plain forward, for tracing into OpenVINO."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_with_cam(x)
-
-
-class OpenVinoBackend:
-    name = "openvino"
-
-    def __init__(self, model: torch.nn.Module, crop: int, cache_key: str | None = None):
-        import openvino as ov
-
-        core = ov.Core()
-        cached = cache_dir() / "openvino" / f"{cache_key}-{crop}.xml" if cache_key else None
-        if cached is not None and cached.is_file():
-            converted = core.read_model(str(cached))
-        else:
-            converted = self._convert(model, crop)
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                ov.save_model(converted, str(cached), compress_to_fp16=False)
-        # f32 inference precision keeps probabilities equal to PyTorch's fp32 (no silent bf16).
-        self.compiled = core.compile_model(
-            converted, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        )
-        # An infer request is not thread-safe: each concurrent call borrows its own.
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
-
-    @staticmethod
-    def _convert(model: torch.nn.Module, crop: int):
-        import openvino as ov
-
-        example = torch.zeros(1, 3, crop, crop)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # OpenVINO traces with torch.jit internally
-            return ov.convert_model(
-                _CamOutputs(model.float().eval()),
-                example_input=example,
-                input=[ov.PartialShape([-1, 3, crop, crop])],
-            )
-
-    def _borrow(self):
-        try:
-            return self._requests.get_nowait()
-        except queue.Empty:
-            return self.compiled.create_infer_request()
-
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        request = self._borrow()
-        try:
-            results = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-            logits = np.array(results[self.compiled.output(0)])
-            cams = np.array(results[self.compiled.output(1)])
-        finally:
-            self._requests.put(request)
-        return logits, cams
 
 
 def openvino_available() -> bool:
@@ -136,13 +76,14 @@ class Predictor:
         self.resize = int(spec.get("resize_shorter_side", 256))
         self.crop = int(spec.get("crop", 224))
         torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = artifact.load_model("cpu")
         if backend == "auto":
             backend = "openvino" if torch_device.type == "cpu" and openvino_available() else "torch"
         if backend == "openvino":
-            self.backend = OpenVinoBackend(model, self.crop, cache_key=artifact.weights_digest())
+            # The PyTorch model is only loaded if nothing usable is cached (it is then traced once).
+            self.backend = OpenVinoBackend(lambda: artifact.load_model("cpu"), self.crop,
+                                           cache_key=artifact.weights_digest())  # fmt: skip
         elif backend == "torch":
-            self.backend = TorchBackend(model, torch_device)
+            self.backend = TorchBackend(artifact.load_model("cpu"), torch_device)
         else:
             raise ValueError(f"Unknown inference backend '{backend}': use auto, torch or openvino.")
 
@@ -153,6 +94,11 @@ class Predictor:
     @property
     def name(self) -> str:
         return self.artifact.name
+
+    @property
+    def backend_info(self) -> dict:
+        """Which backend runs the model, at which precision, and (OpenVINO) why and from which cache."""
+        return dict(self.backend.info)
 
     def predict(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Prediction]:
         """Predict for grey uint8 images of any size (each HxW)."""

@@ -5,18 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from core.artifact import IMAGENET_MEAN, IMAGENET_STD
+from core.resample import bilinear_resize_window
+
+
+def _centre_square(pixels: np.ndarray) -> np.ndarray:
+    height, width = pixels.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return pixels[top : top + side, left : left + side]
 
 
 def resize_shorter_side_center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
     """Centre square of a grey uint8 image, resized to size x size (bilinear, as Pillow does it)."""
-    height, width = pixels.shape
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = Image.fromarray(np.ascontiguousarray(pixels[top : top + side, left : left + side]))
-    return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR))
+    return bilinear_resize_window(_centre_square(pixels), size, 0, size)
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,16 @@ def crop_window(width: int, height: int, resize: int, crop: int) -> CropWindow:
     return CropWindow(left=(width - inner) / 2, top=(height - inner) / 2, side=inner)
 
 
+_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+_STD = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+
+
 def model_input(pixels: np.ndarray, resize: int = 256, crop: int = 224) -> np.ndarray:
-    """Grey uint8 HxW → float32 [3, crop, crop], ImageNet-normalised, grey replicated to RGB."""
-    resized = resize_shorter_side_center_crop(pixels, resize)
+    """Grey uint8 HxW → float32 [3, crop, crop], ImageNet-normalised, grey replicated to RGB.
+
+    Identical to resizing the centre square to resize x resize (Pillow bilinear) and cutting out the centre
+    crop x crop, but only the crop is computed.
+    """
     offset = (resize - crop) // 2
-    patch = resized[offset : offset + crop, offset : offset + crop].astype(np.float32) / 255.0
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
-    return (patch[None, :, :] - mean) / std
+    patch = bilinear_resize_window(_centre_square(pixels), resize, offset, offset + crop)
+    return (patch.astype(np.float32)[None, :, :] / 255.0 - _MEAN) / _STD

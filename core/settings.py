@@ -33,10 +33,15 @@ CHEXNET_ADMIN_PASSWORD = EnvVar(
     "CHEXNET_ADMIN_PASSWORD", "", "Password of the first `admin` account, used once on an empty database."
 )
 CHEXNET_WORKER_DEVICE = EnvVar(
-    "CHEXNET_WORKER_DEVICE", "auto", "Device of the training worker: auto (CUDA when present) | cuda | cpu."
+    "CHEXNET_WORKER_DEVICE", "auto", "Device of the training worker: auto (CUDA when present), cuda or cpu."
 )
 CHEXNET_WORKER_GPUS = EnvVar(
     "CHEXNET_WORKER_GPUS", "1", "Processes (GPUs) per fine-tune; above 1 the worker launches torchrun."
+)
+CHEXNET_BIND = EnvVar(
+    "CHEXNET_BIND",
+    "127.0.0.1",
+    "Address `make run` serves on; 0.0.0.0 opens it to the network (as the Procfile does).",
 )
 # Set by torchrun for each rank; read, never set, by the app.
 RANK = EnvVar("RANK", "", "torchrun: this process's rank (set by torchrun, not by hand).")
@@ -52,6 +57,7 @@ ALL = (
     CHEXNET_ADMIN_PASSWORD,
     CHEXNET_WORKER_DEVICE,
     CHEXNET_WORKER_GPUS,
+    CHEXNET_BIND,
     RANK,
     WORLD_SIZE,
     LOCAL_RANK,
@@ -95,6 +101,11 @@ def worker_gpus() -> int:
         return max(1, int(read(CHEXNET_WORKER_GPUS)))
     except ValueError:
         return 1
+
+
+def bind_address() -> str:
+    """Where the web server listens under `make run` (scripts/run.sh reads the same variable)."""
+    return read(CHEXNET_BIND)
 
 
 def torchrun_ranks() -> tuple[int, int, int] | None:

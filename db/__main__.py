@@ -6,12 +6,11 @@ The database is $DATABASE_URL, else the SQLite file under $CHEXNET_HOME; `--data
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from collections.abc import Callable, Sequence
 
 from core.console import run_command
-from db.errors import DbUserError
+from db.account_cli import add_commands as add_account_commands
 
 
 def _progress_bar(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
@@ -27,15 +26,6 @@ def _progress_bar(description: str) -> tuple[Callable[[int, int], None], Callabl
     return update, bar.close
 
 
-def _read_password(from_stdin: bool) -> str:
-    if from_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    first = getpass.getpass("Password: ")
-    if getpass.getpass("Repeat the password: ") != first:
-        raise DbUserError("The two passwords differ.")
-    return first
-
-
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from db.engine import create_configured_engine, default_url
     from db.migrate import current_revision, upgrade
@@ -49,10 +39,11 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_create_user(args: argparse.Namespace) -> int:
+    from db.account_cli import read_new_password
     from db.accounts import create_user
     from db.engine import session_scope
 
-    password = _read_password(args.password_stdin)
+    password = read_new_password(args.password_stdin)
     with session_scope(args.database_url) as session:
         user = create_user(session, args.username, password, role=args.role)
         print(f"Created {user.role} {user.username!r}.")
@@ -61,14 +52,34 @@ def _cmd_create_user(args: argparse.Namespace) -> int:
 
 def _cmd_init_admin(args: argparse.Namespace) -> int:
     from db.accounts import INITIAL_ADMIN_USERNAME, ensure_initial_admin
-    from db.engine import get_engine
+    from db.engine import get_engine, session_scope
+    from db.registry import seed_registry
 
-    password = ensure_initial_admin(get_engine(args.database_url))
-    if password:
-        print(f"Created the user {INITIAL_ADMIN_USERNAME!r} with the password: {password}")
-        print("It is shown only this once: keep it safe (python -m db create-user adds more accounts).")
+    engine = get_engine(args.database_url)
+    password_file = ensure_initial_admin(engine)
+    if password_file:
+        # The password goes to a private file, not the console (process managers keep console logs).
+        print(f"Created the user {INITIAL_ADMIN_USERNAME!r}; its password is in {password_file} (mode 0600).")
+        print("Log in and change it on the Account page; the file is then deleted.")
     else:
         print("No new admin account was needed (users exist, or the password came from the environment).")
+    # The registry starts with the model the app uses now (the bundled demo), so the pages never write.
+    with session_scope(engine) as session:
+        seeded = seed_registry(session)
+        if seeded is not None:
+            print(f"Registered {seeded.name!r} as the active model version (the registry was empty).")
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from db.engine import session_scope
+    from db.registry import register_existing_model
+
+    with session_scope(args.database_url) as session:
+        version = register_existing_model(session, Path(args.model_dir).expanduser())
+        print(f"Registered {version.name!r} (version id {version.id}) from {version.path}.", flush=True)
     return 0
 
 
@@ -133,11 +144,28 @@ def build_parser() -> argparse.ArgumentParser:
     create_user = commands.add_parser("create-user", help="add a user account")
     create_user.add_argument("username")
     create_user.add_argument("--role", choices=["clinician", "admin"], default="clinician")
-    create_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    create_user.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin (the default when stdin is not a terminal)",
+    )
     create_user.set_defaults(run=_cmd_create_user)
+    add_account_commands(commands)  # verify-audit, sessions, revoke-session
 
-    init_admin = commands.add_parser("init-admin", help="create the first admin when there are no users")
+    init_admin = commands.add_parser(
+        "init-admin",
+        help="create the first admin when there are no users; register the bundled model in an empty "
+        "registry",
+    )
     init_admin.set_defaults(run=_cmd_init_admin)
+
+    register = commands.add_parser(
+        "register",
+        help="register a model folder made outside the app (e.g. by `torchrun ... -m core train`) as a new "
+        "version (not promoted)",
+    )
+    register.add_argument("model_dir")
+    register.set_defaults(run=_cmd_register)
 
     importer = commands.add_parser("import", help="import a ChestX-ray14 folder (idempotent)")
     importer.add_argument("dataset_dir")

@@ -1,8 +1,8 @@
 """Database engines and sessions.
 
-The database is SQLite at `chexnet_home()/chexnet.db` unless the environment variable `DATABASE_URL`
-names another one (PostgreSQL: `postgresql+psycopg://user:password@host:5432/dbname`; plain
-`postgres://` / `postgresql://` URLs are accepted and switched to the psycopg 3 driver).
+The database is SQLite at `chexnet_home()/chexnet.db` (created with mode 0600) unless the environment
+variable `DATABASE_URL` names another one (PostgreSQL: `postgresql+psycopg://user:password@host:5432/db`;
+plain `postgres://` / `postgresql://` URLs are accepted and switched to the psycopg 3 driver).
 
     from db.engine import session_scope
     with session_scope() as session:      # commits at the end, rolls back on an exception
@@ -24,6 +24,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -31,9 +32,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+from core import settings
 from core.paths import chexnet_home
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_FILE_MODE = 0o600  # the database holds password hashes and session digests
 _BEGIN_OPTION = "chexnet_sqlite_begin"
 
 _engines: dict[str, Engine] = {}
@@ -42,7 +45,7 @@ _engines_lock = threading.Lock()
 
 def default_url() -> str:
     """DATABASE_URL if set, else the SQLite file under CHEXNET_HOME."""
-    env_url = os.environ.get("DATABASE_URL", "").strip()
+    env_url = settings.database_url()
     if env_url:
         return normalize_url(env_url)
     return f"sqlite:///{chexnet_home() / 'chexnet.db'}"
@@ -64,8 +67,25 @@ def create_configured_engine(url: str) -> Engine:
     return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def _make_private_sqlite_file(database: str) -> None:
+    """Create the database file owner-only before SQLite does (its -wal/-shm files copy the mode);
+    an existing file readable by others is tightened."""
+    path = Path(database)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SQLITE_FILE_MODE)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+            os.chmod(path, SQLITE_FILE_MODE)
+        return
+    except OSError:
+        return  # e.g. a missing folder: SQLite says so in its own words on connect
+    os.close(descriptor)  # an empty file is a valid empty SQLite database
+
+
 def _create_sqlite_engine(parsed: Any) -> Engine:
     in_memory = parsed.database in (None, "", ":memory:")
+    if not in_memory and not str(parsed.database).startswith("file:"):
+        _make_private_sqlite_file(parsed.database)
     connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     kwargs: dict[str, Any] = {"connect_args": connect_args}
     if in_memory:

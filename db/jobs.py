@@ -6,6 +6,8 @@ cancelled; a running job whose worker stops heartbeating is marked interrupted b
 sets `cancel_requested`, which `heartbeat` / `update_progress` return so the worker can stop and call
 `finish_job(..., "cancelled")`.
 
+Rows only: what a job kind means and how it runs is the `jobs` package's business.
+
 Claiming is atomic: on PostgreSQL `SELECT ... FOR UPDATE SKIP LOCKED` (concurrent claimers each get a
 different job), on SQLite a compare-and-set `UPDATE ... WHERE id = :id AND status = 'queued'` inside a
 write transaction. Each function runs in the caller's session; commit right after claiming.
@@ -58,6 +60,25 @@ def list_jobs(session: Session, *, status: str | None = None, limit: int = 100) 
     if status is not None:
         statement = statement.where(TrainingJob.status == status)
     return list(session.scalars(statement))
+
+
+def active_jobs(session: Session, *, kind: str | None = None) -> list[TrainingJob]:
+    """Queued and running jobs (of `kind`), oldest first."""
+    statement = select(TrainingJob).where(TrainingJob.status.in_(("queued", "running")))
+    if kind is not None:
+        statement = statement.where(TrainingJob.kind == kind)
+    return list(session.scalars(statement.order_by(TrainingJob.created_at, TrainingJob.id)))
+
+
+def current_job(session: Session) -> TrainingJob | None:
+    """The running job, else the oldest queued one, else the newest job of any status."""
+    for status, order in (("running", TrainingJob.started_at.desc()), ("queued", TrainingJob.created_at)):
+        job = session.scalars(
+            select(TrainingJob).where(TrainingJob.status == status).order_by(order).limit(1)
+        ).first()
+        if job is not None:
+            return job
+    return session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc()).limit(1)).first()
 
 
 def claim_next_job(session: Session, worker_id: str, *, kind: str | None = None) -> TrainingJob | None:
@@ -147,6 +168,23 @@ def finish_job(
     if progress is not None:
         values["progress"] = progress
     return _owned_update(session, job_id, worker_id, **values)
+
+
+def interrupt_job(
+    session: Session, job_id: int, worker_id: str, reason: str, *, progress: dict[str, Any] | None = None
+) -> bool:
+    """The worker of a running job stops (Ctrl-C, SIGTERM): "interrupted", resumable. False when the job
+    was not running on `worker_id` any more."""
+    values: dict[str, Any] = {"status": "interrupted", "finished_at": utcnow(), "error": reason}
+    if progress is not None:
+        values["progress"] = progress
+    result = session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status == "running", TrainingJob.worker_id == worker_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def mark_stale_jobs_interrupted(

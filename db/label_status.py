@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, exists, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.labels import FINDINGS
-from db.models import FINDING_COLUMNS, SOURCE_NLP, Adjudication, Image, LabelEvent, NlpLabel
+from db.effective import NLP
+from db.models import FINDING_COLUMNS, SOURCE_NLP, Adjudication, Image, LabelEvent, NlpLabel, ReviewedLabel
 from db.registry import get_active_version
-from db.reviews import effective_labels
 
 
 @dataclass
@@ -43,6 +44,7 @@ class LabelStatus:
 
 
 def label_status(session: Session) -> LabelStatus:
+    """Every figure aggregated in SQL (about ten statements, none returning more than a few rows)."""
     status = LabelStatus()
     status.n_images = int(session.scalar(select(func.count()).select_from(Image)) or 0)
     if not status.n_images:
@@ -59,54 +61,55 @@ def label_status(session: Session) -> LabelStatus:
     status.n_adjudicated = int(session.scalar(select(func.count()).select_from(Adjudication)) or 0)
 
     active = get_active_version(session)
-    since: set[int] = set()
+    since: Any = false()  # "the image has a label event after the active version was created"
     if active is not None:
         status.active_name, status.active_created_at = active.name, active.created_at
-        events = session.execute(
-            select(LabelEvent.image_id).where(LabelEvent.at > active.created_at)
-        ).scalars()
-        event_ids = list(events)
-        status.n_label_events_since_active = len(event_ids)
-        since = set(event_ids)
+        status.n_label_events_since_active = int(
+            session.scalar(select(func.count()).where(LabelEvent.at > active.created_at)) or 0
+        )
+        since = exists().where(
+            LabelEvent.image_id == ReviewedLabel.image_id, LabelEvent.at > active.created_at
+        )
 
-    nlp: dict[int, tuple[bool, ...]] = {}
-    columns = [NlpLabel.image_id, *(getattr(NlpLabel, c) for c in FINDING_COLUMNS)]
-    for image_id, *values in session.execute(select(*columns).where(NlpLabel.source == SOURCE_NLP)):
-        nlp[image_id] = tuple(bool(v) for v in values)
-    status.n_with_nlp = len(nlp)
+    nlp_columns = [getattr(NlpLabel, c) for c in FINDING_COLUMNS]
+    n_with_nlp, *nlp_positive = session.execute(
+        select(func.count(), *(_count_if(column) for column in nlp_columns)).where(
+            NlpLabel.source == SOURCE_NLP
+        )
+    ).one()
+    status.n_with_nlp = int(n_with_nlp)
 
-    labels = effective_labels(session)
-    nlp_positive = [0] * len(FINDINGS)
-    effective_positive = [0] * len(FINDINGS)
-    changed = [0] * len(FINDINGS)
-    changed_since = [0] * len(FINDINGS)
-    changed_images_since: set[int] = set()
-    for image_id, label in labels.items():
-        if label.n_reviews:
-            status.n_reviewed += 1
-        if label.exclude:
-            status.n_excluded += 1
-        original = nlp.get(image_id)
-        if original is not None:
-            for c, value in enumerate(original):
-                nlp_positive[c] += value
-        if not label.exclude:
-            for c, finding in enumerate(FINDINGS):
-                effective_positive[c] += label.findings[finding]
-        if label.source not in ("consensus", "adjudication") or original is None:
-            continue
-        differs = [label.findings[f] != original[c] for c, f in enumerate(FINDINGS)]
-        if any(differs):
-            status.n_changed += 1
-        for c, flag in enumerate(differs):
-            if flag:
-                changed[c] += 1
-                if image_id in since:
-                    changed_since[c] += 1
-                    changed_images_since.add(image_id)
-    status.n_images_changed_since_active = len(changed_images_since)
-    status.findings = [
-        FindingStatus(f, nlp_positive[c], effective_positive[c], changed[c], changed_since[c])
-        for c, f in enumerate(FINDINGS)
-    ]
+    # Reviewed labels (adjudication or consensus) against the NLP label of the same image.
+    has_nlp = NLP.id.is_not(None)
+    kept = ~ReviewedLabel.exclude
+    columns: list[Any] = [_count_if(ReviewedLabel.n_reviews > 0), _count_if(ReviewedLabel.exclude)]
+    differs = []
+    for column in FINDING_COLUMNS:
+        reviewed, nlp = getattr(ReviewedLabel, column), func.coalesce(getattr(NLP, column), false())
+        differ = and_(has_nlp, reviewed != nlp)
+        differs.append(differ)
+        columns += [_count_if(and_(has_nlp, nlp)), _count_if(and_(kept, reviewed)), _count_if(differ)]
+        columns.append(_count_if(and_(differ, since)))
+    columns += [_count_if(or_(*differs)), _count_if(and_(or_(*differs), since))]
+    statement = (
+        select(*columns)
+        .select_from(ReviewedLabel)
+        .outerjoin(NLP, and_(NLP.image_id == ReviewedLabel.image_id, NLP.source == SOURCE_NLP))
+    )
+    n_reviewed, n_excluded, *per_finding, n_changed, n_changed_since = (
+        int(v) for v in session.execute(statement).one()
+    )
+    status.n_reviewed, status.n_excluded = n_reviewed, n_excluded
+    status.n_changed, status.n_images_changed_since_active = n_changed, n_changed_since
+    for c, finding in enumerate(FINDINGS):
+        nlp_under_reviews, reviewed_positive, changed, changed_since = per_finding[4 * c : 4 * c + 4]
+        # Images without a reviewed label count with their NLP label (excluded ones never do).
+        effective_positive = int(nlp_positive[c]) - nlp_under_reviews + reviewed_positive
+        status.findings.append(
+            FindingStatus(finding, int(nlp_positive[c]), effective_positive, changed, changed_since)
+        )
     return status
+
+
+def _count_if(condition: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)

@@ -12,6 +12,7 @@ filter on them in SQL; `findings_of(row)` / `set_findings(row, ...)` convert to 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import (
@@ -23,6 +24,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -56,6 +58,39 @@ def finding_column(finding: str) -> str:
 
 
 FINDING_COLUMNS: tuple[str, ...] = tuple(finding_column(f) for f in FINDINGS)
+EXCLUDE_BIT = 1 << len(FINDINGS)  # read_status.disputed_mask: the readers differ on excluding the image
+
+
+def mask_of(findings: Iterable[str]) -> int:
+    """Bit mask (bit i: FINDINGS[i]) of some findings: how uncertain/disputed findings are stored."""
+    return sum(1 << FINDINGS.index(finding) for finding in set(findings))
+
+
+def findings_in(mask: int | None) -> tuple[str, ...]:
+    """The findings of a bit mask, in FINDINGS order (EXCLUDE_BIT and higher bits are ignored)."""
+    return tuple(finding for i, finding in enumerate(FINDINGS) if (mask or 0) >> i & 1)
+
+
+def _shuffle_key_sql() -> str:
+    """A bijective 32-bit integer hash of `images.id` in portable SQL (murmur-style multiply/xor-shift).
+
+    The random review queue walks images in the order of this key from a seeded starting point, along an
+    index on the expression: a shuffled order without ORDER BY random() over every image. `|`, `&` and
+    `>>` are the same in SQLite and PostgreSQL; SQLite has no xor, hence (a | b) - (a & b). Products stay
+    below 2**63 for ids below 2**32.
+    """
+
+    def xor(a: str, b: str) -> str:
+        return f"(({a}) | ({b})) - (({a}) & ({b}))"
+
+    mask = "4294967295"
+    first = f"(id * 2654435761) & {mask}"
+    mixed = xor(first, f"({first}) >> 16")
+    second = f"(({mixed}) * 73244475) & {mask}"
+    return f"({xor(second, f'({second}) >> 16')})"
+
+
+SHUFFLE_KEY_SQL = _shuffle_key_sql()  # the indexed expression: queries must use this exact text
 
 
 def utcnow() -> dt.datetime:
@@ -119,12 +154,23 @@ def set_findings(row: Any, findings: dict[str, bool | None]) -> None:
         setattr(row, finding_column(finding), value)
 
 
+def _username_key_default(context: Any) -> str:
+    return str(context.get_current_parameters()["username"]).lower()
+
+
 class User(Base):
+    """An account. `username_key` is the lower-cased username: unique, so `Admin` cannot sit beside `admin`
+    (a column rather than an index on lower(username), so both backends and the migrations agree)."""
+
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint("role IN ('clinician', 'admin')", name="role"),)
+    __table_args__ = (
+        CheckConstraint("role IN ('clinician', 'admin')", name="role"),
+        Index("uq_users_username_key", "username_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
+    username_key: Mapped[str] = mapped_column(String(64), default=_username_key_default, server_default="")
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="clinician")
     active: Mapped[bool] = mapped_column(default=True, server_default=true())
@@ -137,6 +183,47 @@ class User(Base):
 
     def __repr__(self) -> str:
         return f"User(id={self.id}, username={self.username!r}, role={self.role!r})"
+
+
+class UserSession(Base):
+    """A login: the browser holds a random token in a signed cookie, the database only its sha256.
+
+    A session ends when revoked (logout, an admin), after IDLE_TIMEOUT without a page run, or at
+    `expires_at` (see db.sessions).
+    """
+
+    __tablename__ = "user_sessions"
+    __table_args__ = (Index("ix_user_sessions_user_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+    client_ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(255), default="")
+
+
+class LoginAttempt(Base):
+    """One verified login attempt (throttled attempts are refused before verifying and not stored).
+
+    `username_key` is the lower-cased name typed, whether or not such an account exists; `client` the
+    address (or, where none is known, the browser session) it came from.
+    """
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        Index("ix_login_attempts_username_key_at", "username_key", "at"),
+        Index("ix_login_attempts_client_at", "client", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    username_key: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str] = mapped_column(String(128))
+    succeeded: Mapped[bool]
 
 
 class Image(Base):
@@ -152,6 +239,7 @@ class Image(Base):
     __table_args__ = (
         CheckConstraint("source IN ('dataset', 'upload')", name="source"),
         Index("ix_images_split", "split"),
+        Index("ix_images_shuffle_key", text(SHUFFLE_KEY_SQL)),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -187,7 +275,20 @@ class NlpLabel(NullableFindingColumns, Base):
     """
 
     __tablename__ = "nlp_labels"
-    __table_args__ = (UniqueConstraint("image_id", "source"), Index("ix_nlp_labels_source", "source"))
+    __table_args__ = (
+        UniqueConstraint("image_id", "source"),
+        Index("ix_nlp_labels_source", "source"),
+        # The "by finding" queue: the images whose NLP label has the finding, without reading the others.
+        *(
+            Index(
+                f"ix_nlp_labels_{column}_positive",
+                "image_id",
+                sqlite_where=text(f"source = 'nlp' AND {column}"),
+                postgresql_where=text(f"source = 'nlp' AND {column}"),
+            )
+            for column in FINDING_COLUMNS
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
@@ -226,6 +327,14 @@ class Review(FindingColumns, Base):
     version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Per-finding Uncertain (bit i: FINDINGS[i]; its boolean column is then False) and reason codes
+    # {finding: [code, ...]} (db.reviews.REASON_CODES). How the read was made: `blinded` (the reader saw
+    # no other reader's label), `study_mode` (db.study: "ai_first" / "ai_hidden"), `read_seconds`.
+    uncertain_mask: Mapped[int] = mapped_column(default=0, server_default="0")
+    reasons: Mapped[dict[str, Any] | None]
+    blinded: Mapped[bool] = mapped_column(default=False, server_default=false())
+    study_mode: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    read_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class Adjudication(FindingColumns, Base):
@@ -242,6 +351,27 @@ class Adjudication(FindingColumns, Base):
     version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    uncertain_mask: Mapped[int] = mapped_column(default=0, server_default="0")  # as on Review
+    reasons: Mapped[dict[str, Any] | None]
+
+
+class ReviewedLabel(FindingColumns, Base):
+    """The effective label of an image that has reviews or an adjudication, one row per such image.
+
+    Derived data: db.effective rewrites an image's row in the same transaction as every review or
+    adjudication save (and `rebuild` recomputes them all), from the rules of db.reviews. Images with no
+    row here take their NLP label. Kept as a table so that queues and statistics over 112k images join
+    one indexed row per image instead of aggregating every review on every page load.
+    """
+
+    __tablename__ = "reviewed_labels"
+    __table_args__ = (CheckConstraint("source IN ('adjudication', 'consensus')", name="source"),)
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))
+    n_reviews: Mapped[int]
+    exclude: Mapped[bool]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class LabelEvent(Base):
@@ -249,7 +379,10 @@ class LabelEvent(Base):
 
     `before` is None for the first save; `before`/`after` are `label_state` dicts
     ({"findings": {...}, "no_finding", "exclude", "comment", "version"}). UPDATE and DELETE on this
-    table are refused by database triggers (see the initial migration).
+    table are refused by database triggers (see the initial migration). Each event also carries
+    `hash`, sha256 over `prev_hash` (the previous event's hash) and its own fields (db.audit), so an
+    edit made with the triggers dropped breaks the chain that `python -m db verify-audit` checks; the
+    unique `prev_hash` makes a fork (two events after the same one) impossible.
     """
 
     __tablename__ = "label_events"
@@ -257,6 +390,8 @@ class LabelEvent(Base):
         CheckConstraint("kind IN ('review', 'adjudication')", name="kind"),
         Index("ix_label_events_image_id", "image_id"),
         Index("ix_label_events_user_id", "user_id"),
+        Index("uq_label_events_prev_hash", "prev_hash", unique=True),
+        Index("ix_label_events_at", "at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -268,6 +403,8 @@ class LabelEvent(Base):
     before: Mapped[dict[str, Any] | None]
     after: Mapped[dict[str, Any]]
     comment: Mapped[str] = mapped_column(Text, default="")
+    prev_hash: Mapped[str] = mapped_column(String(64), server_default="")
+    hash: Mapped[str] = mapped_column(String(64), server_default="")
 
 
 class ModelVersion(Base):
@@ -317,6 +454,19 @@ class Prediction(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
     probabilities: Mapped[list[Any]]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # max over findings of |probability - effective label|, and that finding's index in FINDINGS;
+    # NULL until db.effective.refresh_disagreement has scored the row.
+    disagreement: Mapped[float | None] = mapped_column(Float)
+    disagreement_finding: Mapped[int | None] = mapped_column(SmallInteger)
+
+
+# The "model disagrees most" queue reads this index from the top (db.effective keeps the scores current).
+Index(
+    "ix_predictions_disagreement",
+    Prediction.model_version_id,
+    Prediction.disagreement.desc(),
+    Prediction.image_id,
+)
 
 
 class TrainingJob(Base):
@@ -348,3 +498,81 @@ class TrainingJob(Base):
 
     def __repr__(self) -> str:
         return f"TrainingJob(id={self.id}, kind={self.kind!r}, status={self.status!r})"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The reading study (issue 11): settings, assignments, per-image read status, CAM feedback
+
+
+class StudySetting(Base):
+    """One study-wide setting (db.study): blinding, the study mode (AI-first / AI-hidden)."""
+
+    __tablename__ = "study_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class Assignment(Base):
+    """An image a reader is asked to read (db.assignments). `read_number` 1 is the first read, 2 the
+    second (always another reader); `done_at` is set when the reader saves a review of the image."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (
+        UniqueConstraint("image_id", "user_id"),
+        # "My assignments": a reader's open ones in order, and the progress counts, from this index.
+        Index("ix_assignments_user_id_done_at_id", "user_id", "done_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    read_number: Mapped[int] = mapped_column(SmallInteger, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    done_at: Mapped[dt.datetime | None]
+
+
+class ReadStatus(Base):
+    """Derived, one row per image with reviews or an adjudication (db.adjudication keeps it current in
+    the transaction of every save): how the readers' answers compare.
+
+    `disputed_mask`: bit i set when the readers who did not exclude the image differ on FINDINGS[i]
+    (Present / Absent / Uncertain), bit 14 (EXCLUDE_BIT) when they differ on excluding it; a 1-1 tie is
+    a dispute. `open_dispute`: disputed and not adjudicated, what the Disputed queue lists.
+    `uncertain_mask`: the findings whose effective state is Uncertain (the adjudication's, else those
+    every reader marked Uncertain).
+    """
+
+    __tablename__ = "read_status"
+    __table_args__ = (Index("ix_read_status_open_dispute_image_id", "open_dispute", "image_id"),)
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    n_reads: Mapped[int]
+    n_blinded: Mapped[int]
+    disputed_mask: Mapped[int]
+    adjudicated: Mapped[bool]
+    open_dispute: Mapped[bool]
+    uncertain_mask: Mapped[int]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CamFeedback(Base):
+    """A reader's verdict on a model's heat map for one finding of an image: does it point at it?"""
+
+    __tablename__ = "cam_feedback"
+    __table_args__ = (
+        UniqueConstraint("image_id", "user_id", "model_name", "finding"),
+        Index("ix_cam_feedback_model_name", "model_name"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    model_name: Mapped[str] = mapped_column(String(128))  # the model the page showed (a version's name)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    finding: Mapped[str] = mapped_column(String(32))
+    points_at_finding: Mapped[bool]
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)

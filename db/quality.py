@@ -25,18 +25,26 @@ labels and, as a baseline, the NLP labels. Google's findings map to ChestX-ray14
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, case, false, func, select
+from sqlalchemy.orm import Session, aliased
 
 from core.labels import FINDINGS
-from db.models import FINDING_COLUMNS, SOURCE_GOOGLE, SOURCE_NLP, Adjudication, NlpLabel, Review
-from db.reviews import effective_labels
+from db.effective import NLP
+from db.models import (
+    FINDING_COLUMNS,
+    SOURCE_GOOGLE,
+    SOURCE_NLP,
+    Adjudication,
+    NlpLabel,
+    Review,
+    ReviewedLabel,
+)
 
 GOOGLE_TO_CHESTXRAY14: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("Pneumothorax",),
@@ -126,64 +134,42 @@ def _agreement(a: Sequence[int], b: Sequence[int]) -> tuple[float | None, float 
 
 
 def label_quality(session: Session) -> LabelQuality:
-    reviewed_ids = set(session.scalars(select(Review.image_id).distinct()))
-    adjudicated_ids = set(session.scalars(select(Adjudication.image_id)))
-    google_rows = session.execute(
-        select(NlpLabel.image_id, NlpLabel.extra).where(NlpLabel.source == SOURCE_GOOGLE)
-    ).all()
-    google = {image_id: extra or {} for image_id, extra in google_rows}
-    labelled_ids = reviewed_ids | adjudicated_ids
-    labels = effective_labels(session, sorted(labelled_ids | set(google)))
-    nlp = _nlp_labels(session, sorted(labelled_ids | set(google)))
-
-    reviewed = {
-        image_id: labels[image_id]
-        for image_id in labelled_ids
-        if labels[image_id].source in ("adjudication", "consensus") and not labels[image_id].exclude
-    }
-
-    # Non-excluding reviews per image: {image: [(user, findings)]}
-    reads: dict[int, list[tuple[int, dict[str, bool]]]] = defaultdict(list)
-    review_cols = [Review.image_id, Review.user_id, *(getattr(Review, c) for c in FINDING_COLUMNS)]
-    for image_id, user_id, *values in session.execute(select(*review_cols).where(~Review.exclude)):
-        reads[image_id].append((user_id, dict(zip(FINDINGS, map(bool, values), strict=True))))
-    multi = {image_id: rows for image_id, rows in reads.items() if len(rows) >= 2}
-    reader_sets = {tuple(sorted(user for user, _ in rows)) for rows in multi.values()}
-    same_two_readers = len(reader_sets) == 1 and len(next(iter(reader_sets))) == 2
-
+    """The statistics above, aggregated in SQL: five statements and a few thousand small rows at most."""
+    n_reviewed = session.scalar(select(func.count()).where(ReviewedLabel.n_reviews > 0))
     quality = LabelQuality(
-        n_reviewed_images=len(reviewed_ids),
-        n_adjudicated_images=len(adjudicated_ids),
-        n_multi_read_images=len(multi),
+        n_reviewed_images=int(n_reviewed or 0),
+        n_adjudicated_images=int(session.scalar(select(func.count()).select_from(Adjudication)) or 0),
+        n_multi_read_images=0,
     )
+    overturns = _overturns(session)
+    multi = _multi_reads(session)
+    quality.n_multi_read_images = len(multi)
+    readers = {(row.first_reader, row.last_reader) for row in multi}
+    same_two_readers = len(readers) == 1 and all(row.n == 2 for row in multi)
     for finding in FINDINGS:
-        pairs = [(nlp[i][finding], label.findings[finding]) for i, label in reviewed.items() if i in nlp]
-        nlp_pos = sum(1 for before, _ in pairs if before)
-        nlp_neg = len(pairs) - nlp_pos
-        pos_to_neg = sum(1 for before, after in pairs if before and not after)
-        neg_to_pos = sum(1 for before, after in pairs if not before and after)
-
+        n_pairs, nlp_pos, pos_to_neg, neg_to_pos = overturns[finding]
+        nlp_neg = n_pairs - nlp_pos
         kappa, method, percent = None, None, None
         if multi:
+            positives = [row.positives[finding] for row in multi]
             if same_two_readers:
-                ordered = [sorted(rows, key=lambda read: read[0]) for rows in multi.values()]
-                kappa = cohen_kappa(
-                    [int(rows[0][1][finding]) for rows in ordered],
-                    [int(rows[1][1][finding]) for rows in ordered],
-                )
+                # Two reads per image: the first reader's value is known from the count of positives
+                # and, when exactly one was positive, from who that was.
+                first = [
+                    int(p == 2 or (p == 1 and row.positive_reader[finding] == row.first_reader))
+                    for p, row in zip(positives, multi, strict=True)
+                ]
+                kappa = cohen_kappa(first, [p - f for p, f in zip(positives, first, strict=True)])
                 method = "cohen"
             else:
-                counts = [
-                    [sum(f[finding] for _, f in rows), sum(not f[finding] for _, f in rows)]
-                    for rows in multi.values()
-                ]
+                counts = [[p, row.n - p] for p, row in zip(positives, multi, strict=True)]
                 kappa = fleiss_kappa(counts)
                 method = "fleiss"
-            percent = float(np.mean([len({f[finding] for _, f in rows}) == 1 for rows in multi.values()]))
+            percent = float(np.mean([p in (0, row.n) for p, row in zip(positives, multi, strict=True)]))
         quality.findings.append(
             FindingQuality(
                 finding=finding,
-                n_reviewed=len(pairs),
+                n_reviewed=n_pairs,
                 nlp_positive=nlp_pos,
                 nlp_negative=nlp_neg,
                 pos_to_neg=pos_to_neg,
@@ -196,16 +182,100 @@ def label_quality(session: Session) -> LabelQuality:
                 percent_agreement=percent,
             )
         )
+    quality.google = _google_agreement(session)
+    return quality
 
+
+def _count_if(condition: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _overturns(session: Session) -> dict[str, tuple[int, int, int, int]]:
+    """finding -> (reviewed images with an NLP label, NLP positives, positive->negative, negative->positive),
+    over the reviewed labels (adjudication or consensus) that do not exclude the image."""
+    columns = [func.count()]
+    for column in FINDING_COLUMNS:
+        reviewed, nlp = getattr(ReviewedLabel, column), func.coalesce(getattr(NLP, column), false())
+        columns += [_count_if(nlp), _count_if(and_(nlp, ~reviewed)), _count_if(and_(~nlp, reviewed))]
+    statement = (
+        select(*columns)
+        .select_from(ReviewedLabel)
+        .join(NLP, and_(NLP.image_id == ReviewedLabel.image_id, NLP.source == SOURCE_NLP))
+        .where(~ReviewedLabel.exclude)
+    )
+    n, *values = session.execute(statement).one()
+    return {
+        finding: (int(n), *(int(v) for v in values[3 * i : 3 * i + 3]))  # type: ignore[misc]
+        for i, finding in enumerate(FINDINGS)
+    }
+
+
+@dataclass(frozen=True)
+class _MultiRead:
+    n: int  # reviews that do not exclude the image
+    first_reader: int  # lowest and highest user id among them
+    last_reader: int
+    positives: dict[str, int]  # finding -> how many of them marked it
+    positive_reader: dict[str, int]  # finding -> sum of the user ids that marked it
+
+
+def _multi_reads(session: Session) -> list[_MultiRead]:
+    """Per image read by two or more readers without excluding it: the counts kappa needs."""
+    columns = [func.count(), func.min(Review.user_id), func.max(Review.user_id)]
+    for column in FINDING_COLUMNS:
+        marked = getattr(Review, column)
+        columns += [_count_if(marked), func.coalesce(func.sum(case((marked, Review.user_id), else_=0)), 0)]
+    statement = (
+        select(*columns)
+        .where(~Review.exclude)
+        .group_by(Review.image_id)
+        .having(func.count() >= 2)
+        .order_by(Review.image_id)
+    )
+    reads = []
+    for n, first, last, *values in session.execute(statement):
+        positives = {f: int(values[2 * i]) for i, f in enumerate(FINDINGS)}
+        readers = {f: int(values[2 * i + 1]) for i, f in enumerate(FINDINGS)}
+        reads.append(_MultiRead(int(n), int(first), int(last), positives, readers))
+    return reads
+
+
+def _google_agreement(session: Session) -> list[GoogleAgreement]:
+    """Google's labels against the reviewed labels and the NLP labels, image by image (a few thousand)."""
+    google = aliased(NlpLabel, name="google")
+    statement = (
+        select(
+            google.extra,
+            ReviewedLabel.exclude,
+            *(getattr(ReviewedLabel, c) for c in FINDING_COLUMNS),
+            NLP.id,
+            *(getattr(NLP, c) for c in FINDING_COLUMNS),
+        )
+        .select_from(google)
+        .outerjoin(ReviewedLabel, ReviewedLabel.image_id == google.image_id)
+        .outerjoin(NLP, and_(NLP.image_id == google.image_id, NLP.source == SOURCE_NLP))
+        .where(google.source == SOURCE_GOOGLE)
+    )
+    n = len(FINDINGS)
+    images = []
+    for extra, exclude, *rest in session.execute(statement):
+        usable = exclude is not None and not exclude  # a reviewed label that keeps the image
+        reviewed = dict(zip(FINDINGS, map(bool, rest[:n]), strict=True)) if usable else None
+        nlp = None if rest[n] is None else dict(zip(FINDINGS, map(bool, rest[n + 1 :]), strict=True))
+        images.append((extra or {}, reviewed, nlp))
+    rows = []
     for google_finding, mapped in GOOGLE_TO_CHESTXRAY14.items():
-        truth = {i: bool(v) for i, extra in google.items() if (v := extra.get(google_finding)) is not None}
-        ours = [
-            (int(truth[i]), int(any(reviewed[i].findings[f] for f in mapped))) for i in truth if i in reviewed
-        ]
-        theirs = [(int(truth[i]), int(any(nlp[i][f] for f in mapped))) for i in truth if i in nlp]
+        ours, theirs = [], []
+        for extra, reviewed, nlp in images:
+            if (value := extra.get(google_finding)) is None:
+                continue
+            if reviewed is not None:
+                ours.append((int(bool(value)), int(any(reviewed[f] for f in mapped))))
+            if nlp is not None:
+                theirs.append((int(bool(value)), int(any(nlp[f] for f in mapped))))
         reviewed_agreement, reviewed_kappa = _agreement([t for t, _ in ours], [o for _, o in ours])
         nlp_agreement, nlp_kappa = _agreement([t for t, _ in theirs], [o for _, o in theirs])
-        quality.google.append(
+        rows.append(
             GoogleAgreement(
                 google_finding=google_finding,
                 chestxray14_findings=mapped,
@@ -217,15 +287,4 @@ def label_quality(session: Session) -> LabelQuality:
                 nlp_kappa=nlp_kappa,
             )
         )
-    return quality
-
-
-def _nlp_labels(session: Session, image_ids: list[int]) -> dict[int, dict[str, bool]]:
-    columns = [NlpLabel.image_id, *(getattr(NlpLabel, c) for c in FINDING_COLUMNS)]
-    found: dict[int, dict[str, bool]] = {}
-    for start in range(0, len(image_ids), 2_000):
-        chunk = image_ids[start : start + 2_000]
-        statement = select(*columns).where(NlpLabel.source == SOURCE_NLP, NlpLabel.image_id.in_(chunk))
-        for image_id, *values in session.execute(statement):
-            found[image_id] = dict(zip(FINDINGS, map(bool, values), strict=True))
-    return found
+    return rows

@@ -4,17 +4,25 @@ Exactly one version is active once any has been promoted: `promote` switches it 
 (after locking the registry rows on PostgreSQL; SQLite write transactions are already serial), and
 a partial unique index on `model_versions.is_active` makes a second active row impossible anyway.
 Status: "registered" (never active), "active", "retired" (was active before).
+
+`promote_version` / `rollback_version` also rewrite the ACTIVE pointer (core.paths) that the Predict
+page and the CLIs read; `register_existing_model` records a model folder made elsewhere (`python -m db
+register DIR`); `seed_registry` registers the bundled demo model on an empty registry (`python -m db
+init-admin`, which `make run` calls).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core import paths
+from core.artifact import ArtifactError, read_artifact
 from core.labels import FINDINGS, NUM_FINDINGS
 from db.bulk import bulk_insert
 from db.errors import DbUserError, NotFoundError
@@ -137,6 +145,90 @@ def retire(session: Session, version: int | str) -> ModelVersion:
     target.status = "retired"
     session.flush()
     return target
+
+
+def version_names(session: Session) -> dict[int, str]:
+    """id -> name of every version (one query)."""
+    return dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
+
+
+def name_taken(session: Session, name: str) -> bool:
+    return session.scalar(select(ModelVersion.id).where(ModelVersion.name == name)) is not None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The active model folder
+
+
+def promote_version(session: Session, version: int | str) -> ModelVersion:
+    """Make `version` active in the registry and point the app's ACTIVE model at its folder."""
+    target = get_version(session, version)
+    try:
+        read_artifact(target.path)
+    except ArtifactError as exc:
+        raise DbUserError(
+            f"{target.name!r} cannot be promoted: its model folder is unreadable ({exc})."
+        ) from exc
+    promoted = promote(session, target.id)
+    session.flush()
+    paths.set_active_model_dir(Path(promoted.path))
+    return promoted
+
+
+def rollback_version(session: Session, to_version: int | str | None = None) -> ModelVersion:
+    """Promote an earlier version (by default the one active before the current one), pointer included."""
+    target = rollback(session, to_version)
+    paths.set_active_model_dir(Path(target.path))
+    return target
+
+
+def register_existing_model(
+    session: Session, model_dir: Path, *, notes: str = "", created_by: User | None = None
+) -> ModelVersion:
+    """Register a model folder made outside the app (the demo model, a CLI run, an imported checkpoint).
+    Raises ArtifactError (not a model folder) or ModelNameTakenError."""
+    artifact = read_artifact(model_dir)
+    card = artifact.card
+    provenance = card.get("provenance") or {}
+    label_source = provenance.get("label_source")
+    snapshot = {
+        "source": "nlp" if label_source in (None, "nlp") or "NLP" in str(label_source) else "table",
+        "description": str(label_source or "as recorded in the model card"),
+    }
+    card_metrics = {
+        key: value for key, value in (card.get("metrics") or {}).items() if isinstance(value, dict)
+    }
+    return register_model_version(
+        session,
+        artifact.name,
+        str(Path(model_dir).resolve()),
+        label_snapshot=snapshot,
+        hyperparams=provenance.get("hyperparameters"),
+        metrics={"card": card_metrics},
+        notes=notes or (card.get("description") or "")[:2000],
+        created_by=created_by,
+    )
+
+
+def seed_registry(session: Session) -> ModelVersion | None:
+    """On an empty registry, register the model the app uses now (normally the bundled demo) as active.
+
+    Returns the version registered, or None when the registry was not empty or there is no model.
+    """
+    if session.scalar(select(func.count()).select_from(ModelVersion)):
+        return None
+    candidates = [path for path in (paths.active_model_dir(), paths.BUNDLED_MODEL_DIR) if path is not None]
+    for path in candidates:
+        try:
+            version = register_existing_model(session, Path(path), notes="Registered on first start.")
+        except (ArtifactError, OSError):
+            continue
+        except ModelNameTakenError:
+            return None  # another process seeded it at the same moment
+        promote(session, version.id)
+        session.flush()
+        return get_version(session, version.id)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------

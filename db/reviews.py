@@ -13,6 +13,15 @@ Effective label of an image (what exports and training use), first that applies:
 4. "none": no label at all (e.g. an upload nobody has reviewed yet); all findings False.
 `no_finding` is True when no finding is positive (and the source is not "none").
 
+Readers who differ (on any finding, Present / Absent / Uncertain, or on excluding the image; a 1-1 tie
+included) make the image *disputed*: db.adjudication records it in `read_status` in the transaction of
+the save, the Disputed queue lists it until an admin adjudicates, and exports and the trainer's labels
+mark it. The consensus values above still exist for such an image but are never shown as its answer.
+
+Per finding a reader says Present (the boolean column), Absent, or Uncertain (`uncertain_mask`, the
+column then False), with optional reason codes (REASON_CODES). A review also records how it was made:
+`blinded`, `study_mode` (db.study) and `read_seconds`.
+
 Optimistic locking: a review (or adjudication) carries `version`, 1 on creation and +1 per saved
 change. A save passes the version the user started from (`expected_version`, None for "there was no
 review yet"); the UPDATE only matches that version (compare-and-set), so a concurrent change makes the
@@ -21,38 +30,45 @@ save fail with StaleReviewError instead of silently overwriting it.
 
 from __future__ import annotations
 
-import random
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Select, exists, func, or_, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.labels import FINDINGS, NO_FINDING
+from db.audit import append_label_event, lock_audit_chain
 from db.errors import DbUserError, InvalidLabelError, NotAllowedError, NotFoundError, StaleReviewError
 from db.models import (
     FINDING_COLUMNS,
     SOURCE_NLP,
     Adjudication,
+    Box,
     Image,
     LabelEvent,
-    ModelVersion,
     NlpLabel,
     Prediction,
     Review,
     User,
-    finding_column,
+    findings_in,
     findings_of,
+    mask_of,
     utcnow,
 )
 
 LabelSource = Literal["adjudication", "consensus", "nlp", "none"]
 QueueStrategy = Literal["disagreement", "unreviewed", "random", "finding", "split"]
 QUEUE_STRATEGIES: tuple[str, ...] = ("disagreement", "unreviewed", "random", "finding", "split")
-_IN_CHUNK = 2_000  # ids per IN (...) list
+# Why a finding is Uncertain or differs from the report: optional codes a reader attaches to a finding.
+REASON_CODES: dict[str, str] = {
+    "not_visible": "Not visible on this image",
+    "report_only": "Report-only finding",
+    "poor_quality": "Poor image quality",
+    "wrong_view": "Wrong view or body part",
+    "borderline": "Subtle or borderline",
+}
 
 
 class QueueError(DbUserError, ValueError):
@@ -66,6 +82,8 @@ class EffectiveLabel:
     exclude: bool
     source: LabelSource
     n_reviews: int
+    disputed: tuple[str, ...] = ()  # findings (and "exclude") the readers differ on, unadjudicated
+    uncertain: tuple[str, ...] = ()  # findings whose effective state is Uncertain
 
     @property
     def positives(self) -> list[str]:
@@ -91,27 +109,53 @@ class QueueItem:
 # Label values
 
 
-def validate_label(findings: Mapping[str, bool], no_finding: bool, exclude: bool) -> dict[str, bool]:
-    """All 14 findings as booleans (missing ones False); raises InvalidLabelError with a sentence."""
-    unknown = sorted(set(findings) - set(FINDINGS))
+def validate_label(
+    findings: Mapping[str, bool], no_finding: bool, exclude: bool, *, uncertain: Iterable[str] = ()
+) -> dict[str, bool]:
+    """All 14 findings as booleans (missing ones False); raises InvalidLabelError with a sentence.
+
+    `uncertain`: the findings the reader marked Uncertain (neither Present nor Absent).
+    """
+    uncertain = set(uncertain)
+    unknown = sorted((set(findings) | uncertain) - set(FINDINGS))
     if unknown:
         raise InvalidLabelError(f"Unknown finding(s): {', '.join(unknown)}.")
     clean = {finding: bool(findings.get(finding, False)) for finding in FINDINGS}
     positives = [finding for finding, positive in clean.items() if positive]
-    if no_finding and positives:
+    both = [finding for finding in positives if finding in uncertain]
+    if both:
+        raise InvalidLabelError(f"A finding is either Present or Uncertain, not both ({', '.join(both)}).")
+    if no_finding and (positives or uncertain):
+        named = positives + sorted(uncertain, key=FINDINGS.index)
         raise InvalidLabelError(
-            f"“No Finding” cannot be combined with findings ({', '.join(positives)}); "
-            "untick one or the other."
+            f"“No Finding” cannot be combined with findings ({', '.join(named)}); untick one or the other."
         )
-    if not no_finding and not positives and not exclude:
+    if not no_finding and not positives and not uncertain and not exclude:
         raise InvalidLabelError("Tick at least one finding or “No Finding”, or exclude the image.")
     return clean
+
+
+def validate_reasons(reasons: Mapping[str, Iterable[str]] | None) -> dict[str, list[str]] | None:
+    """{finding: [reason code, ...]} with known findings and codes only (None when empty)."""
+    clean: dict[str, list[str]] = {}
+    for finding, codes in (reasons or {}).items():
+        if finding not in FINDINGS:
+            raise InvalidLabelError(f"Unknown finding {finding!r} in the reasons.")
+        codes = sorted(set(codes))
+        unknown = [code for code in codes if code not in REASON_CODES]
+        if unknown:
+            raise InvalidLabelError(f"Unknown reason code(s): {', '.join(unknown)}.")
+        if codes:
+            clean[finding] = codes
+    return {finding: clean[finding] for finding in FINDINGS if finding in clean} or None
 
 
 def label_state(row: Review | Adjudication) -> dict[str, Any]:
     """The audit-trail snapshot of a review or adjudication."""
     return {
         "findings": {finding: bool(value) for finding, value in findings_of(row).items()},
+        "uncertain": list(findings_in(row.uncertain_mask)),
+        "reasons": dict(row.reasons or {}),
         "no_finding": bool(row.no_finding),
         "exclude": bool(row.exclude),
         "comment": row.comment,
@@ -119,8 +163,21 @@ def label_state(row: Review | Adjudication) -> dict[str, Any]:
     }
 
 
+def finding_states(row: Review | Adjudication) -> dict[str, str]:
+    """{finding: "present" | "absent" | "uncertain"} of a review or adjudication, in FINDINGS order."""
+    uncertain = set(findings_in(row.uncertain_mask))
+    return {
+        finding: "uncertain" if finding in uncertain else "present" if value else "absent"
+        for finding, value in findings_of(row).items()
+    }
+
+
 def consensus(votes: Sequence[tuple[Mapping[str, bool], bool]]) -> tuple[dict[str, bool], bool]:
-    """(findings, exclude) of reviewers' votes [(findings, exclude), ...]; rules in the module doc."""
+    """(findings, exclude) of reviewers' votes [(findings, exclude), ...]; rules in the module doc.
+
+    These are the values `reviewed_labels` holds; where the votes differ the image is disputed
+    (db.adjudication.dispute_mask), which the pages, exports and the trainer's labels say.
+    """
     excluded = sum(1 for _, exclude in votes if exclude)
     exclude = 2 * excluded > len(votes)
     readers = [findings for findings, exclude in votes if not exclude]
@@ -146,6 +203,11 @@ def save_review(
     expected_version: int | None,
     *,
     reason: str = "",
+    uncertain: Iterable[str] = (),
+    reasons: Mapping[str, Iterable[str]] | None = None,
+    blinded: bool = False,
+    study_mode: str = "",
+    read_seconds: float | None = None,
 ) -> Review:
     """Create or update `user`'s review of the image, with one audit event in the same transaction.
 
@@ -153,11 +215,15 @@ def save_review(
     Raises StaleReviewError when the stored review is no longer that version (nothing is written),
     InvalidLabelError for an impossible label, NotAllowedError for a deactivated user. Saving values
     identical to the stored ones changes nothing and writes no event. `reason` goes into the event.
+    `uncertain`/`reasons`: Uncertain findings and reason codes; `blinded`, `study_mode`,
+    `read_seconds`: how the read was made (stored with the review when its label changes). The
+    reader's assignment of the image, if any, is marked done.
     """
     if not user.active:
         raise NotAllowedError(f"The account {user.username!r} is deactivated and cannot save reviews.")
     image = _image(session, image_id)
-    return _save_label(
+    read = {"blinded": bool(blinded), "study_mode": study_mode, "read_seconds": read_seconds}
+    review = _save_label(
         session,
         Review,
         "review",
@@ -169,7 +235,13 @@ def save_review(
         comment,
         expected_version,
         reason,
+        uncertain=uncertain,
+        reasons=reasons,
+        read=read,
     )
+    _refresh_effective(session, image.id)
+    _refresh_study(session, image.id, reader_id=user.id)
+    return review
 
 
 def adjudicate(
@@ -183,18 +255,40 @@ def adjudicate(
     expected_version: int | None,
     *,
     reason: str = "",
+    uncertain: Iterable[str] = (),
+    reasons: Mapping[str, Iterable[str]] | None = None,
 ) -> Adjudication:
     """Set the final (adjudicated) label of an image; admins only. Same rules as save_review.
 
-    There is one adjudication per image, whoever made it; `expected_version` refers to it.
+    There is one adjudication per image, whoever made it; `expected_version` refers to it. `reason`
+    (why this decision) goes into the audit event.
     """
     if not (admin.active and admin.is_admin):
         raise NotAllowedError("Only an active admin can adjudicate labels.")
     image = _image(session, image_id)
-    return _save_label(
+    adjudication = _save_label(
         session, Adjudication, "adjudication", image, admin, findings, no_finding, exclude, comment,
-        expected_version, reason,
+        expected_version, reason, uncertain=uncertain, reasons=reasons,
     )  # fmt: skip
+    _refresh_effective(session, image.id)
+    _refresh_study(session, image.id)
+    return adjudication
+
+
+def _refresh_effective(session: Session, image_id: int) -> None:
+    """The image's derived label rows (db.effective), in the transaction of the save."""
+    from db import effective  # late: db.effective builds on this module's rules
+
+    effective.refresh_image(session, image_id)
+
+
+def _refresh_study(session: Session, image_id: int, reader_id: int | None = None) -> None:
+    """The image's read status (disputes) and the reader's assignment, in the transaction of the save."""
+    from db import adjudication, assignments  # late: both build on this module's rules
+
+    adjudication.refresh_status(session, image_id)
+    if reader_id is not None:
+        assignments.mark_done(session, image_id, reader_id)
 
 
 def _image(session: Session, image_id: int) -> Image:
@@ -216,10 +310,20 @@ def _save_label(
     comment: str,
     expected_version: int | None,
     reason: str,
+    *,
+    uncertain: Iterable[str] = (),
+    reasons: Mapping[str, Iterable[str]] | None = None,
+    read: Mapping[str, Any] | None = None,
 ) -> Any:
-    clean = validate_label(findings, no_finding, exclude)
+    uncertain = tuple(uncertain)
+    clean = validate_label(findings, no_finding, exclude, uncertain=uncertain)
+    clean_reasons = validate_reasons(reasons)
+    lock_audit_chain(session)  # first, before any row lock: saves on PostgreSQL queue in one order
     values: dict[str, Any] = {column: clean[f] for f, column in zip(FINDINGS, FINDING_COLUMNS, strict=True)}
     values.update(no_finding=bool(no_finding), exclude=bool(exclude), comment=(comment or "").strip())
+    values.update(uncertain_mask=mask_of(uncertain), reasons=clean_reasons)
+    label_values = dict(values)  # what counts as a change; how the read was made is stored along
+    values.update(read or {})
     owner = [model.image_id == image.id]
     if model is Review:
         # One review per (image, reviewer); one adjudication per image, whoever made it.
@@ -249,7 +353,7 @@ def _save_label(
         if expected_version != current.version:
             raise stale(current.version)
         before = label_state(current)
-        if all(getattr(current, key) == value for key, value in values.items()):
+        if all(getattr(current, key) == value for key, value in label_values.items()):
             return current  # nothing changed: no new version, no event
         result = session.execute(
             update(model)
@@ -261,18 +365,16 @@ def _save_label(
             raise stale(session.scalar(select(model.version).where(model.id == current.id)))
         session.refresh(current)
         row = current
-    session.add(
-        LabelEvent(
-            image_id=image.id,
-            user_id=user.id,
-            kind=kind,
-            version=row.version,
-            before=before,
-            after=label_state(row),
-            comment=(reason or "").strip(),
-        )
+    append_label_event(
+        session,
+        image_id=image.id,
+        user_id=user.id,
+        kind=kind,
+        version=row.version,
+        before=before,
+        after=label_state(row),
+        comment=reason,
     )
-    session.flush()
     return row
 
 
@@ -282,6 +384,37 @@ def _save_label(
 
 def get_image(session: Session, image_id: int) -> Image | None:
     return session.get(Image, image_id)
+
+
+def account_by_id(session: Session, user_id: int) -> User:
+    """The account a logged-in page acts for; NotFoundError (a sentence) when it no longer exists."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFoundError("Your account no longer exists; please log in again.")
+    return user
+
+
+def count_images(session: Session) -> int:
+    """Images in the database, dataset and uploads alike."""
+    return int(session.scalar(select(func.count()).select_from(Image)) or 0)
+
+
+def image_splits(session: Session) -> list[str]:
+    """The dataset splits images are in ("test", "train_val", ...), sorted."""
+    return sorted(session.scalars(select(Image.split).where(Image.split.is_not(None)).distinct()))
+
+
+def image_boxes(session: Session, image_id: int) -> list[tuple[str, float, float, float, float]]:
+    """The image's NIH boxes as (finding, x, y, w, h), in original (1024 px) image space."""
+    rows = session.execute(
+        select(Box.finding, Box.x, Box.y, Box.w, Box.h).where(Box.image_id == image_id).order_by(Box.id)
+    )
+    return [(finding, float(x), float(y), float(w), float(h)) for finding, x, y, w, h in rows]
+
+
+def has_predictions(session: Session, model_version_id: int) -> bool:
+    """Whether any prediction of this model version is stored (what the disagreement queue ranks by)."""
+    return bool(session.scalar(select(exists().where(Prediction.model_version_id == model_version_id))))
 
 
 def find_image(session: Session, image_index: str) -> Image | None:
@@ -324,57 +457,10 @@ def get_effective_label(session: Session, image_id: int) -> EffectiveLabel:
 
 
 def effective_labels(session: Session, image_ids: Iterable[int] | None = None) -> dict[int, EffectiveLabel]:
-    """image id -> EffectiveLabel, for the given images (None: every image), in a few queries."""
-    ids = None if image_ids is None else list(dict.fromkeys(image_ids))
-    finding_cols = [getattr(Adjudication, c) for c in FINDING_COLUMNS]
-    adjudicated: dict[int, EffectiveLabel] = {}
-    for image_id, exclude, *values in _rows(
-        session, [Adjudication.image_id, Adjudication.exclude, *finding_cols], ids
-    ):
-        findings = dict(zip(FINDINGS, map(bool, values), strict=True))
-        adjudicated[image_id] = EffectiveLabel(findings, not any(values), bool(exclude), "adjudication", 0)
+    """image id -> EffectiveLabel, for the given images (None: every image, by id), in one query."""
+    from db import effective  # late: db.effective builds on this module's rules
 
-    votes: dict[int, list[tuple[dict[str, bool], bool]]] = defaultdict(list)
-    review_cols = [Review.image_id, Review.exclude, *(getattr(Review, c) for c in FINDING_COLUMNS)]
-    for image_id, exclude, *values in _rows(session, review_cols, ids):
-        votes[image_id].append((dict(zip(FINDINGS, map(bool, values), strict=True)), bool(exclude)))
-
-    nlp: dict[int, dict[str, bool]] = {}
-    nlp_cols = [NlpLabel.image_id, *(getattr(NlpLabel, c) for c in FINDING_COLUMNS)]
-    for image_id, *values in _rows(session, nlp_cols, ids, NlpLabel.source == SOURCE_NLP):
-        nlp[image_id] = dict(zip(FINDINGS, map(bool, values), strict=True))
-
-    if ids is None:
-        ids = list(session.scalars(select(Image.id).order_by(Image.id)))
-    labels: dict[int, EffectiveLabel] = {}
-    for image_id in ids:
-        n_reviews = len(votes.get(image_id, ()))
-        if image_id in adjudicated:
-            label = adjudicated[image_id]
-            labels[image_id] = EffectiveLabel(
-                label.findings, label.no_finding, label.exclude, label.source, n_reviews
-            )
-        elif n_reviews:
-            findings, exclude = consensus(votes[image_id])
-            labels[image_id] = EffectiveLabel(
-                findings, not any(findings.values()), exclude, "consensus", n_reviews
-            )
-        elif image_id in nlp:
-            findings = nlp[image_id]
-            labels[image_id] = EffectiveLabel(findings, not any(findings.values()), False, "nlp", 0)
-        else:
-            labels[image_id] = EffectiveLabel(dict.fromkeys(FINDINGS, False), False, False, "none", 0)
-    return labels
-
-
-def _rows(session: Session, columns: Sequence[Any], ids: list[int] | None, *conditions: Any) -> Iterator[Any]:
-    """Rows of `columns` (the first is an image_id column), for `ids` in chunks, or all when None."""
-    statement = select(*columns).where(*conditions)
-    if ids is None:
-        yield from session.execute(statement)
-        return
-    for start in range(0, len(ids), _IN_CHUNK):
-        yield from session.execute(statement.where(columns[0].in_(ids[start : start + _IN_CHUNK])))
+    return effective.effective_labels(session, image_ids)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -397,16 +483,18 @@ def review_queue(
     - "unreviewed": images nobody has reviewed first, then those with the fewest reviews (then by id).
     - "disagreement": images with a stored prediction of the model version (`model_version_id`, default
       the active one), by decreasing max over findings of |probability - effective label|.
-    - "random": a random order, reproducible with `seed`.
+    - "random": a shuffled order, reproducible with `seed`.
     - "finding": images whose effective label has `finding` positive, fewest reviews first.
     - "split": images of the official `split` ("train_val" / "test"), fewest reviews first.
+    A page of any queue is a few indexed statements, whatever the size of the dataset (db.review_queue).
     """
+    from db import review_queue as queues  # late: db.review_queue builds on this module's types
+
     _check_queue_arguments(strategy, finding, split)
-    if strategy in ("unreviewed", "split"):
-        statement = _unreviewed_by(user, split if strategy == "split" else None)
-        rows = session.execute(statement.order_by("n_reviews", Image.id).limit(limit))
-        return [QueueItem(*row) for row in rows]
-    return _ranked_queue(session, user, strategy, finding, model_version_id, seed)[:limit]
+    return queues.queue_items(
+        session, user, strategy, finding=finding, split=split, model_version_id=model_version_id,
+        limit=limit, seed=seed,
+    )  # fmt: skip
 
 
 def remaining_count(
@@ -418,12 +506,13 @@ def remaining_count(
     split: str | None = None,
     model_version_id: int | None = None,
 ) -> int:
-    """How many images the same queue holds in all (not only the first `limit`)."""
+    """How many images the same queue holds in all (not only the first `limit`): one COUNT."""
+    from db import review_queue as queues
+
     _check_queue_arguments(strategy, finding, split)
-    if strategy in ("unreviewed", "split", "random"):
-        statement = _unreviewed_by(user, split if strategy == "split" else None)
-        return int(session.scalar(select(func.count()).select_from(statement.subquery())) or 0)
-    return len(_ranked_queue(session, user, strategy, finding, model_version_id, None))
+    return queues.queue_size(
+        session, user, strategy, finding=finding, split=split, model_version_id=model_version_id
+    )
 
 
 def _check_queue_arguments(strategy: str, finding: str | None, split: str | None) -> None:
@@ -433,70 +522,3 @@ def _check_queue_arguments(strategy: str, finding: str | None, split: str | None
         raise QueueError("The finding queue needs one of the 14 findings to be chosen.")
     if strategy == "split" and not split:
         raise QueueError("The split queue needs a split (train_val or test) to be chosen.")
-
-
-def _unreviewed_by(user: User, split: str | None) -> Select[Any]:
-    """Images `user` has not reviewed, with their review count (columns in QueueItem order)."""
-    counts = select(Review.image_id, func.count().label("n")).group_by(Review.image_id).subquery()
-    reviewed_by_user = exists().where(Review.image_id == Image.id, Review.user_id == user.id)
-    statement = (
-        select(Image.id, Image.image_index, Image.split, func.coalesce(counts.c.n, 0).label("n_reviews"))
-        .outerjoin(counts, counts.c.image_id == Image.id)
-        .where(~reviewed_by_user)
-    )
-    if split:
-        statement = statement.where(Image.split == split)
-    return statement
-
-
-def _ranked_queue(
-    session: Session,
-    user: User,
-    strategy: str,
-    finding: str | None,
-    model_version_id: int | None,
-    seed: int | None,
-) -> list[QueueItem]:
-    """The whole queue of the strategies ordered in Python ("random", "finding", "disagreement")."""
-    candidates = _unreviewed_by(user, None)
-    if strategy == "random":
-        items = [QueueItem(*row) for row in session.execute(candidates.order_by(Image.id))]
-        random.Random(seed).shuffle(items)
-        return items
-    if strategy == "finding":
-        assert finding is not None
-        column = finding_column(finding)
-        # SQL pre-filter: positive somewhere (NLP, a review or the adjudication); the effective label decides.
-        maybe_positive = or_(
-            exists().where(
-                NlpLabel.image_id == Image.id, NlpLabel.source == SOURCE_NLP, getattr(NlpLabel, column)
-            ),
-            exists().where(Review.image_id == Image.id, getattr(Review, column)),
-            exists().where(Adjudication.image_id == Image.id, getattr(Adjudication, column)),
-        )
-        rows = session.execute(candidates.where(maybe_positive)).all()
-        labels = effective_labels(session, [row[0] for row in rows])
-        items = [QueueItem(*row) for row in rows if labels[row[0]].findings[finding]]
-        return sorted(items, key=lambda item: (item.n_reviews, item.image_id))
-
-    version_id = model_version_id
-    if version_id is None:
-        version_id = session.scalar(select(ModelVersion.id).where(ModelVersion.is_active))
-        if version_id is None:
-            raise QueueError("No model version is active, so there are no predictions to disagree with.")
-    subquery = candidates.subquery()
-    rows = session.execute(
-        select(subquery, Prediction.probabilities)
-        .join(Prediction, Prediction.image_id == subquery.c.id)
-        .where(Prediction.model_version_id == version_id)
-    ).all()
-    labels = effective_labels(session, [row[0] for row in rows])
-    items = []
-    for *columns, probabilities in rows:
-        label = labels[columns[0]]
-        gaps = [
-            abs(float(p) - float(label.findings[f])) for f, p in zip(FINDINGS, probabilities, strict=True)
-        ]
-        worst = max(range(len(gaps)), key=gaps.__getitem__)
-        items.append(QueueItem(*columns, score=gaps[worst], top_finding=FINDINGS[worst]))
-    return sorted(items, key=lambda item: (-(item.score or 0.0), item.image_id))

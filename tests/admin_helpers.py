@@ -17,8 +17,8 @@ from core.models import create_model
 from db import accounts
 from db.engine import get_engine, session_scope
 from db.importer import import_chestxray14
-from db.training_service import promote_version, register_existing_model
-from db.worker import WorkerSettings
+from db.registry import promote_version, register_existing_model
+from jobs.run import WorkerSettings
 from tests.test_train import make_synthetic_dataset
 
 CROP, RESIZE = 48, 55  # what the synthetic 96-px data trains at (see tests/test_train.py)

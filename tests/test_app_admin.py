@@ -9,13 +9,16 @@ from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from core.paths import REPO_ROOT, active_model_dir
+from core.training import TrainSettings
 from db import accounts
+from db.__main__ import main as db_main
 from db.engine import dispose_engine, session_scope
 from db.jobs import claim_next_job, enqueue_job, list_jobs, update_progress
 from db.models import TrainingJob
 from db.registry import get_active_version, list_versions
-from db.training_service import JOB_FINE_TUNE
-from db.worker import Worker
+from jobs.params import JOB_FINE_TUNE, FineTuneParams
+from jobs.progress import EpochRecord, JobProgress
+from jobs.worker import Worker
 from tests.admin_helpers import (
     PASSWORD,
     fast_settings,
@@ -24,6 +27,7 @@ from tests.admin_helpers import (
     tiny_model,
 )
 from webapp.auth import SessionUser
+from webapp.formatting import plain
 
 ADMIN_PAGE = str(REPO_ROOT / "webapp" / "views" / "admin.py")
 MODELS_PAGE = str(REPO_ROOT / "webapp" / "views" / "models.py")
@@ -65,8 +69,16 @@ def test_admin_queues_a_fine_tune_sees_its_result_then_promotes_and_rolls_back(s
     assert at.metric[0].label == "Images" and at.metric[0].value == "56"
     at.selectbox(key="ft_base").set_value(studio.base_id)
     at.text_input(key="ft_name").set_value("apptest-ft")
+    # The settings widgets come from TrainSettings: one per setting shown on the form, its default set.
+    assert at.number_input(key="ft_epochs").value == TrainSettings().epochs
+    assert at.select_slider(key="ft_batch_size").value == TrainSettings().batch_size
+    assert at.select_slider(key="ft_lr").value is None  # empty: the trainer's default for a fine-tune
+    assert at.checkbox(key="ft_class_weighting").value is False
+    assert not [w for w in at.number_input if w.key == "ft_patience"]  # in_form=False
     at.number_input(key="ft_epochs").set_value(1)
     at.select_slider(key="ft_lr").set_value(1e-3)
+    at.select_slider(key="ft_batch_size").set_value(8)
+    at.checkbox(key="ft_class_weighting").check()
     at.radio(key="ft_labels").set_value("effective")
     button(at, "Queue fine-tune").click()
     at.run()
@@ -76,8 +88,10 @@ def test_admin_queues_a_fine_tune_sees_its_result_then_promotes_and_rolls_back(s
     with session_scope(studio.engine, read_only=True) as session:
         [job] = list_jobs(session)
         assert job.status == "queued" and job.created_by_id == studio.admin_id
-        assert job.params["epochs"] == 1 and job.params["label_source"] == "effective"
-        assert job.params["base_version_id"] == studio.base_id and job.params["lr"] == pytest.approx(1e-3)
+        params = FineTuneParams.from_dict(job.params)  # the row holds the contract, nothing else
+        assert params.label_source == "effective" and params.base_version_id == studio.base_id
+        assert params.data_dir == studio.data and params.name == "apptest-ft"
+        assert params.settings == TrainSettings(epochs=1, lr=1e-3, batch_size=8, class_weighting=True)
 
     # The worker (here in-process) runs the job; the page then shows the outcome and the curves.
     assert Worker(studio.engine, settings=fast_settings()).run_once() == job.id
@@ -111,35 +125,29 @@ def test_admin_queues_a_fine_tune_sees_its_result_then_promotes_and_rolls_back(s
 
 
 def test_live_progress_panel_shows_a_running_job_and_cancels_it(studio) -> None:
-    progress = {
-        "stage": "train",
-        "stage_text": "Training",
-        "epoch": 2,
-        "epochs": 3,
-        "step": 5,
-        "steps": 10,
-        "fraction": 0.5,
-        "eta_s": 95,
-        "device": "NVIDIA H100 80GB HBM3",
-        "images_per_s": 812.5,
-        "loss_history": [[0.5, 0.41], [1.0, 0.33], [1.5, 0.29]],
-        "epochs_done": [
-            {
-                "epoch": 1,
-                "train_loss": 0.35,
-                "val_loss": 0.31,
-                "val_mean_auroc": 0.71,
-                "val_auroc": {"Atelectasis": 0.7},
-            }
-        ],
-    }
+    progress = JobProgress(
+        kind=JOB_FINE_TUNE,
+        stage="train",
+        stage_text="Training",
+        epoch=2,
+        epochs=3,
+        step=5,
+        steps=10,
+        fraction=0.5,
+        eta_s=95,
+        device="NVIDIA H100 80GB HBM3",
+        images_per_s=812.5,
+        loss_history=[[0.5, 0.41], [1.0, 0.33], [1.5, 0.29]],
+        epochs_done=[EpochRecord(1, 0.35, 0.31, 0.71, {"Atelectasis": 0.7})],
+    )
+    params = FineTuneParams(name="live", data_dir=studio.data, settings=TrainSettings(epochs=3))
     with session_scope(studio.engine) as session:
-        job_id = enqueue_job(session, {"name": "live", "epochs": 3}, kind=JOB_FINE_TUNE).id
+        job_id = enqueue_job(session, params.to_dict(), kind=JOB_FINE_TUNE).id
         claim_next_job(session, "gpu-box:1")
-        update_progress(session, job_id, "gpu-box:1", progress)
+        update_progress(session, job_id, "gpu-box:1", progress.to_dict())
     at = page(ADMIN_PAGE, SessionUser(studio.admin_id, "boss", "admin"))
     shown = texts(at)
-    assert "Job #1 · Fine-tune → live" in shown
+    assert plain("Job #1 · Fine-tune → live") in shown
     bar = at.get("progress")[0].proto
     assert bar.value == 50 and "epoch 2/3 · step 5/10 · about 1 min 35 s left" in bar.text
     metrics = {m.label: m.value for m in at.metric}
@@ -156,8 +164,9 @@ def test_live_progress_panel_shows_a_running_job_and_cancels_it(studio) -> None:
 def test_first_start_import_registers_the_demo_model_and_queues_its_evaluation(
     tmp_path, monkeypatch, synthetic_data, fast_password_hashing
 ) -> None:
-    """An empty studio: the bundled model is registered as the active version; importing a dataset
-    through the page queues its evaluation so the dashboards get curves."""
+    """An empty studio: start-up (`python -m db init-admin`, what `make run` calls) registers the bundled
+    model as the active version; importing a dataset through the page queues its evaluation so the
+    dashboards get curves. Opening the page writes nothing."""
     monkeypatch.setenv("CHEXNET_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("CHEXNET_MODEL", raising=False)
     monkeypatch.setattr("core.paths.BUNDLED_MODEL_DIR", tiny_model(tmp_path / "repo-models", "demo-model"))
@@ -166,6 +175,10 @@ def test_first_start_import_registers_the_demo_model_and_queues_its_evaluation(
     with session_scope(url) as session:
         admin_id = accounts.create_user(session, "boss", PASSWORD, role="admin").id
     try:
+        with session_scope(url, read_only=True) as session:
+            assert list_versions(session) == []
+        assert db_main(["init-admin"]) == 0
+        assert db_main(["init-admin"]) == 0  # a second start registers nothing more
         at = page(ADMIN_PAGE, SessionUser(admin_id, "boss", "admin"))
         assert "No dataset is imported yet" in texts(at)
         at.text_input(key="import_folder").set_value(str(synthetic_data))

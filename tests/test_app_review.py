@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import numpy as np
@@ -19,11 +20,12 @@ from core.models import create_model
 from core.paths import REPO_ROOT
 from db import accounts
 from db.engine import dispose_engine, get_engine, session_scope
-from db.importer import import_chestxray14
+from db.importer import import_chestxray14, store_upload
 from db.models import Box, Image, LabelEvent, Review, User
 from db.registry import promote, register_model_version, save_predictions
 from db.reviews import effective_labels, save_review
 from webapp.auth import SessionUser
+from webapp.formatting import plain
 from webapp.viewer import apply_window, scale_box
 
 REVIEW_PAGE = str(REPO_ROOT / "webapp" / "views" / "review.py")
@@ -166,7 +168,7 @@ def test_save_and_next_writes_a_review_and_an_audit_event_and_advances(db_url):
     assert current(at).image_id != first.image_id
     assert remaining(at) == left - 1
     message = at.success[0].value
-    assert f"Saved your review of {first.name} (version 1)" in message
+    assert f"Saved your review of {plain(first.name)} (version 1)" in message  # markdown-escaped name
     assert "1 review, consensus: Cardiomegaly, Effusion" in message
 
     alice = user_of(db_url, "alice")
@@ -265,7 +267,7 @@ def test_open_unknown_image_says_so(db_url):
     at = page(db_url, "alice")
     at.run()
     open_by_name(at, "99999999_999.png")
-    assert any("There is no image named “99999999_999.png”" in e.value for e in at.error)
+    assert any(f"There is no image named “{plain('99999999_999.png')}”" in e.value for e in at.error)
 
 
 def test_missing_file_is_said_and_offers_only_skip(db_url):
@@ -274,7 +276,7 @@ def test_missing_file_is_said_and_offers_only_skip(db_url):
     at = page(db_url, "alice")
     at.run()
     assert not at.exception
-    assert any("is missing at /nowhere/00000001_000.png" in e.value for e in at.error)
+    assert any(f"is missing at {plain('/nowhere/00000001_000.png')}" in e.value for e in at.error)
     assert len(at.get("form")) == 1 and len(at.get("plotly_chart")) == 0  # only the "Open an image" form
     at.button(key="review_skip_unreadable").click().run()
     assert current(at).image_id != 1 and len(at.get("plotly_chart")) == 1
@@ -365,6 +367,53 @@ def test_window_and_box_scaling_helpers():
     assert apply_window(pixels, 50, 150).tolist() == [[0, 0, 128, 255, 255]]
     assert apply_window(pixels, 0, 255, invert=True).tolist() == [[255, 205, 155, 105, 0]]
     assert scale_box(100, 200, 50, 25, 512, 512) == (50, 100, 75, 112.5)
+
+
+EVIL_FILE_NAMES = ("[Session expired - click](https:evil.example).png", "![t](https:tracker.example).png")
+UNESCAPED_LINK = re.compile(r"(?<!\\)\[[^\]]*(?<!\\)\]\(")  # "[text](" or "![alt](", brackets not escaped
+
+
+def markdown_texts(at: AppTest) -> list[str]:
+    """Every text on the page that Streamlit renders as markdown."""
+    kinds = (at.title, at.header, at.subheader, at.markdown, at.caption, at.success, at.info, at.warning)
+    return [element.value for kind in (*kinds, at.error) for element in kind] + [e.label for e in at.expander]
+
+
+def test_upload_file_names_are_shown_as_plain_text(tmp_path, monkeypatch, fast_password_hashing, sample_dir):
+    url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("CHEXNET_HOME", str(tmp_path))
+    monkeypatch.delenv("CHEXNET_MODEL", raising=False)
+    monkeypatch.setattr("core.paths.BUNDLED_MODEL_DIR", tmp_path / "no-bundled-model")
+    pictures = sorted((sample_dir / "images").glob("*.png"))[:2]
+    with session_scope(get_engine(url)) as session:
+        uploader = accounts.create_user(session, "alice", "correct horse battery")
+        for name, picture in zip(EVIL_FILE_NAMES, pictures, strict=True):
+            store_upload(session, picture.read_bytes(), name, uploader)
+
+    at = page(url, "alice")
+    at.run()
+    assert not at.exception and not at.error
+    assert current(at).name == EVIL_FILE_NAMES[0]  # unreviewed first, by id: the first upload
+    assert plain(EVIL_FILE_NAMES[0]) in [heading.value for heading in at.subheader]
+    assert not [text for text in markdown_texts(at) if UNESCAPED_LINK.search(text)]
+
+    tick(at, "Effusion")
+    save(at)  # the save message names the image
+    assert current(at).name == EVIL_FILE_NAMES[1]
+    assert f"Saved your review of {plain(EVIL_FILE_NAMES[0])}" in at.success[0].value
+    with session_scope(url) as session:  # the same account saves the second upload in another tab
+        findings = {"Mass": True}
+        save_review(
+            session, current(at).image_id, session.get(User, uploader.id), findings, False, False, "", None
+        )
+    tick(at, "Effusion")
+    save(at)  # refused as stale: the error sentence names the image too
+    assert any(plain(EVIL_FILE_NAMES[1]) in error.value for error in at.error)
+    texts = markdown_texts(at)
+    assert plain(EVIL_FILE_NAMES[1]) in [heading.value for heading in at.subheader]
+    assert not [text for text in texts if UNESCAPED_LINK.search(text)], texts
+    dispose_engine(url)
 
 
 def test_quality_page_statistics_and_admin_only_export(db_url):

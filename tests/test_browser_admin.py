@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def admin_app(tmp_path_factory):
             [
                 sys.executable,
                 "-m",
-                "db.worker",
+                "jobs",
                 "--device",
                 "cpu",
                 "--backend",
@@ -52,6 +53,12 @@ def admin_app(tmp_path_factory):
             stderr=subprocess.STDOUT,
         )
     try:
+        # The page says which workers run when it opens: wait for this one's status file first (its start
+        # imports torch, which takes a while on a busy CPU).
+        deadline = time.monotonic() + 180
+        while not list((studio.home / "workers").glob("*.json")):
+            assert worker.poll() is None and time.monotonic() < deadline, worker_log.read_text()[-3000:]
+            time.sleep(0.2)
         with streamlit_server(env, root / "app.log") as url:
             yield url, studio, worker_log
     finally:

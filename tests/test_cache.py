@@ -17,6 +17,7 @@ from core.cache import (
     ImageCache,
     build_cache,
     decode_grey,
+    default_cache_folder,
     load_preprocessed,
     preprocess_pixels,
 )
@@ -178,3 +179,14 @@ def test_bench_loader_runs(sample_dir: Path) -> None:
     assert result["images"] == 12
     for key in ("naive_images_per_s", "cached_images_per_s", "cache_build_seconds", "speedup"):
         assert result[key] > 0
+
+
+def test_default_cache_folder_is_one_per_dataset_copy_and_size(tmp_path: Path) -> None:
+    from core.paths import cache_dir
+
+    first = default_cache_folder(tmp_path / "nih copy", 256)
+    assert first.parent == cache_dir() / "images" and first.name.startswith("nih-copy-")
+    assert first.name.endswith("-256px")
+    assert default_cache_folder(tmp_path / "other" / ".." / "nih copy", 256) == first  # the same folder
+    assert default_cache_folder(tmp_path / "elsewhere" / "nih copy", 256) != first  # same name, other pixels
+    assert default_cache_folder(tmp_path / "nih copy", 512).name.endswith("-512px")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.artifact import new_card, save_artifact
 from core.cam import cam_to_image, colorize, normalise, peak_location, render_overlay
@@ -92,6 +93,21 @@ def test_prediction_cam_uses_the_asked_findings_map():
         full = prediction.cam(label)
         assert full.shape == (height, width)
         assert_peak_in_cell(full, window, *cells[label])
+
+
+@pytest.mark.parametrize(("width", "height"), [(1024, 1024), (1024, 640), (333, 517)])
+def test_upsampling_is_pillows_bilinear_resize_of_the_map(width, height):
+    """The two small matrix products give what resizing the map as a float image gives (edges held)."""
+    cam = hand_made_cam(2, 4, seed=3)
+    window = crop_window(width, height, 256, 224)
+    side = round(window.side)
+    as_image = Image.fromarray(normalise(cam), mode="F")
+    expected = np.asarray(as_image.resize((side, side), Image.Resampling.BILINEAR))
+    full = cam_to_image(cam, width, height, window)
+    left, top = round(window.left), round(window.top)
+    inside = full[max(top, 0) : top + side, max(left, 0) : left + side]
+    np.testing.assert_allclose(inside, expected[: inside.shape[0], : inside.shape[1]], rtol=0, atol=1e-5)
+    assert full.max() <= 1.0 and full.min() >= 0.0
 
 
 # ---------------------------------------------------------------------------------- through the model

@@ -16,6 +16,7 @@ from core.dataset import (
     format_summary,
     labels_matrix,
     load_chestxray14,
+    read_labels_table,
     split_patientwise,
     summary,
 )
@@ -395,3 +396,16 @@ def test_missing_split_lists_leave_images_unsplit_but_usable(tmp_path: Path) -> 
     assert sum("is missing" in p for p in ds.problems) == 2
     splits = split_patientwise(ds, val_fraction=0.34)
     assert splits["test"] == [] and len(splits["train"]) + len(splits["val"]) == 4 and splits["val"]
+
+
+def test_labels_table_is_validated(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text(
+        "Image Index," + ",".join(FINDINGS) + ",exclude\n" + "a.png," + ",".join(["0"] * 13) + ",1,yes\n"
+    )
+    table, excluded = read_labels_table(path)
+    assert list(table["image_index"]) == ["a.png"] and table["Hernia"].tolist() == [1]
+    assert excluded == {"a.png"}
+    path.write_text("image_index," + ",".join(FINDINGS) + "\n" + "a.png," + ",".join(["0.5"] * 14) + "\n")
+    with pytest.raises(DatasetError, match="only 0 or 1"):
+        read_labels_table(path)

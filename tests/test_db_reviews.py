@@ -7,13 +7,19 @@ from sqlalchemy import Engine, func, select
 
 from core.labels import FINDINGS
 from db.engine import session_scope
-from db.errors import InvalidLabelError, NotAllowedError, StaleReviewError
-from db.models import LabelEvent, Review, User
+from db.errors import InvalidLabelError, NotAllowedError, NotFoundError, StaleReviewError
+from db.models import Box, LabelEvent, Review, User
+from db.registry import register_model_version, save_predictions
 from db.reviews import (
+    account_by_id,
     adjudicate,
     consensus,
+    count_images,
     get_effective_label,
     get_review,
+    has_predictions,
+    image_boxes,
+    image_splits,
     label_history,
     save_review,
     validate_label,
@@ -201,3 +207,25 @@ def test_deactivated_users_cannot_save(engine: Engine, make_user, make_images) -
     [image] = make_images(1)
     with pytest.raises(NotAllowedError, match="deactivated"):
         _save(engine, image, user, "Mass")
+
+
+def test_what_the_review_page_reads(engine: Engine, make_user, make_images) -> None:
+    user = make_user("reader")
+    train = make_images(2)
+    [test_image] = make_images(1, split="test")
+    with session_scope(engine) as session:
+        session.add(Box(image_id=test_image, finding="Mass", x=10.5, y=20, w=30, h=40))
+        session.add(Box(image_id=test_image, finding="Nodule", x=1, y=2, w=3, h=4))
+        version = register_model_version(session, "reader-model", "/nowhere")
+        version_id = version.id
+        assert not has_predictions(session, version_id)
+        save_predictions(session, version_id, {train[0]: [0.5] * len(FINDINGS)})
+    with session_scope(engine, read_only=True) as session:
+        assert count_images(session) == 3
+        assert image_splits(session) == ["test", "train_val"]
+        assert image_boxes(session, test_image) == [("Mass", 10.5, 20.0, 30.0, 40.0), ("Nodule", 1, 2, 3, 4)]
+        assert image_boxes(session, train[0]) == []
+        assert has_predictions(session, version_id)
+        assert account_by_id(session, user.id).username == "reader"
+        with pytest.raises(NotFoundError, match="no longer exists"):
+            account_by_id(session, user.id + 1000)

@@ -33,7 +33,7 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained model (evaluation does not care how good it is) with a card like core.train writes."""
+    """An untrained model (evaluation does not care how good it is) with a card like core.training writes."""
     import torch
 
     torch.manual_seed(0)
@@ -142,6 +142,10 @@ def test_cli_prints_the_report_as_its_last_line(model_dir: Path, synthetic_data:
     stored = read_artifact(model_dir).card["metrics"]["val"]
     assert stored["mean_auroc"] == pytest.approx(report["mean_auroc"]) and stored["n_images"] == 10
     assert "roc" not in stored  # curves stay out of the card
+    # The report names this machine's folder; the card, which travels, only the dataset and folder name.
+    assert report["data_dir"] == str(synthetic_data.resolve())
+    assert stored["dataset"] == "ChestX-ray14" and stored["folder_name"] == synthetic_data.name
+    assert str(synthetic_data.resolve()) not in json.dumps(stored)
 
 
 def test_real_sample_test_split(sample_dir: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +12,12 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from core import file_cache
 from core.artifact import ModelArtifact, new_card, read_artifact, save_artifact, update_card
 from core.imaging import read_xray_file
 from core.labels import FINDINGS
 from core.models import create_model
+from core.ov_backend import choose_precision
 from core.paths import cache_dir
 from core.predictor import OpenVinoBackend, Prediction, Predictor, TorchBackend
 from core.preprocess import crop_window, model_input
@@ -230,14 +233,101 @@ def test_the_crop_window_is_where_the_model_input_comes_from():
 @pytest.mark.slow
 def test_auto_picks_openvino_on_cpu_and_reuses_the_compiled_cache(artifact, predictors, images):
     first = predictors["openvino"]
-    cached = cache_dir() / "openvino" / f"{artifact.weights_digest()}-224.xml"
-    assert cached.is_file()  # written by the openvino predictor of this module
-    written = cached.stat().st_mtime_ns
+    entries = {kind: Path(path) for kind, path in first.backend_info["cache"].items()}
+    assert set(entries) == {"ir", "decision", "compiled"}
+    assert all(path.parent == cache_dir() / "openvino" for path in entries.values())
+    assert all(file_cache.read_entry(path) is not None for path in entries.values())  # whole and checked
+    written = {kind: path.stat().st_mtime_ns for kind, path in entries.items()}
     auto = Predictor(artifact, backend="auto", device="cpu")
-    assert cached.stat().st_mtime_ns == written  # read back, not converted and saved again
     assert isinstance(auto.backend, OpenVinoBackend)
+    assert auto.backend_info["compiled_from"] == "cache"
+    assert auto.backend_info["ir_from"] is None  # neither traced nor even read: the compiled model sufficed
+    assert {kind: path.stat().st_mtime_ns for kind, path in entries.items()} == written  # read, not rewritten
     again = auto.predict_one(images[0]).probabilities
     assert again == pytest.approx(first.predict_one(images[0]).probabilities, abs=1e-6)
+    assert not leftovers(cache_dir() / "openvino")
+
+
+@pytest.mark.slow
+def test_the_precision_is_chosen_by_measurement_on_this_machine(predictors):
+    info = predictors["openvino"].backend_info
+    decision = info["precision_decision"]
+    assert info["precision"] == decision["precision"]  # what OpenVINO runs is what was decided
+    if "BF16" in info["capabilities"]:
+        assert decision["fp32_ms"] > 0 and decision["bf16_ms"] > 0
+        expected, _ = choose_precision(decision["fp32_ms"], decision["bf16_ms"],
+                                       decision["max_probability_difference"])  # fmt: skip
+        assert decision["precision"] == expected
+    else:
+        assert decision["precision"] == "f32" and "no BF16" in decision["reason"]
+        assert decision["bf16_ms"] is None
+
+
+def test_bf16_is_kept_only_when_clearly_faster_and_within_the_bound():
+    assert choose_precision(35.0, 18.0, 0.0012)[0] == "bf16"
+    assert choose_precision(35.0, 33.0, 0.0012)[0] == "f32"  # within timing noise: the exact fp32 stays
+    assert choose_precision(35.0, 18.0, 0.02)[0] == "f32"  # fast but not accurate enough
+    assert "0.0200" in choose_precision(35.0, 18.0, 0.02)[1]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files of interrupted or failed writes (every entry is written as a dot-file first)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("CHEXNET_HOME", str(tmp_path))
+    return tmp_path / "cache" / "openvino"
+
+
+@pytest.mark.slow
+def test_damaged_cache_entries_are_discarded_and_rebuilt(artifact, predictors, images, private_cache):
+    named = predictors["openvino"].backend_info["cache"]
+    entries = {kind: private_cache / Path(path).name for kind, path in named.items()}
+    private_cache.mkdir(parents=True)
+    entries["ir"].write_bytes(b"")  # what a full disk left before: a 0-byte model
+    entries["decision"].write_bytes(b"\x00" * 100)  # zeroed blocks after a crash
+    file_cache.write_entry(entries["compiled"], b"<net>not a compiled model</net>")  # whole, but unusable
+    predictor = Predictor(artifact, backend="openvino", device="cpu")
+    info = predictor.backend_info
+    assert info["ir_from"] == "converted" and info["compiled_from"] == "compiled"
+    assert all(file_cache.read_entry(path) is not None for path in entries.values())  # rebuilt, whole
+    assert entries["compiled"].stat().st_size > 1_000_000
+    expected = predictors["openvino"].predict_one(images[0]).probabilities
+    assert predictor.predict_one(images[0]).probabilities == pytest.approx(expected, abs=1e-6)
+    assert not leftovers(private_cache)
+
+
+@pytest.mark.slow
+def test_a_full_disk_costs_time_but_never_a_prediction_or_a_partial_file(artifact, predictors, images,
+                                                                         private_cache):  # fmt: skip
+    import resource
+    import signal
+
+    source = {kind: Path(path) for kind, path in predictors["openvino"].backend_info["cache"].items()}
+    private_cache.mkdir(parents=True)
+    shutil.copy(source["ir"], private_cache / source["ir"].name)  # spare this test the conversion
+    compiled = private_cache / source["compiled"].name
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # files over 1 MiB cannot be written: "full"
+    try:
+        starved = Predictor(artifact, backend="openvino", device="cpu")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    expected = predictors["openvino"].predict_one(images[0]).probabilities
+    assert starved.predict_one(images[0]).probabilities == pytest.approx(expected, abs=1e-6)
+    assert not compiled.exists() and not leftovers(private_cache)  # the 28 MB model did not fit: no trace
+    refilled = Predictor(artifact, backend="openvino", device="cpu")  # space again: the entry is written
+    assert refilled.backend_info["compiled_from"] == "compiled"
+    assert file_cache.read_entry(compiled) is not None
+    assert Predictor(artifact, backend="openvino", device="cpu").backend_info["compiled_from"] == "cache"
+
+
+def test_the_torch_backend_says_what_it_runs(predictors):
+    assert predictors["torch"].backend_info == {"name": "torch", "device": "cpu", "precision": "f32"}
 
 
 def test_an_unknown_backend_is_refused(artifact):

@@ -8,6 +8,7 @@ Images are 96 px and the network sees 32-px crops of a 37-px cache, which keeps 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +17,18 @@ import torch
 from PIL import Image
 
 from core.artifact import read_artifact
+from core.bench_train import bench_training
 from core.labels import FINDINGS, NO_FINDING
+from core.paths import BUNDLED_MODEL_DIR
 from core.training import (
     STATE_FILE,
+    SettingsError,
     TrainConfig,
     TrainingCancelled,
     TrainingError,
     TrainProgress,
-    bench_training,
+    TrainSettings,
     load_train_state,
-    read_labels_table,
     train,
 )
 
@@ -90,12 +93,14 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_config(data: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(
-        data_dir=data, out_dir=out, epochs=4, batch_size=16, image_size=CROP, val_fraction=0.25, seed=0,
-        device="cpu", cache_dir=out.parent / "cache", patience=None, workers=1, threads=1,
-    )  # fmt: skip
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    """A fast run; `overrides` may name TrainSettings fields (epochs, batch_size...) or TrainConfig ones."""
+    settings = dict(epochs=4, batch_size=16, image_size=CROP, val_fraction=0.25, patience=None)
+    options = dict(data_dir=data, out_dir=out, seed=0, device="cpu", cache_dir=out.parent / "cache",
+                   workers=1, threads=1)  # fmt: skip
+    names = set(TrainSettings().to_dict())
+    settings.update({k: v for k, v in overrides.items() if k in names})
+    options.update({k: v for k, v in overrides.items() if k not in names})
+    return TrainConfig(settings=TrainSettings(**settings), **options)
 
 
 def write_labels_table(data: Path, path: Path, exclude: list[str]) -> Path:
@@ -148,7 +153,11 @@ def test_card_records_what_was_done(trained, synthetic_data: Path) -> None:
     assert card["weights_dtype"] == "float16"
     provenance = card["provenance"]
     data = provenance["data"]
-    assert data["folder"] == str(synthetic_data.resolve())
+    # The dataset by name and folder name; the run's files (outside the dataset here) by their names.
+    assert data["dataset"] == "ChestX-ray14" and data["folder_name"] == synthetic_data.name
+    assert data["labels_table"] == "labels.csv" and data["exclude_list"] == "exclude.txt"
+    assert provenance["exclusions"]["sources"] == ["labels.csv (exclude column)", "exclude.txt"]
+    assert provenance["settings"] == config.settings.to_dict()
     # 96 train_val images, 5 excluded (3 by the table's exclude column, 2 by the list).
     assert provenance["exclusions"]["count"] == 5
     assert data["n_train_images"] + data["n_val_images"] == 91
@@ -194,8 +203,10 @@ def test_progress_events(trained) -> None:
 def test_cancel_then_resume_from_an_artifact(trained, synthetic_data: Path, tmp_path: Path) -> None:
     """Fine-tune the trained model; cancel at the start of epoch 2; resume and finish epoch 2."""
     parent, _, _ = trained
+    # No image size and no base_crop: train() keeps the parent's crop itself.
     config = small_config(synthetic_data, tmp_path / "finetuned", epochs=2, init="artifact",
-                          base_model=parent.path)  # fmt: skip
+                          base_model=parent.path, image_size=None)  # fmt: skip
+    assert config.base_crop is None
     seen: list[TrainProgress] = []
     with pytest.raises(TrainingCancelled, match="epoch 1 is saved"):
         train(config, seen.append, should_cancel=lambda: any(e.epoch == 2 for e in seen))
@@ -207,7 +218,7 @@ def test_cancel_then_resume_from_an_artifact(trained, synthetic_data: Path, tmp_
     # Settings that would make the saved state meaningless are refused on resume.
     with pytest.raises(TrainingError, match="batch_size"):
         train(small_config(synthetic_data, tmp_path / "finetuned", epochs=2, init="artifact",
-                           base_model=parent.path, batch_size=8, resume=True))  # fmt: skip
+                           base_model=parent.path, image_size=None, batch_size=8, resume=True))  # fmt: skip
 
     resumed: list[TrainProgress] = []
     config.resume = True
@@ -220,6 +231,8 @@ def test_cancel_then_resume_from_an_artifact(trained, synthetic_data: Path, tmp_
     provenance = artifact.card["provenance"]
     assert provenance["init"] == "artifact" and provenance["parent"] == "synthetic-test"
     assert provenance["hyperparameters"]["lr"] == pytest.approx(1e-4)  # fine-tuning default
+    assert artifact.card["input"]["crop"] == parent.card["input"]["crop"] == CROP
+    assert provenance["settings"]["image_size"] is None
 
 
 def test_cancel_before_the_first_step_saves_nothing(synthetic_data: Path, tmp_path: Path) -> None:
@@ -233,25 +246,117 @@ def test_cancel_before_the_first_step_saves_nothing(synthetic_data: Path, tmp_pa
 def test_configuration_errors_are_sentences(synthetic_data: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="--base-model"):
         train(small_config(synthetic_data, tmp_path / "x", init="artifact"))
+    with pytest.raises(SettingsError, match="validation fraction must be between"):
+        small_config(synthetic_data, tmp_path / "x", val_fraction=0.0)
+    from core.dataset import load_chestxray14, split_patientwise
+
+    val_ids = split_patientwise(load_chestxray14(synthetic_data), 0.25, 0)["val"]
+    (tmp_path / "no-val.txt").write_text("\n".join(val_ids) + "\n")
     with pytest.raises(TrainingError, match="validation split is empty"):
-        train(small_config(synthetic_data, tmp_path / "x", val_fraction=0.0))
+        train(small_config(synthetic_data, tmp_path / "x", exclude=tmp_path / "no-val.txt"))
     with pytest.raises(TrainingError, match="does not exist"):
         train(small_config(tmp_path / "nowhere", tmp_path / "x"))
 
 
-def test_labels_table_is_validated(tmp_path: Path) -> None:
-    from core.dataset import DatasetError
+def _absolute_paths(value, where: str = "card") -> list[str]:
+    """Every string value of a JSON document that is, or holds, an absolute path."""
+    if isinstance(value, dict):
+        return [hit for key, item in value.items() for hit in _absolute_paths(item, f"{where}.{key}")]
+    if isinstance(value, list):
+        return [hit for i, item in enumerate(value) for hit in _absolute_paths(item, f"{where}[{i}]")]
+    if isinstance(value, str):
+        words = [word.strip("'\"()[]{},;") for word in value.split()]
+        # /dir..., ~/dir..., C:\dir...: a bare "/" (as in "uint8 / 255") is no path.
+        if any(re.match(r"(~?/|[A-Za-z]:[\\/])[\w.-]", word) for word in words):
+            return [f"{where}: {value}"]
+    return []
 
-    path = tmp_path / "labels.csv"
-    path.write_text(
-        "Image Index," + ",".join(FINDINGS) + ",exclude\n" + "a.png," + ",".join(["0"] * 13) + ",1,yes\n"
-    )
-    table, excluded = read_labels_table(path)
-    assert list(table["image_index"]) == ["a.png"] and table["Hernia"].tolist() == [1]
-    assert excluded == {"a.png"}
-    path.write_text("image_index," + ",".join(FINDINGS) + "\n" + "a.png," + ",".join(["0.5"] * 14) + "\n")
-    with pytest.raises(DatasetError, match="only 0 or 1"):
-        read_labels_table(path)
+
+def test_no_card_holds_an_absolute_path(trained, synthetic_data: Path) -> None:
+    """A card travels between machines: the dataset by name, files relative to it, never this machine."""
+    artifact, _, config = trained
+    card = json.loads((artifact.path / "model.json").read_text())
+    assert _absolute_paths(card) == []
+    text = json.dumps(card)
+    for folder in (synthetic_data.resolve(), config.out_dir.parent.resolve()):
+        assert str(folder) not in text
+    assert _absolute_paths({"a": ["see /etc/passwd", "1 / 2"], "b": "C:\\data"}) == [  # the scan works
+        "card.a[0]: see /etc/passwd",
+        "card.b: C:\\data",
+    ]
+
+    shipped = json.loads((BUNDLED_MODEL_DIR / "model.json").read_text())
+    assert _absolute_paths(shipped) == []
+    assert shipped["provenance"]["data"]["dataset"] == "ChestX-ray14"
+    assert shipped["provenance"]["data"]["folder_name"] == "chestxray14-sample"
+
+
+def test_cli_fine_tunes_with_the_settings_flags(trained, synthetic_data: Path, tmp_path: Path, capsys):
+    """`python -m core train`: flags built from TrainSettings (old names and units kept), the base
+    model's crop taken from its card, the settings recorded in the new card."""
+    from core.cli import main
+
+    parent, _, _ = trained
+    out = tmp_path / "cli-tuned"
+    code = main(["train", "--data", str(synthetic_data), "--out", str(out), "--init", "artifact",
+                 "--base-model", str(parent.path), "--epochs", "1", "--val-fraction", "0.25",
+                 "--patience", "0", "--time-budget", "30", "--class-weighting", "--device", "cpu",
+                 "--threads", "1", "--workers", "1", "--cache", str(parent.path.parent / "cache"),
+                 "--json"])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["model"] == "cli-tuned" and summary["epochs"] == 1
+    card = read_artifact(out).card
+    assert card["provenance"]["settings"] == {
+        **TrainSettings().to_dict(),
+        "epochs": 1, "val_fraction": 0.25, "patience": None, "time_budget_s": 1800.0, "class_weighting": True,
+    }  # fmt: skip
+    assert card["input"]["crop"] == CROP and card["provenance"]["parent"] == "synthetic-test"
+    assert card["provenance"]["hyperparameters"]["pos_weight"] is not None
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(trained, synthetic_data: Path, tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node=2 -m core train`: two CPU (gloo) ranks stand in for two GPUs; rank 0
+    alone validates and writes the model, and prints the summary."""
+    import subprocess
+    import sys
+
+    from core.paths import REPO_ROOT
+    from core.settings import subprocess_env
+
+    parent, _, _ = trained
+    out = tmp_path / "two-ranks"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "core", "train", "--data", str(synthetic_data), "--out", str(out), "--epochs", "1",
+               "--image-size", str(CROP), "--val-fraction", "0.25", "--device", "cpu", "--threads", "1",
+               "--workers", "1", "--cache", str(parent.path.parent / "cache"), "--json"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and json.loads(summaries[0])["model"] == "two-ranks"
+    card = read_artifact(out).card
+    assert card["provenance"]["device"] == "CPU (1 thread) x 2 processes"
+    assert [h["epoch"] for h in card["history"]] == [1]
+    data = card["provenance"]["data"]
+    assert data["n_train_images"] + data["n_val_images"] == 96  # every train_val image, nothing excluded
+    assert not (tmp_path / "two-ranks.work").exists()  # rank 0 removed the work folder after success
+
+
+def test_settings_flags_are_checked_against_the_settings_bounds(tmp_path: Path, capsys) -> None:
+    from core.cli import main
+
+    base = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "x")]
+    assert main([*base, "--epochs", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "error: The epochs must be between 1 and 500, not 0."
+    assert main([*base, "--val-fraction", "0.95"]) == 1
+    assert "validation fraction must be between 0.01 and 0.9" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # not a number: an argparse usage error
+        main([*base, "--batch-size", "many"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SettingsError, match="batch size"):
+        small_config(tmp_path, tmp_path / "x", batch_size=0)
 
 
 def test_epoch_shards_cover_every_image_once() -> None:

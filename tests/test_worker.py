@@ -6,6 +6,7 @@ a tiny-input DenseNet takes seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,24 +21,18 @@ from sqlalchemy import Engine, select
 from core.artifact import read_artifact
 from core.labels import FINDINGS
 from core.paths import REPO_ROOT, active_model_dir
-from core.training import STATE_FILE
+from core.training import STATE_FILE, SettingsError, TrainSettings
 from db import accounts
+from db.__main__ import main as db_main
 from db.engine import dispose_engine, session_scope
 from db.jobs import enqueue_job, get_job, request_cancel
 from db.models import Image, ModelVersion, Prediction
-from db.registry import get_version, list_versions
+from db.registry import get_version, list_versions, promote_version, rollback_version
 from db.reviews import save_review
-from db.training_service import (
-    JOB_FINE_TUNE,
-    JobParamsError,
-    can_resume,
-    enqueue_fine_tune,
-    enqueue_predict,
-    promote_version,
-    resume_job,
-    rollback_version,
-)
-from db.worker import Worker
+from jobs.params import JOB_FINE_TUNE, FineTuneParams, JobParamsError
+from jobs.progress import JobProgress
+from jobs.queue import can_resume, enqueue_fine_tune, enqueue_predict, resume_job
+from jobs.worker import Worker
 from tests.admin_helpers import (
     ONE_THREAD_ENV,
     fast_settings,
@@ -59,14 +54,14 @@ def studio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_data: Path
     dispose_engine(made.url)
 
 
-def _enqueue(engine: Engine, **overrides) -> int:
+def _enqueue(engine: Engine, *, name: str = "", label_source: str = "nlp", **settings) -> int:
     with session_scope(engine) as session:
         base_id = session.scalar(select(ModelVersion.id).where(ModelVersion.name == "tiny-base"))
-        settings = dict(
-            base_version_id=base_id, epochs=1, batch_size=16, lr=1e-3, label_source="nlp", val_fraction=0.25
+        chosen = TrainSettings(epochs=1, batch_size=16, lr=1e-3, val_fraction=0.25).replace(**settings)
+        params = FineTuneParams(
+            name=name, base_version_id=base_id, label_source=label_source, settings=chosen
         )
-        settings.update(overrides)
-        return enqueue_fine_tune(session, **settings).id
+        return enqueue_fine_tune(session, params).id
 
 
 def _job(engine: Engine, job_id: int):
@@ -74,8 +69,8 @@ def _job(engine: Engine, job_id: int):
         return get_job(session, job_id)
 
 
-def _progress(engine: Engine, job_id: int) -> dict:
-    return _job(engine, job_id).progress or {}
+def _progress(engine: Engine, job_id: int) -> JobProgress:
+    return JobProgress.from_dict(_job(engine, job_id).progress)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -111,13 +106,14 @@ def test_fine_tune_with_reviewed_labels_registers_an_evaluated_version(studio) -
     assert job.finished_at is not None and job.error is None
 
     # Live progress as the page shows it: steps, losses, validation AUROC per epoch, device.
-    progress = job.progress
-    assert progress["epochs"] == 2 and progress["fraction"] == 1.0
-    assert len(progress["loss_history"]) >= 2 and all(len(point) == 2 for point in progress["loss_history"])
-    assert [e["epoch"] for e in progress["epochs_done"]] == [1, 2]
-    assert set(progress["epochs_done"][0]["val_auroc"]) == set(FINDINGS)
-    assert "CPU" in progress["device"]
-    assert progress["result_version"] == "tuned-1"
+    progress = JobProgress.from_dict(job.progress)
+    assert progress.epochs == 2 and progress.fraction == 1.0 and progress.stage == "succeeded"
+    assert len(progress.loss_history) >= 2 and all(len(point) == 2 for point in progress.loss_history)
+    assert [e.epoch for e in progress.epochs_done] == [1, 2]
+    assert set(progress.epochs_done[0].val_auroc) == set(FINDINGS)
+    assert "CPU" in progress.device
+    assert progress.result_version == "tuned-1"
+    assert progress.message == "Registered version 'tuned-1'."
 
     with session_scope(engine, read_only=True) as session:
         version = get_version(session, "tuned-1")
@@ -127,7 +123,11 @@ def test_fine_tune_with_reviewed_labels_registers_an_evaluated_version(studio) -
         snapshot = version.label_snapshot
         assert snapshot["source"] == "effective" and snapshot["n_reviewed"] == 1
         assert snapshot["n_images"] == 56 and len(snapshot["sha256"]) == 64
-        assert version.hyperparams["epochs"] == 2 and version.hyperparams["class_weighting"] is True
+        # The version's hyper-parameters are the job's settings plus the recipe the card records.
+        hyperparams = version.hyperparams
+        assert hyperparams["epochs"] == 2 and hyperparams["class_weighting"] is True
+        assert hyperparams["val_fraction"] == 0.25 and hyperparams["lr"] == pytest.approx(1e-3)
+        assert hyperparams["job_id"] == job_id and hyperparams["image_size"] == 48  # the base model's crop
         metrics = version.metrics
     folder = Path(version.path)
     assert folder == studio.home / "models" / "tuned-1"
@@ -149,9 +149,7 @@ def test_fine_tune_with_reviewed_labels_registers_an_evaluated_version(studio) -
     assert test_reviewed["roc"]["Cardiomegaly"] is not None
     assert test_reviewed["support"]["Cardiomegaly"] == 1
     assert set(evaluations["nlp"]["val"]["auroc"]) == set(FINDINGS)
-    assert metrics["training"]["mean_auroc"] == pytest.approx(
-        max(e["val_mean_auroc"] for e in progress["epochs_done"] if e["val_mean_auroc"] is not None)
-    )
+    assert metrics["training"]["mean_auroc"] == pytest.approx(progress.best_val_auroc)
     # The card carries the test figure too, so the Predict page shows a measured AUROC.
     card = read_artifact(folder).card
     assert card["metrics"]["test"]["n_images"] == 8
@@ -161,16 +159,19 @@ def test_fine_tune_with_reviewed_labels_registers_an_evaluated_version(studio) -
 def test_failed_job_records_its_error_and_the_worker_carries_on(studio) -> None:
     engine = studio.engine
     with session_scope(engine) as session:
-        bad = enqueue_job(
-            session, {"name": "broken", "data_dir": "/no/such/folder", "epochs": 1}, kind=JOB_FINE_TUNE
-        ).id
+        bad = FineTuneParams(name="broken", data_dir="/no/such/folder", settings=TrainSettings(epochs=1))
+        bad_id = enqueue_job(session, bad.to_dict(), kind=JOB_FINE_TUNE).id
+        old_shape = enqueue_job(session, {"name": "flat", "epochs": 1}, kind=JOB_FINE_TUNE).id
         nonsense = enqueue_job(session, {}, kind="paint").id
         predict = enqueue_predict(session).id
     worker = Worker(engine, settings=fast_settings())
-    assert worker.run_once() == bad
-    failed = _job(engine, bad)
+    assert worker.run_once() == bad_id
+    failed = _job(engine, bad_id)
     assert failed.status == "failed"
     assert "/no/such/folder" in failed.error and "not a ChestX-ray14 folder" in failed.error
+    assert not failed.error.startswith("Unexpected")  # a UserError: its own sentence
+    assert worker.run_once() == old_shape
+    assert _job(engine, old_shape).error == "Unknown fine-tune parameter(s): epochs."
     assert worker.run_once() == nonsense
     assert "Unknown job kind 'paint'" in _job(engine, nonsense).error
 
@@ -191,17 +192,26 @@ def test_failed_job_records_its_error_and_the_worker_carries_on(studio) -> None:
 
 def test_enqueue_refuses_bad_parameters_with_a_sentence(studio) -> None:
     engine = studio.engine
-    settings = dict(base_version_id=studio.base_id, epochs=1, batch_size=16, lr=1e-4, label_source="nlp")
+    params = FineTuneParams(base_version_id=studio.base_id, settings=TrainSettings(epochs=1))
+    with pytest.raises(SettingsError, match="epochs must be between 1 and 500, not 0"):
+        FineTuneParams.from_dict({**params.to_dict(), "settings": {"epochs": 0}})
+    with pytest.raises(JobParamsError, match="not a usable version name"):
+        FineTuneParams(name="../escape")
+    with pytest.raises(JobParamsError, match="Unknown label source"):
+        FineTuneParams(label_source="gossip")
     with session_scope(engine) as session:
-        with pytest.raises(JobParamsError, match="between 1 and 500"):
-            enqueue_fine_tune(session, **dict(settings, epochs=0))
         with pytest.raises(JobParamsError, match="already exists"):
-            enqueue_fine_tune(session, **settings, name="tiny-base")
+            enqueue_fine_tune(session, dataclasses.replace(params, name="tiny-base"))
         with pytest.raises(JobParamsError, match="not a ChestX-ray14 folder"):
-            enqueue_fine_tune(session, **settings, data_dir=studio.home)
-        first = enqueue_fine_tune(session, **settings)
-        second = enqueue_fine_tune(session, **settings)
+            enqueue_fine_tune(session, dataclasses.replace(params, data_dir=studio.home))
+        first = enqueue_fine_tune(session, params)
+        second = enqueue_fine_tune(session, params)
         assert first.params["name"] == "tiny-base-ft1" and second.params["name"] == "tiny-base-ft2"
+        with pytest.raises(JobParamsError, match="Job #1 is already training"):
+            enqueue_fine_tune(session, dataclasses.replace(params, name="tiny-base-ft1"))
+    # What the row holds is the contract itself: read back, it is the params that were queued.
+    stored = FineTuneParams.from_dict(first.params)
+    assert stored == dataclasses.replace(params, name="tiny-base-ft1", data_dir=studio.data)
 
 
 def test_cancel_stops_between_steps_and_registers_nothing(studio) -> None:
@@ -210,9 +220,7 @@ def test_cancel_stops_between_steps_and_registers_nothing(studio) -> None:
     worker = Worker(engine, settings=fast_settings())
 
     def cancel_once_training() -> None:
-        _wait_for(
-            lambda: (_job(engine, job_id).progress or {}).get("stage") == "train", 120, "training to start"
-        )
+        _wait_for(lambda: _progress(engine, job_id).stage == "train", 120, "training to start")
         with session_scope(engine) as session:
             request_cancel(session, job_id)
 
@@ -224,8 +232,9 @@ def test_cancel_stops_between_steps_and_registers_nothing(studio) -> None:
     canceller.join()
     job = _job(engine, job_id)
     assert job.status == "cancelled" and job.cancel_requested
-    assert job.progress["epoch"] < 50
-    assert "cancelled" in job.progress["message"]
+    progress = JobProgress.from_dict(job.progress)
+    assert progress.epoch < 50 and progress.stage == "cancelled"
+    assert "cancelled" in progress.message and job.error is None
     with session_scope(engine, read_only=True) as session:
         assert [v.name for v in list_versions(session)] == ["tiny-base"]
 
@@ -247,7 +256,7 @@ def test_dead_worker_is_interrupted_and_the_job_resumes_from_its_saved_epoch(stu
             [
                 sys.executable,
                 "-m",
-                "db.worker",
+                "jobs",
                 "--once",
                 "--device",
                 "cpu",
@@ -266,7 +275,7 @@ def test_dead_worker_is_interrupted_and_the_job_resumes_from_its_saved_epoch(stu
     state_file = studio.home / "models" / "phoenix.work" / STATE_FILE
     try:
         _wait_for(
-            lambda: process.poll() is not None or len(_progress(engine, job_id).get("epochs_done", [])) >= 1,
+            lambda: process.poll() is not None or len(_progress(engine, job_id).epochs_done) >= 1,
             180,
             "the first epoch",
         )
@@ -295,10 +304,11 @@ def test_dead_worker_is_interrupted_and_the_job_resumes_from_its_saved_epoch(stu
     resumed = _job(engine, resumed_id)
     assert resumed.status == "succeeded", resumed.error
     assert resumed.params["resume"] is True and resumed.params["resumed_from"] == job_id
-    saved_epoch = resumed.progress["resumed_after_epoch"]
-    assert saved_epoch >= 1
-    assert any(f"Resuming after epoch {saved_epoch}" in m for m in resumed.progress["messages"])
-    assert [e["epoch"] for e in resumed.progress["epochs_done"]] == [1, 2, 3]
+    progress = JobProgress.from_dict(resumed.progress)
+    saved_epoch = progress.resumed_after_epoch
+    assert saved_epoch is not None and saved_epoch >= 1
+    assert any(f"Resuming after epoch {saved_epoch}" in m for m in progress.messages)
+    assert [e.epoch for e in progress.epochs_done] == [1, 2, 3]
     card = read_artifact(studio.home / "models" / "phoenix").card
     assert [h["epoch"] for h in card["history"]] == [1, 2, 3]
     assert card["provenance"]["epochs"] == 3
@@ -310,38 +320,27 @@ def test_multi_process_fine_tune_runs_under_torchrun(studio) -> None:
     assert Worker(studio.engine, settings=fast_settings(nproc=2)).run_once() == job_id
     job = _job(studio.engine, job_id)
     assert job.status == "succeeded", job.error
-    assert job.progress["device"].endswith("x 2 processes")  # as rank 0 reported it
-    assert [e["epoch"] for e in job.progress["epochs_done"]] == [1, 2] and job.progress["loss_history"]
+    progress = JobProgress.from_dict(job.progress)
+    assert progress.device.endswith("x 2 processes")  # as rank 0 reported it
+    assert [e.epoch for e in progress.epochs_done] == [1, 2] and progress.loss_history
     card = read_artifact(studio.home / "models" / "ddp").card
     assert card["provenance"]["device"].endswith("x 2 processes")
     with session_scope(studio.engine, read_only=True) as session:
         assert get_version(session, "ddp").metrics["evaluations"]["nlp"]["test"]["n_images"] == 8
 
 
-def test_promote_and_roll_back_move_the_active_model_pointer(studio, tmp_path) -> None:
+def test_promote_and_roll_back_move_the_active_model_pointer(studio, tmp_path, capsys) -> None:
     engine = studio.engine
     other = tiny_model(tmp_path / "models", "tiny-other", seed=1)
     # A model made outside the app (e.g. by torchrun from the CLI) joins the registry from the command line.
     env = {**os.environ, **ONE_THREAD_ENV, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "db.worker", "--register", str(other)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    command = [sys.executable, "-m", "db", "register", str(other)]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Registered 'tiny-other'" in done.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "db.worker", "--register", str(other)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert again.returncode == 1 and "already exists" in again.stderr
+    # The same command again (in this process: same code, no second interpreter start) is refused.
+    assert db_main(["register", str(other)]) == 1
+    assert capsys.readouterr().err.strip() == "error: A model version named 'tiny-other' already exists."
     with session_scope(engine) as session:
         promote_version(session, "tiny-other")
     assert active_model_dir() == other.resolve()

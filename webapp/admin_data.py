@@ -14,44 +14,15 @@ import streamlit as st
 from sqlalchemy import func, select
 
 from core.labels import FINDINGS, PUBLISHED_CHEXNET_AUROC
-from db import training_service as service
-from db.jobs import list_jobs
 from db.label_status import LabelStatus, label_status
-from db.models import Image, LabelEvent, ModelVersion, TrainingJob
+from db.models import Image, LabelEvent, ModelVersion
 from db.registry import list_versions
+from jobs.listing import JobSummary, current_and_recent
 from webapp.database import session
+from webapp.formatting import duration_text, number_text, pretty, when_text
 
 LABEL_CHOICES = {"nlp": "NLP labels", "reviewed": "reviewed labels"}
 SPLIT_CHOICES = {"test": "official test split", "val": "validation split"}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Formatting
-
-
-def pretty(finding: str) -> str:
-    return finding.replace("_", " ")
-
-
-def duration_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def when_text(moment: dt.datetime | None) -> str:
-    return "—" if moment is None else moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def number_text(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,9 +89,8 @@ def _label_source_text(snapshot: dict[str, Any] | None) -> str:
 
 
 def load_versions() -> list[VersionInfo]:
-    """All registered versions, newest first; registers the demo model on an empty registry."""
-    with session() as db:
-        service.seed_registry(db)
+    """All registered versions, newest first (the registry is seeded at start-up, never here)."""
+    with session(read_only=True) as db:
         versions = list_versions(db)
         names = {v.id: v.name for v in versions}
         return [
@@ -297,93 +267,27 @@ def finding_frame(status: LabelStatus) -> pd.DataFrame:
 # Jobs
 
 
-@dataclass(frozen=True)
-class JobInfo:
-    id: int
-    kind: str
-    status: str
-    params: dict[str, Any]
-    progress: dict[str, Any]
-    error: str | None
-    worker_id: str | None
-    cancel_requested: bool
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    heartbeat_at: dt.datetime | None
-    result_version: str | None
-    resumable: bool
-
-    @property
-    def active(self) -> bool:
-        return self.status in ("queued", "running")
-
-    @property
-    def title(self) -> str:
-        kind = service.JOB_KIND_TEXT.get(self.kind, self.kind)
-        name = self.params.get("name") or self.progress.get("version")
-        if self.kind == service.JOB_FINE_TUNE and name:
-            suffix = " (resumed)" if self.params.get("resume") else ""
-            return f"Job #{self.id} · {kind} → {name}{suffix}"
-        return f"Job #{self.id} · {kind}" + (f" · {name}" if name else "")
-
-    @property
-    def duration_s(self) -> float | None:
-        if self.started_at is None:
-            return None
-        end = self.finished_at or dt.datetime.now(dt.UTC)
-        return (end - self.started_at).total_seconds()
-
-
-def _job_info(job: TrainingJob, versions: dict[int, str]) -> JobInfo:
-    return JobInfo(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        params=dict(job.params or {}),
-        progress=dict(job.progress or {}),
-        error=job.error,
-        worker_id=job.worker_id,
-        cancel_requested=job.cancel_requested,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        heartbeat_at=job.heartbeat_at,
-        result_version=versions.get(job.result_model_version_id) if job.result_model_version_id else None,
-        resumable=service.can_resume(job),
-    )
-
-
-def load_jobs(limit: int = 25) -> tuple[JobInfo | None, list[JobInfo]]:
+def load_jobs(limit: int = 25) -> tuple[JobSummary | None, list[JobSummary]]:
     """(the job to show live: running, else oldest queued, else newest), the newest `limit` jobs."""
     with session(read_only=True) as db:
-        names = dict(db.execute(select(ModelVersion.id, ModelVersion.name)).all())
-        current = service.current_job(db)
-        jobs = [_job_info(job, names) for job in list_jobs(db, limit=limit)]
-        return (_job_info(current, names) if current else None), jobs
+        return current_and_recent(db, limit)
 
 
-def jobs_frame(jobs: list[JobInfo]) -> pd.DataFrame:
+def jobs_frame(jobs: list[JobSummary]) -> pd.DataFrame:
     rows = []
     for job in jobs:
-        params = job.params
-        labels = service.LABEL_SOURCES.get(params.get("label_source", ""), "")
+        source = job.fine_tune.label_source if job.fine_tune is not None else ""
         rows.append(
             {
                 "job": job.id,
-                "kind": service.JOB_KIND_TEXT.get(job.kind, job.kind),
+                "kind": job.kind_text,
                 "status": job.status,
-                "version": job.result_version or params.get("name") or job.progress.get("version") or "",
-                "epochs": params.get("epochs"),
-                "labels": "reviewed" if labels.startswith("Reviewed") else ("NLP" if labels else ""),
+                "version": job.result_version or job.version_name or "",
+                "epochs": job.epochs,
+                "labels": {"effective": "reviewed", "nlp": "NLP"}.get(source, ""),
                 "queued": when_text(job.created_at),
                 "ran for": duration_text(job.duration_s) if job.started_at else "—",
-                "message": job.error or job.progress.get("message") or "",
+                "message": job.error or job.progress.message or "",
             }
         )
     return pd.DataFrame(rows)
-
-
-def n_images_with_files() -> int:
-    with session(read_only=True) as db:
-        return int(db.scalar(select(func.count()).select_from(Image).where(Image.path.is_not(None))) or 0)

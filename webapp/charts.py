@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from webapp.formatting import pretty
+
 POSITIVE_COLOUR = "#d62728"
 NEGATIVE_COLOUR = "#9bb7d4"
 
@@ -17,7 +19,7 @@ def probability_bars(
     fig = go.Figure()
     fig.add_bar(
         x=[probabilities[label] for label in ranked],
-        y=[label.replace("_", " ") for label in ranked],
+        y=[pretty(label) for label in ranked],
         orientation="h",
         marker_color=[POSITIVE_COLOUR if p else NEGATIVE_COLOUR for p in positive],
         text=[f"{probabilities[label]:.3f}" for label in ranked],
@@ -27,7 +29,7 @@ def probability_bars(
     )
     fig.add_scatter(
         x=[thresholds[label] for label in ranked],
-        y=[label.replace("_", " ") for label in ranked],
+        y=[pretty(label) for label in ranked],
         mode="markers",
         marker={"symbol": "line-ns", "size": 18, "line": {"width": 3, "color": "black"}},
         name="operating threshold",

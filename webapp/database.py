@@ -1,7 +1,9 @@
 """The UI's way into the database: one engine per process, login, and the first-start admin account.
 
 Pages call `engine()` (or `session()`), never `db.engine.get_engine` directly, so that the first page a
-process serves also creates the initial admin account and prints its password on the console once.
+process serves also creates the initial admin account (its password goes to a private file under
+CHEXNET_HOME; the console says where). `outage_guard()` turns a database outage during a page run into
+one sentence.
 """
 
 from __future__ import annotations
@@ -9,13 +11,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
 
 import streamlit as st
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as SqlAlchemyTimeoutError
 from sqlalchemy.orm import Session
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from core.errors import UserError
 from db import accounts
 from db.engine import default_url, get_engine, session_scope
 
@@ -29,20 +39,21 @@ UNREACHABLE_SENTENCE = (
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _engine_for(url: str) -> Engine:
     # Cached per process and URL: the migration check and the admin bootstrap run once, not per rerun.
+    # An exception (database down at start) is not cached: the next run tries again.
     engine = get_engine(url)
-    password = accounts.ensure_initial_admin(engine)
-    if password:
-        _announce_initial_admin(password)
+    password_file = accounts.ensure_initial_admin(engine)
+    if password_file:
+        _announce_initial_admin(password_file)
     return engine
 
 
-def _announce_initial_admin(password: str) -> None:
-    """Print the generated admin password once; it is stored only as a hash and cannot be shown again."""
+def _announce_initial_admin(password_file: Path) -> None:
+    """Say where the generated admin password is; never the password (console logs are kept)."""
     rule = "=" * 72
     print(
-        f"\n{rule}\nCheXNet Studio: created the first account.\n"
-        f"  username: {accounts.INITIAL_ADMIN_USERNAME}\n  password: {password}\n"
-        f"It is shown only this once. Log in and keep it safe "
+        f"\n{rule}\nCheXNet Studio: created the first account, {accounts.INITIAL_ADMIN_USERNAME!r}.\n"
+        f"Its password is in {password_file} (readable only by this user).\n"
+        f"Log in, change it on the Account page, and the file is deleted "
         f"(or set ${accounts.ADMIN_PASSWORD_ENV} before the first start).\n{rule}\n",
         flush=True,
     )
@@ -60,9 +71,17 @@ def session(*, read_only: bool = False) -> Iterator[Session]:
         yield db_session
 
 
+DISK_FULL_SENTENCE = (
+    "The database's disk is full, so nothing was saved; ask an admin to free space, then try again."
+)
+
+
 def unreachable_sentence(error: Exception) -> str:
-    detail = type(getattr(error, "orig", None) or error).__name__
-    return UNREACHABLE_SENTENCE.format(detail=detail)
+    cause = getattr(error, "orig", None) or error
+    message = str(cause).lower()
+    if "disk is full" in message or "no space left" in message or type(cause).__name__ == "DiskFull":
+        return DISK_FULL_SENTENCE
+    return UNREACHABLE_SENTENCE.format(detail=type(cause).__name__)
 
 
 def engine_or_stop() -> Engine:
@@ -70,23 +89,60 @@ def engine_or_stop() -> Engine:
     try:
         return engine()
     except SQLAlchemyError as exc:
-        log.exception("The database cannot be opened.")
+        log.warning("The database cannot be opened: %s", _one_line(exc))
         st.error(unreachable_sentence(exc))
         st.stop()
         raise  # st.stop() raises; this line only tells type checkers so
 
 
-def authenticate_user(username: str, password: str) -> tuple[dict[str, Any] | None, str]:
-    """({"id", "username", "role"}, "") for a valid active account, else (None, a sentence saying why)."""
-    if not username or not password:
-        return None, "Enter your username and password."
+def _text(value: object) -> str:
+    # Only real strings: where no browser is connected (AppTest), st.context holds stand-in objects.
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _client() -> accounts.LoginClient:
+    """Where this browser connects from: its address, a proxy's forwarded one, else this tab's session."""
+    headers = st.context.headers
+    address = _text(st.context.ip_address)
+    if not address:  # a local connection, perhaps a reverse proxy on the same machine
+        forwarded = _text(headers.get("X-Forwarded-For")) or _text(headers.get("X-Real-Ip"))
+        address = forwarded.split(",")[0].strip()
+    if not address:
+        ctx = get_script_run_ctx()
+        address = f"session:{ctx.session_id}" if ctx is not None else "unknown"
+    return accounts.LoginClient(address=address[:128], user_agent=_text(headers.get("User-Agent"))[:255])
+
+
+def attempt_login(username: str, password: str) -> accounts.LoginResult:
+    """A throttled, recorded login (db.accounts.log_in) from this browser; a sentence on any failure."""
     try:
-        with session() as db_session:
-            user = accounts.authenticate(db_session, username, password)
-            if user is None:
-                # One sentence for unknown users, wrong passwords and deactivated accounts alike.
-                return None, "The username or password is not correct, or the account is deactivated."
-            return {"id": user.id, "username": user.username, "role": user.role}, ""
+        return accounts.log_in(engine(), username, password, _client())
     except SQLAlchemyError as exc:
-        log.exception("Login failed on a database error.")
-        return None, unreachable_sentence(exc)
+        log.warning("Login failed on a database error: %s", _one_line(exc))
+        return accounts.LoginResult(None, None, unreachable_sentence(exc))
+
+
+# Errors that mean "the database is not there right now" (down, restarting, disk full, pool exhausted),
+# as opposed to a bug: those are shown as one sentence and the next run simply tries again.
+OUTAGE_ERRORS = (OperationalError, InterfaceError, DisconnectionError, SqlAlchemyTimeoutError)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+@contextmanager
+def outage_guard() -> Iterator[None]:
+    """Show UNREACHABLE_SENTENCE instead of Streamlit's error box when the database fails in the block
+    (and any UserError's own sentence).
+
+    The entry point wraps every page run in it; the next run (a click, a reload) simply tries again.
+    """
+    try:
+        yield
+    except OUTAGE_ERRORS as exc:
+        log.warning("Database unreachable during a page run: %s", _one_line(exc))  # one line, no traceback
+        st.error(unreachable_sentence(exc), icon=":material/cloud_off:")
+    except UserError as exc:  # a sentence meant for people that no page caught (e.g. a bad setting)
+        st.error(str(exc))

@@ -7,6 +7,7 @@ dataframe, never inside markdown.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import streamlit as st
 
@@ -45,12 +46,25 @@ def number_text(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-_MARKDOWN_SPECIALS = "\\`*_{}[]()#+-.!|<>~:$"
+_MARKDOWN_SPECIALS = "\\`*_{}[]()#+.!|<>~:$"
+# "-" and "=" are markup only where a line starts (a list item, a rule, a heading underline); inside a
+# word they stay as typed, so "tiny-base" reads the same in a message and in the text a test looks for.
+_LINE_START_MARK = re.compile(r"(^|\n)([ \t]*)([-=])")
 
 
 def plain(text: object) -> str:
     """`text` escaped so that st.markdown/st.caption/labels show it literally (no links, images, HTML)."""
-    return "".join("\\" + c if c in _MARKDOWN_SPECIALS else c for c in str(text))
+    escaped = "".join("\\" + c if c in _MARKDOWN_SPECIALS else c for c in str(text))
+    return _LINE_START_MARK.sub(r"\1\2\\\3", escaped)
+
+
+def code(text: object) -> str:
+    """`text` as a markdown code span: shown literally in a monospace font (paths, hashes)."""
+    text = str(text).replace("\n", " ")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def flash(kind: str, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
@@ -9,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.labels import FINDINGS
+from webapp.formatting import pretty
 
 # One colour per compared version, the active one always first (dark blue).
 PALETTE = ["#1f4e79", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -16,8 +18,9 @@ CHANCE = {"color": "#b0b0b0", "dash": "dot", "width": 1}
 PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 
-def _pretty(finding: str) -> str:
-    return finding.replace("_", " ")
+def _shown(name: str) -> str:
+    """A version name as plotly text: plotly reads tags (<a href>, <b>) in names and titles."""
+    return html.escape(name)
 
 
 def _layout(figure: go.Figure, height: int, **extra: Any) -> go.Figure:
@@ -97,10 +100,10 @@ def val_auroc_curve(progress: dict[str, Any]) -> go.Figure:
                 x=xs,
                 y=ys,
                 mode="lines",
-                name=_pretty(finding),
+                name=pretty(finding),
                 showlegend=False,
                 line={"color": "#c9d6e3", "width": 1},
-                hovertemplate=f"{_pretty(finding)}<br>epoch %{{x}}: %{{y:.3f}}<extra></extra>",
+                hovertemplate=f"{pretty(finding)}<br>epoch %{{x}}: %{{y:.3f}}<extra></extra>",
             )
     figure.add_scatter(
         x=xs,
@@ -150,7 +153,8 @@ def curve_overlay(reports: dict[str, dict[str, Any]], finding: str, kind: str = 
     figure = go.Figure()
     if kind == "roc":
         figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=CHANCE, name="chance", hoverinfo="skip")
-    for index, (name, report) in enumerate(reports.items()):
+    for index, (version, report) in enumerate(reports.items()):
+        name = _shown(version)
         colour = PALETTE[index % len(PALETTE)]
         xy = _curve_xy(report, kind, finding)
         if xy is None:
@@ -217,7 +221,7 @@ def curve_overlay(reports: dict[str, dict[str, Any]], finding: str, kind: str = 
             "bgcolor": "rgba(255,255,255,0.85)",
             **corner,
         },
-        title={"text": _pretty(finding), "font": {"size": 15}},
+        title={"text": pretty(finding), "font": {"size": 15}},
         xaxis={"title": axes[0], "range": [0, 1], "constrain": "domain"},
         yaxis={"title": axes[1], "range": [0, 1.02], "scaleanchor": "x", "scaleratio": 1},
     )
@@ -234,7 +238,7 @@ def curve_grid(reports: dict[str, dict[str, Any]], kind: str = "roc") -> go.Figu
             xy = _curve_xy(report, kind, finding)
             if xy is not None and xy[2] is not None:
                 areas.append(f"{xy[2]:.2f}")
-        titles.append(f"{_pretty(finding)}" + (f" ({' / '.join(areas)})" if areas else " (undefined)"))
+        titles.append(f"{pretty(finding)}" + (f" ({' / '.join(areas)})" if areas else " (undefined)"))
     figure = make_subplots(
         rows=rows, cols=columns, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.07
     )
@@ -251,7 +255,8 @@ def curve_grid(reports: dict[str, dict[str, Any]], kind: str = "roc") -> go.Figu
                 row=row,
                 col=col,
             )
-        for index, (name, report) in enumerate(reports.items()):
+        for index, (version, report) in enumerate(reports.items()):
+            name = _shown(version)
             xy = _curve_xy(report, kind, finding)
             if xy is None:
                 continue
@@ -263,7 +268,7 @@ def curve_grid(reports: dict[str, dict[str, Any]], kind: str = "roc") -> go.Figu
                 legendgroup=name,
                 showlegend=c == 0,
                 line={"color": PALETTE[index % len(PALETTE)], "width": 1.8},
-                hovertemplate=f"{_pretty(finding)}<br>%{{x:.3f}}, %{{y:.3f}}<extra>{name}</extra>",
+                hovertemplate=f"{pretty(finding)}<br>%{{x:.3f}}, %{{y:.3f}}<extra>{name}</extra>",
                 row=row,
                 col=col,
             )

@@ -7,6 +7,8 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
+from webapp.formatting import pretty
+
 POS_TO_NEG_COLOUR = "#d62728"
 NEG_TO_POS_COLOUR = "#1f77b4"
 REVIEWED_COLOUR = "#2ca02c"
@@ -14,8 +16,10 @@ NLP_COLOUR = "#9e9e9e"
 
 
 def _values(series: pd.Series) -> list[float | None]:
-    return [None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-            for value in series]
+    return [
+        None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+        for value in series
+    ]
 
 
 def _layout(figure: go.Figure, y_title: str, y_range: list[float]) -> go.Figure:
@@ -32,7 +36,7 @@ def _layout(figure: go.Figure, y_title: str, y_range: list[float]) -> go.Figure:
 
 def overturn_bars(findings: pd.DataFrame) -> go.Figure:
     """Per finding: the share of NLP positives the review made negative, and of negatives made positive."""
-    names = [name.replace("_", " ") for name in findings["finding"]]
+    names = [pretty(name) for name in findings["finding"]]
     figure = go.Figure()
     for column, label, colour in (
         ("pos_to_neg_rate", "NLP positive → reviewed negative", POS_TO_NEG_COLOUR),
@@ -47,7 +51,7 @@ def overturn_bars(findings: pd.DataFrame) -> go.Figure:
 
 
 def kappa_bars(findings: pd.DataFrame) -> go.Figure:
-    names = [name.replace("_", " ") for name in findings["finding"]]
+    names = [pretty(name) for name in findings["finding"]]
     figure = go.Figure()
     figure.add_bar(
         x=names, y=_values(findings["kappa"]), name="kappa", marker_color=REVIEWED_COLOUR,

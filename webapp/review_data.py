@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exists, func, select
-
 from core.labels import FINDINGS, NO_FINDING
 from db import registry, reviews
 from db.errors import NotFoundError
-from db.models import SOURCE_GOOGLE, Box, Image, Prediction, User, findings_of
+from db.models import SOURCE_GOOGLE, findings_of
 from db.reviews import EffectiveLabel, QueueItem
 from webapp.database import session
+from webapp.formatting import plain, pretty
 
 # The page's queue choices: label shown -> db.reviews strategy.
 STRATEGIES: dict[str, str] = {
@@ -82,20 +81,12 @@ class QueueView:
 
 def image_count() -> int:
     with session(read_only=True) as db_session:
-        return int(db_session.scalar(select(func.count()).select_from(Image)) or 0)
+        return reviews.count_images(db_session)
 
 
 def splits() -> list[str]:
     with session(read_only=True) as db_session:
-        found = db_session.scalars(select(Image.split).where(Image.split.is_not(None)).distinct())
-        return sorted(found)
-
-
-def _user(db_session: Any, user_id: int) -> User:
-    user = db_session.get(User, user_id)
-    if user is None:
-        raise NotFoundError("Your account no longer exists; please log in again.")
-    return user
+        return reviews.image_splits(db_session)
 
 
 def load_queue(
@@ -109,7 +100,7 @@ def load_queue(
 ) -> QueueView:
     """The reviewer's next images. "disagreement" falls back to "unreviewed" without stored predictions."""
     with session(read_only=True) as db_session:
-        user = _user(db_session, user_id)
+        user = reviews.account_by_id(db_session, user_id)
         notice = None
         if strategy == "disagreement":
             notice = _why_no_disagreement(db_session)
@@ -128,10 +119,9 @@ def _why_no_disagreement(db_session: Any) -> str | None:
             "No model version is active yet, so there are no stored predictions to disagree with; "
             "showing unreviewed images first instead."
         )
-    has_predictions = db_session.scalar(select(exists().where(Prediction.model_version_id == active.id)))
-    if not has_predictions:
+    if not reviews.has_predictions(db_session, active.id):
         return (
-            f"No predictions of the active model version “{active.name}” are stored yet; "
+            f"No predictions of the active model version “{plain(active.name)}” are stored yet; "
             "showing unreviewed images first instead."
         )
     return None
@@ -151,11 +141,11 @@ def find_image_id(name: str) -> int | None:
 
 def load_target(image_id: int, user_id: int) -> ReviewTarget:
     with session(read_only=True) as db_session:
-        user = _user(db_session, user_id)
+        user = reviews.account_by_id(db_session, user_id)
         image = reviews.get_image(db_session, image_id)
         if image is None:
             raise NotFoundError(f"There is no image with id {image_id}.")
-        boxes = db_session.scalars(select(Box).where(Box.image_id == image_id).order_by(Box.id))
+        boxes = reviews.image_boxes(db_session, image_id)
         nlp_row = reviews.get_source_labels(db_session, image_id)
         google_row = reviews.get_source_labels(db_session, image_id, SOURCE_GOOGLE)
         own = reviews.get_review(db_session, image_id, user)
@@ -167,7 +157,7 @@ def load_target(image_id: int, user_id: int) -> ReviewTarget:
             patient_id=image.patient_id,
             source=image.source,
             path=image.path,
-            boxes=tuple(BoxInfo(b.finding, b.x, b.y, b.w, b.h) for b in boxes),
+            boxes=tuple(BoxInfo(*box) for box in boxes),
             effective=reviews.get_effective_label(db_session, image_id),
             nlp=None if nlp_row is None else {f: bool(v) for f, v in findings_of(nlp_row).items()},
             google=None if google_row is None else dict(google_row.extra or {}),
@@ -188,7 +178,7 @@ def save(user_id: int, target: ReviewTarget, values: LabelValues) -> tuple[int, 
     StaleReviewError, InvalidLabelError, NotAllowedError: each str() is a sentence for the page.
     """
     with session() as db_session:
-        user = _user(db_session, user_id)
+        user = reviews.account_by_id(db_session, user_id)
         review = reviews.save_review(
             db_session,
             target.image_id,
@@ -204,7 +194,7 @@ def save(user_id: int, target: ReviewTarget, values: LabelValues) -> tuple[int, 
 
 
 def label_text(findings: dict[str, bool]) -> str:
-    positives = [finding.replace("_", " ") for finding in FINDINGS if findings.get(finding)]
+    positives = [pretty(finding) for finding in FINDINGS if findings.get(finding)]
     return ", ".join(positives) or NO_FINDING
 
 

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from core.dataset import BBOX_COORDINATE_SIZE
+from webapp.formatting import pretty
 
 MAX_DISPLAY_SIDE = 1024  # larger X-rays are shown downsampled; zooming in still shows plenty of detail
 BOX_COLOUR = "#ffb000"
@@ -73,7 +74,7 @@ def xray_figure(
             type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line={"color": BOX_COLOUR, "width": 2}, name=finding
         )
         figure.add_annotation(
-            x=x0, y=y0, text=finding.replace("_", " "), showarrow=False, xanchor="left", yanchor="bottom",
+            x=x0, y=y0, text=pretty(finding), showarrow=False, xanchor="left", yanchor="bottom",
             font={"color": "black", "size": 12}, bgcolor=BOX_COLOUR, borderpad=2,
         )  # fmt: skip
     figure.update_xaxes(visible=False)

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.cache import DEFAULT_SIZE
 from core.errors import Cancelled, UserError
 
 STATE_FILE = "train_state.pt"
@@ -30,6 +29,8 @@ DEFAULT_FINETUNE_LR = 1e-4
 DEFAULT_CROP = 224
 # Full ChestX-ray14: what "time per epoch" figures are extrapolated to.
 FULL_DATASET_IMAGES = 112_120
+# How a finding a reader marked Uncertain (the labels table's `uncertain` column) trains.
+UNCERTAIN_POLICIES = ("ignore", "negative", "positive")
 
 
 class TrainingError(UserError, RuntimeError):
@@ -120,6 +121,13 @@ class TrainSettings:
         optional=True,
         in_form=False,
     )
+    uncertain_policy: str = _setting(
+        "ignore",
+        "Uncertain findings",
+        "How a finding a reader marked Uncertain trains: ignore (left out of the loss), negative (as 0) "
+        "or positive (as 1). Validation scores it as absent unless the policy is positive.",
+        choices=UNCERTAIN_POLICIES,
+    )
     time_budget_s: float | None = _setting(
         None,
         "Time budget (s)",
@@ -159,10 +167,17 @@ def spec_of(name: str) -> Setting:
     return next(f for f in fields() if f.name == name).metadata["setting"]
 
 
+def value_type(name: str) -> type:
+    """bool, int, float or str (a choice): the type a setting's (non-empty) value has."""
+    return _kind(next(f for f in fields() if f.name == name))
+
+
 def _kind(spec: dataclasses.Field) -> type:
     default = spec.default
     if isinstance(default, bool):
         return bool
+    if isinstance(default, str):
+        return str
     text = str(spec.type)
     if text.startswith("bool"):
         return bool
@@ -194,6 +209,10 @@ def _check(spec_field: dataclasses.Field, value: Any) -> None:
     if kind is bool:
         if not isinstance(value, bool):
             raise SettingsError(f"The {name} must be true or false, not {value!r}.")
+        return
+    if kind is str:
+        if value not in (spec.choices or ()):
+            raise SettingsError(f"The {name} must be one of {', '.join(spec.choices or ())}, not {value!r}.")
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SettingsError(f"The {name} must be a number, not {value!r}.")
@@ -261,6 +280,8 @@ class TrainConfig:
     @property
     def cache_size(self) -> int:
         """Side of the cached images: 256 for the standard 224 crop, the same 256:224 ratio otherwise."""
+        from core.cache import DEFAULT_SIZE  # here: importing the contract must stay light (CLI --help)
+
         size = self.image_size
         return DEFAULT_SIZE if size == DEFAULT_CROP else round(size * DEFAULT_SIZE / DEFAULT_CROP)
 

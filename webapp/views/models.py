@@ -13,16 +13,13 @@ from webapp.auth import require_role
 user = require_role("admin")
 
 from core.labels import FINDINGS  # noqa: E402
-from db import training_service as service  # noqa: E402
-from db.errors import DbUserError  # noqa: E402
-from db.models import User  # noqa: E402
-from webapp import admin_data  # noqa: E402
-from webapp.admin_data import LABEL_CHOICES, SPLIT_CHOICES, VersionInfo, pretty  # noqa: E402
-from webapp.database import engine_or_stop, session  # noqa: E402
+from webapp import admin_data, dashboards, model_registry  # noqa: E402
+from webapp.admin_data import LABEL_CHOICES, SPLIT_CHOICES, VersionInfo  # noqa: E402
+from webapp.dashboards import ALL_FINDINGS, table_height  # noqa: E402
+from webapp.database import engine_or_stop  # noqa: E402
+from webapp.formatting import plain, show_flash  # noqa: E402
 from webapp.model_charts import PLOTLY_CONFIG, curve_grid, curve_overlay  # noqa: E402
 
-ALL_FINDINGS = "__all__"
-state = st.session_state
 engine_or_stop()
 
 st.title("Models & ROC")
@@ -32,45 +29,16 @@ st.caption(
 )
 
 
-def flash(kind: str, text: str) -> None:
-    state["models_flash"] = (kind, text)
-
-
-def show_flash() -> None:
-    kind, text = state.pop("models_flash", (None, None))
-    if kind == "success":
-        st.success(text, icon=":material/check_circle:")
-    elif kind == "error":
-        st.error(text, icon=":material/error:")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Registry
-
-
 def registry_section(versions: list[VersionInfo]) -> None:
     st.subheader("Registry")
-    active = next((v for v in versions if v.is_active), None)
-    if active is None:
+    if not any(v.is_active for v in versions):
         st.info("No version is active: the app uses the bundled demo model. Promote one below.")
     st.dataframe(
         admin_data.registry_frame(versions),
         hide_index=True,
         width="stretch",
         key="registry_table",
-        column_config={
-            "version": st.column_config.TextColumn("version", help="● marks the version the app uses."),
-            "test AUROC": st.column_config.TextColumn(
-                "test AUROC", help="Mean over the 14 findings, official test split, NLP labels."
-            ),
-            "val AUROC": st.column_config.TextColumn(
-                "val AUROC", help="Mean over the 14 findings on the version's own validation split."
-            ),
-            "test AUROC, reviewed labels": st.column_config.TextColumn(
-                "test AUROC, reviewed labels",
-                help="Same test images, labels corrected by the reviewers where reviewed.",
-            ),
-        },
+        column_config=model_registry.registry_columns(),
     )
     by_id = {v.id: v for v in versions}
     left, right = st.columns([3, 4], vertical_alignment="bottom")
@@ -88,16 +56,18 @@ def registry_section(versions: list[VersionInfo]) -> None:
         width="stretch",
         help="Make this the model the Predict page and the review queue use.",
     ):
-        act(lambda db: service.promote_version(db, version.id), "is now the active model")
+        model_registry.promote(version.id)
+        st.rerun()
     if buttons[1].button(
         "Roll back",
         key="rollback",
         icon=":material/undo:",
         width="stretch",
-        disabled=not any(v.status == "retired" and v.promoted_at for v in versions),
+        disabled=not model_registry.can_roll_back(versions),
         help="Promote the version that was active before the current one.",
     ):
-        act(lambda db: service.rollback_version(db), "is active again (rolled back)")
+        model_registry.roll_back()
+        st.rerun()
     if buttons[2].button(
         "Evaluate",
         key="evaluate",
@@ -106,78 +76,22 @@ def registry_section(versions: list[VersionInfo]) -> None:
         help="Queue an evaluation on the imported dataset's test and validation splits, "
         "against the NLP and the reviewed labels (the worker runs it).",
     ):
-        try:
-            with session() as db:
-                job = service.enqueue_evaluate(db, version_id=version.id, created_by=db.get(User, user.id))
-                flash(
-                    "success",
-                    f"Job #{job.id} queued: evaluate {version.name}. Follow it on the Fine-tune page.",
-                )
-        except DbUserError as exc:
-            flash("error", str(exc))
+        model_registry.queue_evaluation(user.id, version)
         st.rerun()
-    details(version)
-
-
-def act(action, done: str) -> None:
-    try:
-        with session() as db:
-            name = action(db).name
-    except DbUserError as exc:
-        flash("error", str(exc))
-    else:
-        flash("success", f"{name} {done}. The Predict page uses it from its next run.")
-    st.rerun()
-
-
-def details(version: VersionInfo) -> None:
-    with st.expander(f"Details of {version.name}", icon=":material/info:"):
-        snapshot = version.label_snapshot
-        rows = {
-            "Folder": f"`{version.path}`",
-            "Parent": version.parent or "—",
-            "Created": admin_data.when_text(version.created_at),
-            "Promoted": admin_data.when_text(version.promoted_at),
-            "Labels": version.label_source,
-        }
-        if snapshot.get("sha256"):
-            rows["Label table"] = (
-                f"{snapshot.get('n_images', 0):,} images, {snapshot.get('n_excluded', 0):,} "
-                f"excluded · sha256 `{snapshot['sha256'][:16]}…`"
-            )
-        hp = version.hyperparams
-        if hp:
-            keys = [
-                ("epochs", "epochs"),
-                ("batch_size", "batch"),
-                ("lr", "lr"),
-                ("class_weighting", "class weighting"),
-                ("image_size", "image size"),
-                ("device", "device"),
-            ]
-            rows["Training"] = " · ".join(f"{label} {hp[k]}" for k, label in keys if hp.get(k) is not None)
-        errors = version.metrics.get("evaluation_errors")
-        if errors:
-            rows["Evaluation notes"] = " ".join(errors)
-        st.markdown("\n".join(f"- **{k}:** {v}" for k, v in rows.items()))
+    with st.expander(f"Details of {plain(version.name)}", icon=":material/info:"):
+        st.markdown(model_registry.details_markdown(version))
         if version.notes:
-            st.caption(version.notes)
+            st.caption(plain(version.notes))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Dashboards
-
-
-def dashboards(versions: list[VersionInfo]) -> None:
+def dashboards_section(versions: list[VersionInfo]) -> None:
     st.subheader("Compare versions")
     active = next((v for v in versions if v.is_active), None)
-    names = [v.name for v in versions]
-    default = [v.name for v in versions if v.is_active] + [v.name for v in versions if not v.is_active][:1]
     controls = st.columns([4, 2, 2])
     picked = controls[0].multiselect(
         "Versions",
-        names,
-        default=default,
+        [v.name for v in versions],
+        default=dashboards.default_compared(versions),
         key="compare_versions",
         help="The active version is drawn first (dark blue).",
     )
@@ -186,7 +100,7 @@ def dashboards(versions: list[VersionInfo]) -> None:
             "Evaluated against",
             list(LABEL_CHOICES),
             default="nlp",
-            format_func=lambda k: LABEL_CHOICES[k].capitalize() if k == "reviewed" else LABEL_CHOICES[k],
+            format_func=dashboards.label_choice_text,
             key="compare_labels",
         )
         or "nlp"
@@ -196,36 +110,21 @@ def dashboards(versions: list[VersionInfo]) -> None:
             "Split",
             list(SPLIT_CHOICES),
             default=admin_data.default_split(versions),
-            format_func=lambda s: "Test" if s == "test" else "Validation",
+            format_func=dashboards.split_choice_text,
             key="compare_split",
         )
         or "test"
     )
-    chosen = sorted(
-        (v for v in versions if v.name in picked), key=lambda v: (not v.is_active, names.index(v.name))
-    )
+    chosen = dashboards.compared(versions, picked)
     if not chosen:
         st.info("Pick at least one version.")
         return
-    reports = {v.name: v.report(labels, split) for v in chosen}
-    missing = [name for name, report in reports.items() if report is None]
-    reports = {name: report for name, report in reports.items() if report is not None}
+    reports, missing = dashboards.evaluation_reports(chosen, labels, split)
     if missing:
-        why = " (made where reviewed images lie in the split)" if labels == "reviewed" else ""
-        st.info(
-            f"No evaluation of {', '.join(missing)} on the {SPLIT_CHOICES[split]} against "
-            f"{LABEL_CHOICES[labels]}{why}. Select it in the registry and press **Evaluate**; meanwhile the "
-            "AUROC table shows the figures of its model card where there are any.",
-            icon=":material/info:",
-        )
-    if reports:
-        first = next(iter(reports.values()))
-        source = first.get("labels_source") or LABEL_CHOICES[labels]
-        st.caption(
-            f"{first.get('n_images', 0):,} images · labels: {source} · "
-            f"{int(round(100 * (first.get('ci_level') or 0.95)))}% CIs from {first.get('n_boot', 0):,} "
-            "bootstrap resamples"
-        )
+        st.info(dashboards.missing_text(missing, labels, split), icon=":material/info:")
+    caption = dashboards.reports_caption(reports, labels)
+    if caption:
+        st.caption(caption)
 
     tab_roc, tab_table, tab_pr, tab_points = st.tabs(
         [
@@ -243,7 +142,7 @@ def dashboards(versions: list[VersionInfo]) -> None:
             admin_data.style_auroc_table(table),
             hide_index=True,
             width="stretch",
-            height=35 * (len(table) + 1) + 3,
+            height=table_height(len(table)),
             column_config={"finding": st.column_config.TextColumn("finding", width=135)},
         )
         st.caption(
@@ -253,58 +152,48 @@ def dashboards(versions: list[VersionInfo]) -> None:
     with tab_pr:
         curves(reports, "pr")
     with tab_points:
-        if not reports:
-            st.info("No evaluation to show.")
-        else:
-            name = st.selectbox("Version", list(reports), key="points_version")
-            report = reports[name]
-            points = admin_data.operating_points_frame(report)
-            st.dataframe(
-                points,
-                hide_index=True,
-                width="stretch",
-                height=35 * (len(points) + 1) + 3,
-                column_config={
-                    c: st.column_config.NumberColumn(c, format="%.3f")
-                    for c in ("threshold", "precision", "recall", "specificity", "F1", "AUROC")
-                },
-            )
-            st.caption(
-                f"Thresholds: {admin_data.threshold_source_text(report)}. Recall is sensitivity; "
-                "precision is the positive predictive value at this split's prevalence."
-            )
+        operating_points(reports)
 
 
 def curves(reports: dict, kind: str) -> None:
     if not reports:
         st.info("No evaluation with curves to show.")
         return
-    options = [ALL_FINDINGS, *FINDINGS]
     finding = st.selectbox(
         "Finding",
-        options,
+        [ALL_FINDINGS, *FINDINGS],
         key=f"{kind}_finding",
-        format_func=lambda f: "All 14 findings" if f == ALL_FINDINGS else pretty(f),
+        format_func=dashboards.finding_choice_text,
     )
     if finding == ALL_FINDINGS:
         st.plotly_chart(curve_grid(reports, kind), width="stretch", config=PLOTLY_CONFIG, key=f"{kind}_grid")
-        st.caption(
-            "Axes 0–1: "
-            + (
-                "false positive rate →, true positive rate ↑. "
-                if kind == "roc"
-                else "recall →, precision ↑. "
-            )
-            + "Panel titles give each version's "
-            + ("AUROC" if kind == "roc" else "average precision")
-            + " in legend order; “undefined” where the split has no positive of the finding."
-        )
+        st.caption(dashboards.grid_caption(kind))
     else:
         _, middle, _ = st.columns([1, 4, 1])
         middle.plotly_chart(
             curve_overlay(reports, finding, kind), width="stretch", config=PLOTLY_CONFIG, key=f"{kind}_one"
         )
         st.caption("Diamonds: each version's operating threshold.")
+
+
+def operating_points(reports: dict) -> None:
+    if not reports:
+        st.info("No evaluation to show.")
+        return
+    name = st.selectbox("Version", list(reports), key="points_version")
+    report = reports[name]
+    points = admin_data.operating_points_frame(report)
+    st.dataframe(
+        points,
+        hide_index=True,
+        width="stretch",
+        height=table_height(len(points)),
+        column_config=dashboards.metric_columns(),
+    )
+    st.caption(
+        f"Thresholds: {admin_data.threshold_source_text(report)}. Recall is sensitivity; "
+        "precision is the positive predictive value at this split's prevalence."
+    )
 
 
 show_flash()
@@ -317,4 +206,4 @@ if not all_versions:
     st.stop()
 registry_section(all_versions)
 st.divider()
-dashboards(all_versions)
+dashboards_section(all_versions)

@@ -1,4 +1,5 @@
-"""Which training workers are alive and on what device, through small files under CHEXNET_HOME/workers/.
+"""Which training workers (`python -m jobs`) are alive and on what device: small files under
+CHEXNET_HOME/workers/.
 
 Each worker rewrites its own JSON file every few seconds (state, device, current job); the web app reads
 them to say which device a fine-tune will run on. A file not rewritten for `max_age_s` is a worker that

@@ -1,0 +1,131 @@
+"""A fine-tune over several processes (one per GPU): `torchrun --standalone --nproc_per_node=N -m
+jobs.train_runner CONFIG EVENTS`, started by the worker when it has more than one GPU per job.
+
+CONFIG is the run's `TrainConfig.to_json()`; rank 0 appends each progress event to EVENTS as one JSON
+line (and a last {"phase": "error", "message": ...} when training fails), which is relayed here to the
+job row. Cancelling terminates the process group: the last finished epoch stays saved and resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core.artifact import ModelArtifact, read_artifact
+from core.paths import REPO_ROOT
+from core.settings import CHEXNET_WORKER_GPUS, subprocess_env
+from core.training import TrainConfig, TrainingCancelled, TrainingError
+from jobs.folders import run_folder
+from jobs.run import JobRun
+
+POLL_S = 0.5
+
+
+def _stop_process_group(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+
+
+def _check_gpus(run: JobRun) -> None:
+    if run.device_kind != "cuda":
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if count < run.settings.nproc:
+        raise TrainingError(
+            f"{CHEXNET_WORKER_GPUS.name}={run.settings.nproc} but this machine has {count} GPU(s)."
+        )
+
+
+class _EventRelay:
+    """Reads the complete lines rank 0 appended since the last call and hands them to the job."""
+
+    def __init__(self, run: JobRun, path: Path) -> None:
+        self.run, self.path, self.offset = run, path, 0
+        self.error: str | None = None
+
+    def relay(self) -> None:
+        with open(self.path, "rb") as events:
+            events.seek(self.offset)
+            chunk = events.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            event = json.loads(line)
+            if event.get("phase") == "error":
+                self.error = event.get("message")
+            else:
+                self.run.on_train_progress(event)
+
+
+def train_with_torchrun(run: JobRun, config: TrainConfig) -> ModelArtifact:
+    """Train `config` in `run.settings.nproc` processes; returns the artifact rank 0 wrote."""
+    _check_gpus(run)
+    folder = run_folder(config.model_name)
+    config_path, events_path, log_path = (
+        folder / "config.json",
+        folder / "events.jsonl",
+        folder / "torchrun.log",
+    )
+    config_path.write_text(config.to_json())
+    events_path.write_text("")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={run.settings.nproc}",
+        "-m",
+        "jobs.train_runner",
+        str(config_path),
+        str(events_path),
+    ]
+    run.message(f"Starting {run.settings.nproc} training processes with torchrun.")
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=subprocess_env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, terminated as a whole on cancel
+        )
+    relay = _EventRelay(run, events_path)
+    try:
+        while True:
+            finished = process.poll() is not None
+            relay.relay()
+            if finished:
+                break
+            if run.should_cancel():
+                _stop_process_group(process)
+                raise TrainingCancelled(
+                    "Training was cancelled; the last finished epoch is saved and can be resumed."
+                )
+            time.sleep(POLL_S)
+    except BaseException:
+        _stop_process_group(process)
+        raise
+    if process.returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.is_file() else []
+        raise TrainingError(
+            relay.error
+            or f"torchrun exited with status {process.returncode}"
+            f"{': ' + tail[0] if tail else ''} (log: {log_path})."
+        )
+    return read_artifact(config.out_dir)

@@ -1,0 +1,113 @@
+"""What the Models & ROC page does to the registry (promote, roll back, queue an evaluation) and how it
+describes one version. Each action ends in a flash message for the rerun that follows its button.
+
+Version names, paths and notes are shown escaped: they come from people and model folders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from core.errors import UserError
+from db.registry import promote_version, rollback_version
+from db.reviews import account_by_id
+from jobs.queue import enqueue_evaluate
+from webapp.admin_data import VersionInfo
+from webapp.database import session
+from webapp.formatting import code, flash, plain, when_text
+
+TRAINING_SETTINGS = [
+    ("epochs", "epochs"),
+    ("batch_size", "batch"),
+    ("lr", "lr"),
+    ("class_weighting", "class weighting"),
+    ("image_size", "image size"),
+    ("device", "device"),
+]
+
+
+def _switch(action: Callable[[Any], Any], done: str) -> None:
+    """Run a registry action that returns the version now active, and say which one it is."""
+    try:
+        with session() as db_session:
+            name = action(db_session).name
+    except UserError as exc:
+        flash("error", plain(exc))
+    else:
+        flash("success", f"{plain(name)} {done}. The Predict page uses it from its next run.")
+
+
+def promote(version_id: int) -> None:
+    _switch(lambda db_session: promote_version(db_session, version_id), "is now the active model")
+
+
+def roll_back() -> None:
+    _switch(rollback_version, "is active again (rolled back)")
+
+
+def queue_evaluation(user_id: int, version: VersionInfo) -> None:
+    try:
+        with session() as db_session:
+            creator = account_by_id(db_session, user_id)
+            job = enqueue_evaluate(db_session, version_id=version.id, created_by=creator)
+            job_id = job.id
+    except UserError as exc:
+        flash("error", plain(exc))
+    else:
+        flash(
+            "success",
+            f"Job #{job_id} queued: evaluate {plain(version.name)}. Follow it on the Fine-tune page.",
+        )
+
+
+def can_roll_back(versions: list[VersionInfo]) -> bool:
+    """Whether an earlier active version exists to go back to."""
+    return any(v.status == "retired" and v.promoted_at for v in versions)
+
+
+def registry_columns() -> dict:
+    column = st.column_config
+    return {
+        "version": column.TextColumn("version", help="● marks the version the app uses."),
+        "test AUROC": column.TextColumn(
+            "test AUROC", help="Mean over the 14 findings, official test split, NLP labels."
+        ),
+        "val AUROC": column.TextColumn(
+            "val AUROC", help="Mean over the 14 findings on the version's own validation split."
+        ),
+        "test AUROC, reviewed labels": column.TextColumn(
+            "test AUROC, reviewed labels",
+            help="Same test images, labels corrected by the reviewers where reviewed.",
+        ),
+    }
+
+
+def details_markdown(version: VersionInfo) -> str:
+    """The version's folder, lineage, dates, labels and training settings as a markdown list."""
+    snapshot = version.label_snapshot
+    rows = {
+        "Folder": code(version.path),
+        "Parent": plain(version.parent or "—"),
+        "Created": when_text(version.created_at),
+        "Promoted": when_text(version.promoted_at),
+        "Labels": plain(version.label_source),
+    }
+    if snapshot.get("sha256"):
+        rows["Label table"] = (
+            f"{snapshot.get('n_images', 0):,} images, {snapshot.get('n_excluded', 0):,} "
+            f"excluded · sha256 {code(str(snapshot['sha256'])[:16] + '…')}"
+        )
+    settings = version.hyperparams
+    if settings:
+        rows["Training"] = plain(
+            " · ".join(
+                f"{label} {settings[k]}" for k, label in TRAINING_SETTINGS if settings.get(k) is not None
+            )
+        )
+    errors = version.metrics.get("evaluation_errors")
+    if errors:
+        rows["Evaluation notes"] = plain(" ".join(errors))
+    return "\n".join(f"- **{name}:** {value}" for name, value in rows.items())

@@ -1,0 +1,138 @@
+"""What the Review page shows of the open image: its pixels, the active model's output on it, the
+viewer's picture and notes, and the label table beside the form.
+
+Sentences returned here are markdown-safe: the image's name (an upload's file name) is escaped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.cam import render_overlay
+from core.imaging import ImageRejected, read_xray_file
+from core.labels import FINDINGS
+from core.predictor import Prediction, Predictor
+from webapp.formatting import plain, pretty
+from webapp.model_loader import active_artifact, is_validated, load_active_predictor
+from webapp.review_data import ReviewTarget
+from webapp.viewer import apply_window
+
+MOST_PROBABLE = "__most_probable__"  # the CAM finding choice "whichever is most probable"
+CACHED_PREDICTIONS = 8
+TABLE_HEIGHT = (len(FINDINGS) + 1) * 35 + 3  # every finding without scrolling
+
+
+def xray_pixels(target: ReviewTarget) -> tuple[np.ndarray | None, str | None]:
+    """(uint8 grey pixels, None) or (None, a sentence why the image cannot be shown)."""
+    cached = st.session_state.get("review_pixels")
+    if cached is not None and cached[0] == target.image_id:
+        return cached[1], None
+    name = plain(target.name)
+    if not target.path:
+        return None, f"The file of {name} was not imported (the dataset was imported without images)."
+    try:
+        image = read_xray_file(target.path)
+    except FileNotFoundError:
+        return None, f"The file of {name} is missing at {plain(target.path)}."
+    except (OSError, ImageRejected) as exc:
+        return None, f"The file of {name} cannot be read: {plain(exc)}"
+    st.session_state["review_pixels"] = (target.image_id, image.pixels)
+    return image.pixels, None
+
+
+def model_prediction(
+    target: ReviewTarget, pixels: np.ndarray
+) -> tuple[Prediction | None, Predictor | None, str | None]:
+    """(prediction, predictor, None) or (None, None, why there is no model), computed once per image
+    and model."""
+    predictor, problem = load_active_predictor()
+    if predictor is None:
+        return None, None, problem
+    cache: dict = st.session_state.setdefault("review_predictions", {})
+    key = (target.image_id, predictor.name, id(predictor))
+    if key not in cache:
+        with st.spinner("Running the model…"):
+            cache[key] = predictor.predict_one(pixels)
+        while len(cache) > CACHED_PREDICTIONS:
+            cache.pop(next(iter(cache)))
+    return cache[key], predictor, None
+
+
+def cam_choice_text(prediction: Prediction, choice: str) -> str:
+    probabilities = prediction.probabilities
+    if choice == MOST_PROBABLE:
+        top = prediction.most_probable()
+        return f"Top: {pretty(top)} {probabilities[top]:.2f}"
+    return f"{pretty(choice)} {probabilities[choice]:.2f}"
+
+
+def viewer_picture(
+    pixels: np.ndarray,
+    window: tuple[int, int],
+    invert: bool,
+    prediction: Prediction | None,
+    cam_choice: str | None,
+    opacity: float,
+) -> tuple[np.ndarray, str | None]:
+    """(the windowed image, with the CAM of the chosen finding laid over it when asked; that finding)."""
+    shown = apply_window(pixels, window[0], window[1], invert)
+    if prediction is None or cam_choice is None:
+        return shown, None
+    finding = prediction.most_probable() if cam_choice == MOST_PROBABLE else cam_choice
+    return render_overlay(shown, prediction.cam(finding), opacity), finding
+
+
+def viewer_notes(boxes: list[tuple[str, float, float, float, float]], cam_finding: str | None) -> str:
+    notes = ["Scroll to zoom, drag to pan, double-click to reset."]
+    if boxes:
+        notes.append("Boxes: " + ", ".join(sorted({pretty(box[0]) for box in boxes})) + " (NIH).")
+    if cam_finding:
+        notes.append(f"CAM of {pretty(cam_finding)}, over the centre square the model saw.")
+    return " ".join(notes)
+
+
+def image_details(target: ReviewTarget) -> str:
+    patient = f"patient {target.patient_id}" if target.patient_id else ""
+    return " · ".join(part for part in (target.split or "no split", target.view or "", patient) if part)
+
+
+def label_table(target: ReviewTarget, prediction: Prediction | None) -> pd.DataFrame:
+    effective = target.effective.findings
+    return pd.DataFrame(
+        {
+            "Finding": [pretty(f) for f in FINDINGS],
+            "Model": [prediction.probabilities.get(f) if prediction else None for f in FINDINGS],
+            "Current": [bool(effective[f]) for f in FINDINGS],
+            "NLP": [bool(target.nlp[f]) if target.nlp else None for f in FINDINGS],
+        }
+    )
+
+
+def label_table_columns() -> dict:
+    """The label table's column settings; the Model column's help says whether the model is validated."""
+    artifact = active_artifact()
+    model_note = "Model: probability of the active model"
+    if artifact is not None and not is_validated(artifact):
+        model_note += " (unvalidated: scores for testing the software only)"
+    column = st.column_config
+    return {
+        "Finding": column.TextColumn("Finding", width=135),
+        "Model": column.ProgressColumn(
+            "Model", min_value=0.0, max_value=1.0, format="%.2f", help=model_note, width=110
+        ),
+        "Current": column.CheckboxColumn("Label", help="The image's effective label now.", width=55),
+        "NLP": column.CheckboxColumn("NLP", help="The dataset's NLP-mined label.", width=55),
+    }
+
+
+def google_text(target: ReviewTarget) -> str | None:
+    if not target.google:
+        return None
+    google = ", ".join(
+        f"{plain(name)}: {'yes' if value else 'no'}"
+        for name, value in target.google.items()
+        if name != "set_id" and value is not None
+    )
+    return f"Google 2019 radiologist-adjudicated labels — {google}."
