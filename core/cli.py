@@ -176,7 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         data_dir=Path(args.data), out_dir=Path(args.out), settings=settings_from_flags(args), init=args.init,
         base_model=base_model, labels_table=Path(args.labels) if args.labels else None,
-        exclude=Path(args.exclude) if args.exclude else None, seed=args.seed, device=args.device,
+        exclude=Path(args.exclude) if args.exclude else None, device=args.device,
         workers=args.workers, resume=args.resume, name=args.name,
         cache_dir=Path(args.cache) if args.cache else None, description=args.description,
         keep_work=args.keep_work, threads=args.threads,
@@ -341,7 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", help="model folder to fine-tune (--init artifact)")
     p.add_argument("--labels", help="labels table CSV (image_index + 14 findings, optional exclude column)")
     p.add_argument("--exclude", help="image indexes to leave out (text list or CSV)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--workers", type=int, default=0, help="threads for the cache build and loading (0: auto)")
     p.add_argument("--resume", action="store_true", help="continue after the last saved epoch")

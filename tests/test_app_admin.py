@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+from core.artifact import read_artifact
 from core.paths import REPO_ROOT, active_model_dir
 from core.training import TrainSettings
 from db import accounts
@@ -79,6 +80,8 @@ def test_admin_queues_a_fine_tune_sees_its_result_then_promotes_and_rolls_back(s
     at.select_slider(key="ft_lr").set_value(1e-3)
     at.select_slider(key="ft_batch_size").set_value(8)
     at.checkbox(key="ft_class_weighting").check()
+    assert at.number_input(key="ft_seed").value == 0
+    at.number_input(key="ft_seed").set_value(7)
     at.radio(key="ft_labels").set_value("effective")
     button(at, "Queue fine-tune").click()
     at.run()
@@ -91,13 +94,18 @@ def test_admin_queues_a_fine_tune_sees_its_result_then_promotes_and_rolls_back(s
         params = FineTuneParams.from_dict(job.params)  # the row holds the contract, nothing else
         assert params.label_source == "effective" and params.base_version_id == studio.base_id
         assert params.data_dir == studio.data and params.name == "apptest-ft"
-        assert params.settings == TrainSettings(epochs=1, lr=1e-3, batch_size=8, class_weighting=True)
+        assert params.settings == TrainSettings(epochs=1, lr=1e-3, batch_size=8, class_weighting=True, seed=7)
 
     # The worker (here in-process) runs the job; the page then shows the outcome and the curves.
     assert Worker(studio.engine, settings=fast_settings()).run_once() == job.id
     at.run()
     assert not at.exception
     assert "Registered version **apptest-ft**" in texts(at)
+    with session_scope(studio.engine, read_only=True) as session:
+        version = next(v for v in list_versions(session) if v.name == "apptest-ft")
+        card = read_artifact(version.path).card
+    assert card["provenance"]["settings"]["seed"] == 7  # form -> job row -> trainer -> card
+    assert card["provenance"]["data"]["split"]["seed"] == 7
     assert len(at.get("plotly_chart")) == 2  # loss and validation AUROC
 
     models = page(MODELS_PAGE, admin)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from core.artifact import ArtifactError
 from core.errors import UserError
 from core.paths import REPO_ROOT
 from core.training import SettingsError, TrainProgress, TrainSettings
+from core.training.config import number_text
 from db.engine import create_configured_engine, dispose_engine, get_engine
 from jobs.params import EvaluateParams, FineTuneParams, JobParamsError, PredictParams
 from jobs.progress import MAX_MESSAGES, EpochRecord, ImageCount, JobProgress
@@ -112,7 +114,7 @@ def test_every_bound_comes_from_the_settings_metadata() -> None:
                 value = -1.0
             else:
                 value = bound * 2 if outside > 0 else bound / 2
-            with pytest.raises(SettingsError, match=f"{bound:g}"):
+            with pytest.raises(SettingsError, match=re.escape(number_text(bound))):
                 FineTuneParams.from_dict({"name": "x", "settings": {spec.name: value}})
             checked += 1
     assert checked >= 8

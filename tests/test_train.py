@@ -95,7 +95,7 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_config(data: Path, out: Path, **overrides) -> TrainConfig:
     """A fast run; `overrides` may name TrainSettings fields (epochs, batch_size...) or TrainConfig ones."""
     settings = dict(epochs=4, batch_size=16, image_size=CROP, val_fraction=0.25, patience=None)
-    options = dict(data_dir=data, out_dir=out, seed=0, device="cpu", cache_dir=out.parent / "cache",
+    options = dict(data_dir=data, out_dir=out, device="cpu", cache_dir=out.parent / "cache",
                    workers=1, threads=1)  # fmt: skip
     names = set(TrainSettings().to_dict())
     settings.update({k: v for k, v in overrides.items() if k in names})
@@ -357,6 +357,23 @@ def test_settings_flags_are_checked_against_the_settings_bounds(tmp_path: Path, 
     assert exit_info.value.code == 2
     with pytest.raises(SettingsError, match="batch size"):
         small_config(tmp_path, tmp_path / "x", batch_size=0)
+
+
+def test_the_seed_makes_runs_reproducible(synthetic_data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    def weights(name: str, seed: int) -> dict:
+        config = small_config(
+            synthetic_data, tmp_path / name, epochs=1, seed=seed, cache_dir=tmp_path / "cache"
+        )
+        train(config)
+        return load_file(str(tmp_path / name / "model.safetensors"))
+
+    first, again, other = weights("a", 3), weights("b", 3), weights("c", 4)
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first)
+    assert read_artifact(tmp_path / "a").card["provenance"]["settings"]["seed"] == 3
 
 
 def test_epoch_shards_cover_every_image_once() -> None:

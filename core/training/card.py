@@ -65,7 +65,8 @@ def write_model_card(
     )
     description = (
         f"DenseNet-121 (CheXNet architecture) trained from {init_text(config.init, parent)} on {data_text}, "
-        f"patient-wise split (seed {config.seed}); {epochs_run} epoch(s) at {config.image_size} px, batch "
+        f"patient-wise split (seed {config.settings.seed}); {epochs_run} epoch(s) at {config.image_size} px, "
+        "batch "
         f"{settings.batch_size}, best epoch {best_epoch} with validation mean AUROC "
         + (f"{val_mean:.3f}" if val_mean is not None else "undefined")
         + f" on {device_text}. Research use only."
@@ -132,7 +133,7 @@ def _data_provenance(config: TrainConfig, data: TrainData, data_text: str) -> di
         "split": {
             "method": "core.dataset.split_patientwise",
             "val_fraction": config.settings.val_fraction,
-            "seed": config.seed,
+            "seed": config.settings.seed,
             "val_images_sha256": image_set_fingerprint(data.val_ids),
         },
     }
@@ -158,5 +159,5 @@ def _hyperparameters(config: TrainConfig, pos_weight: np.ndarray | None, precisi
         "cache_size": config.cache_size,
         "augmentation": "random crop + horizontal flip (train), centre crop (validation)",
         "precision": precision,
-        "seed": config.seed,
+        "seed": config.settings.seed,
     }

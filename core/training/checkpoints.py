@@ -67,7 +67,7 @@ def config_signature(config: TrainConfig) -> dict[str, Any]:
         "data_dir": str(config.data_dir.resolve()),
         "image_size": config.image_size,
         "val_fraction": config.settings.val_fraction,
-        "seed": config.seed,
+        "seed": config.settings.seed,
         "init": config.init,
         "batch_size": config.settings.batch_size,
         "labels": list(FINDINGS),

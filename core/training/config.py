@@ -92,6 +92,14 @@ class TrainSettings:
         "Weight each finding's positives by its negatives/positives ratio in the training labels "
         "(helps rare findings such as Hernia).",
     )
+    seed: int = _setting(
+        0,
+        "Random seed",
+        "Seeds the patient-wise split, the initial weights, the shuffling and the augmentation: the same "
+        "seed, data and settings give the same model on the same hardware.",
+        minimum=0,
+        maximum=2**31 - 1,
+    )
     weight_decay: float = _setting(
         0.0, "Weight decay", "Adam's L2 penalty.", minimum=0.0, maximum=1.0, in_form=False
     )
@@ -222,8 +230,17 @@ def _check(spec_field: dataclasses.Field, value: Any) -> None:
         raise SettingsError(f"The {name} must be a finite number, not {value!r}.")
     low, high = spec.minimum, spec.maximum
     if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise SettingsError(f"The {name} must be {bounds}, not {value:g}.")
+        bounds = (
+            f"between {number_text(low)} and {number_text(high)}"
+            if high is not None
+            else (f"at least {number_text(low)}")
+        )
+        raise SettingsError(f"The {name} must be {bounds}, not {number_text(value)}.")
+
+
+def number_text(value: float) -> str:
+    """1e-07, 0.9, 500, 2147483647: whole numbers in full, others as %g."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,7 +256,6 @@ class TrainConfig:
     base_model: Path | None = None  # the artifact to start from (init="artifact")
     labels_table: Path | None = None  # CSV: image_index + the 14 findings (+ optional exclude column)
     exclude: Path | None = None  # image index list (text or CSV) left out of training and validation
-    seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = 0  # threads for the cache build and batch prefetch; 0: automatic
     resume: bool = False

@@ -67,7 +67,7 @@ def prepare_data(
     settings = config.settings
     try:
         ds = load_chestxray14(config.data_dir)
-        splits = split_patientwise(ds, settings.val_fraction, config.seed)
+        splits = split_patientwise(ds, settings.val_fraction, config.settings.seed)
         table, excluded = (None, set())
         sources: list[str] = []
         if config.labels_table is not None:

@@ -42,6 +42,10 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag_of(spec.name), dest=spec.name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)  # fmt: skip
             continue
+        if kind is str:
+            group.add_argument(flag_of(spec.name), dest=spec.name, choices=setting.choices, default=None,
+                               help=_escape(f"{help_text} (default: {spec.default})"))  # fmt: skip
+            continue
         notes = [_bounds(setting.minimum, setting.maximum, scale), f"default: {_text(spec.default, scale)}"]
         if setting.optional:
             notes.append(f"{EMPTY} or 0: empty")

@@ -218,7 +218,7 @@ def _start(
         train_model = nn.parallel.DistributedDataParallel(
             trainee.model, device_ids=[device.index] if cuda else None, gradient_as_bucket_view=True
         )
-    shard_len = len(shard_epoch_order(len(data.train_ids), 0, config.seed, info))
+    shard_len = len(shard_epoch_order(len(data.train_ids), 0, config.settings.seed, info))
     steps_per_epoch = math.ceil(shard_len / (batch_size // info.world_size))
     device_text = device_description(device, info.world_size)
     run = _Run(config=config, info=info, device=device, device_text=device_text, data=data, trainee=trainee,
@@ -277,8 +277,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, int]:
     """One pass over this rank's shard of the training split: (mean loss over the ranks, images seen)."""
     config, info, device, data, trainee = run.config, run.info, run.device, run.data, run.trainee
     generator = torch.Generator(device=device)
-    generator.manual_seed(config.seed * 1_000_003 + epoch * 101 + info.rank)
-    order = shard_epoch_order(len(data.train_ids), epoch, config.seed, info)
+    generator.manual_seed(config.settings.seed * 1_000_003 + epoch * 101 + info.rank)
+    order = shard_epoch_order(len(data.train_ids), epoch, config.settings.seed, info)
     # Losses are summed on the device: reading one forces a host sync, done every `every` steps only.
     loss_sum = torch.zeros((), device=device)
     epoch_loss_sum = torch.zeros((), device=device)

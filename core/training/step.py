@@ -76,7 +76,7 @@ def build_trainee(config: TrainConfig, y_train: np.ndarray, device: torch.device
     """The initial model on `device`, the (weighted) loss, Adam and the plateau scheduler."""
     # A seeded initialisation (the same on every rank) without touching the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.settings.seed)
         model, parent = build_initial_model(config)
     settings = config.settings
     pos_weight = positive_weights(y_train) if settings.class_weighting else None
