@@ -400,4 +400,6 @@ def test_bench_training_on_cpu() -> None:
         torch.set_num_threads(previous)
     assert result["device"].startswith("CPU") and result["image_size"] == 224
     assert result["images_per_s"] > 0
-    assert result["epoch_112k_s"] == pytest.approx(112_120 / result["images_per_s"], rel=0.01)
+    # images_per_s is rounded to 2 decimals: allow for that rounding on a slow CPU.
+    rounding = 0.005 / result["images_per_s"]
+    assert result["epoch_112k_s"] == pytest.approx(112_120 / result["images_per_s"], rel=0.01 + rounding)
