@@ -24,7 +24,7 @@ from jobs.labels import n_reviewed_images  # noqa: E402
 from jobs.listing import JobSummary  # noqa: E402
 from jobs.params import FineTuneParams  # noqa: E402
 from webapp import admin_data  # noqa: E402
-from webapp.database import engine_or_stop, session  # noqa: E402
+from webapp.database import engine_or_stop, outage_guard, session  # noqa: E402
 from webapp.dataset_widgets import import_inputs, import_progress_bar, label_status_summary  # noqa: E402
 from webapp.formatting import flash, plain, show_flash  # noqa: E402
 from webapp.job_widgets import STATUS_BADGES, fine_tune_inputs, job_panel, worker_panel  # noqa: E402
@@ -126,6 +126,13 @@ def job_buttons(job: JobSummary, cancel_column, resume_column) -> None:
 
 @st.fragment(run_every="2s")
 def jobs_fragment() -> None:
+    # A fragment rerun skips the page's top: check the role again (a demoted admin loses it here too).
+    require_role("admin")
+    with outage_guard():
+        live_jobs()
+
+
+def live_jobs() -> None:
     current, jobs = admin_data.load_jobs()
     if current is None:
         st.info("No jobs yet.")
