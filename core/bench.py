@@ -209,9 +209,6 @@ def bench_inference(args: argparse.Namespace) -> dict:
     macs = _dense_macs(artifact.load_model("cpu").float().eval(), crop)
     model_s = summary["project"]["model"] / 1000
     info = predictor.backend_info
-    ov_threads = None
-    if hasattr(predictor.backend, "compiled"):
-        ov_threads = int(predictor.backend.compiled.get_property("INFERENCE_NUM_THREADS"))
     return {
         "benchmark": "inference",
         "images": len(files),
@@ -232,7 +229,7 @@ def bench_inference(args: argparse.Namespace) -> dict:
         "peak_source": peak_source,
         "model_share_of_peak": round(2 * macs / model_s / peak, 3),
         "cpu": cpu_description(),
-        "threads": {"torch": threads, "openvino": ov_threads},
+        "threads": {"torch": threads, "openvino": info.get("threads")},
         "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "model_load_s": round(load_s, 2),
         "cli": _cli_comparison(files, model_dir),

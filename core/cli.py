@@ -18,14 +18,10 @@ class CliError(UserError):
 
 
 def _resolve_model(path: str | None) -> Path:
-    from core.paths import active_model_dir
+    from core.paths import require_active_model_dir
 
-    model_dir = Path(path) if path else active_model_dir()
-    if model_dir is None:
-        raise CliError(
-            "No model is configured: pass --model DIR, set CHEXNET_MODEL, or promote one in the app."
-        )
-    return model_dir
+    # A promoted model whose folder is gone is refused with a sentence, never replaced by the demo model.
+    return Path(path) if path else require_active_model_dir()
 
 
 def _load_predictor(path: str | None, backend: str = "auto"):
@@ -38,14 +34,22 @@ def _load_predictor(path: str | None, backend: str = "auto"):
         raise CliError(str(exc)) from exc
 
 
+def _read_file(file: str):
+    """(decoded X-ray, the file's bytes); ImageRejected or OSError as the reader raises them."""
+    from core.imaging import read_xray
+
+    data = Path(file).read_bytes()
+    return read_xray(data), data
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from core.imaging import ImageRejected, read_xray_file
+    from core.imaging import ImageRejected
 
     predictor = _load_predictor(args.model, args.backend)
     refused = 0
     for file in args.files:
         try:
-            image = read_xray_file(file)
+            image, data = _read_file(file)
         except ImageRejected as exc:
             refused += 1
             record = {"file": file, "error": str(exc)}
@@ -53,12 +57,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             refused += 1
             record = {"file": file, "error": f"The file could not be opened ({exc.strerror or exc})."}
         else:
-            prediction = predictor.predict_one(image.pixels)
+            prediction = predictor.predict_one(image.pixels, file_bytes=data)
             record = {
                 "file": file,
                 "model": predictor.name,
                 "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()},
                 "positive": prediction.positive,
+                "ood": prediction.ood.to_dict(),
             }
         if args.json:
             print(json.dumps(record), flush=True)
@@ -66,7 +71,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{file}: refused: {record['error']}", flush=True)
         else:
             ranked = sorted(record["probabilities"].items(), key=lambda kv: -kv[1])
-            print(f"{file} ({predictor.name}): positive: {', '.join(record['positive']) or 'none'}")
+            if record["ood"]["flagged"]:
+                # Scores only on request and marked as such: this is no finding of a chest X-ray.
+                print(f"{file} ({predictor.name}): not judged: {record['ood']['reason']} "
+                      "Scores below are the model's raw output, not findings.")  # fmt: skip
+            else:
+                print(f"{file} ({predictor.name}): positive: {', '.join(record['positive']) or 'none'}")
             for label, p in ranked:
                 print(f"  {label:<20} {p:.4f}  (threshold {predictor.thresholds[label]:.4f})")
     return EXIT_SOME_REFUSED if refused else EXIT_OK
@@ -76,22 +86,25 @@ def cmd_cam(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from core.cam import render_overlay
-    from core.imaging import ImageRejected, read_xray_file
+    from core.imaging import ImageRejected
 
     predictor = _load_predictor(args.model, args.backend)
     try:
-        image = read_xray_file(args.file)
+        image, data = _read_file(args.file)
     except ImageRejected as exc:
         raise CliError(f"{args.file}: {exc}") from exc
     except OSError as exc:
         raise CliError(f"{args.file}: the file could not be opened ({exc.strerror or exc}).") from exc
-    prediction = predictor.predict_one(image.pixels)
+    prediction = predictor.predict_one(image.pixels, file_bytes=data)
     label = args.label or prediction.most_probable()
     if label not in predictor.labels:
         raise CliError(f"Unknown finding '{label}'. Known: {', '.join(predictor.labels)}.")
     overlay = render_overlay(image.pixels, prediction.cam(label), args.opacity)
     Image.fromarray(overlay).save(args.out)
     print(f"{args.out}: CAM for {label} (p={prediction.probabilities[label]:.4f}) from {predictor.name}")
+    if prediction.ood.flagged:  # the map was asked for, so it is written, but not as a finding
+        print(f"warning: {args.file}: {prediction.ood.reason} The map shows the model's raw output, "
+              "not a finding.", file=sys.stderr)  # fmt: skip
     return EXIT_OK
 
 

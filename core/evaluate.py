@@ -3,6 +3,8 @@ and weakly-supervised localization on the images that have NIH boxes.
 
 Images are read from their files and predicted through `core.predictor.Predictor` (the same path the app
 uses), so the figures describe the model as deployed. CAMs for localization come from the same pass.
+`predict_split` is that pass and `split_report` one report made from it without inference, so a split is
+predicted once however many label sources it is reported against (`core.evaluation_suite`).
 
 Thresholds: by default those in the model card (chosen on the validation split when training), the
 honest choice for a test split; Youden's J chosen on the evaluated split itself is reported beside them
@@ -12,9 +14,10 @@ honest choice for a test split; Youden's J chosen on the evaluated split itself 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,8 +25,12 @@ from core.errors import UserError
 from core.labels import FINDINGS
 from core.prefetch import prefetch_map
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 SPLITS = ("test", "val", "train", "train_val", "all")
 THRESHOLD_MODES = ("validation", "youden")
+MIN_POSITIVES = 10  # fewer positives: the finding's AUROC is marked too few and left out of the mean
 Progress = Callable[[int, int], None]
 
 
@@ -81,6 +88,236 @@ def _read_images(paths: Sequence[str], workers: int = 2) -> Iterator[np.ndarray 
     yield from prefetch_map(read, paths, workers=workers, depth=workers * 4, name="decode")
 
 
+@dataclass(frozen=True)
+class LabelSource:
+    """The labels a report is made against: Data_Entry's NLP labels (`table` None) or a labels table."""
+
+    table: pd.DataFrame | None = None
+    excluded: frozenset[str] = frozenset()
+    description: str | None = None  # None: "NLP labels of <Data_Entry file>"
+
+
+def read_label_source(labels_table: str | Path | None = None) -> LabelSource:
+    """A labels table CSV (image_index + 14 findings, optional exclude column), or the NLP labels."""
+    from core.dataset import DatasetError, read_labels_table
+
+    if labels_table is None:
+        return LabelSource()
+    try:
+        table, excluded = read_labels_table(Path(labels_table))
+    except DatasetError as exc:
+        raise EvaluationError(str(exc)) from exc
+    return LabelSource(table, frozenset(excluded), f"labels table {Path(labels_table).name}")
+
+
+@dataclass
+class SplitPass:
+    """One inference pass over a split: every label source's report of the split reuses it."""
+
+    split: str
+    split_info: dict[str, Any]
+    labels: tuple[str, ...]
+    ids: list[str]  # the images predicted, in order
+    probabilities: np.ndarray  # [len(ids), len(labels)]
+    # (image index, label, prediction, box): a Prediction holds the small model-space CAMs; each is
+    # upsampled to its image only while scored, so thousands of boxed images never sit in memory as CAMs.
+    box_items: list[tuple[str, str, Any, tuple[float, float, float, float]]]
+    unreadable: dict[str, str]
+    n_excluded: int  # left out before the pass (exclusions every report shares)
+    model_name: str
+    model_dir: Path
+    card: dict[str, Any] = field(repr=False)
+    data_dir: Path = Path()
+    data_entry_name: str = ""
+    backend: str = ""
+    seconds: float = 0.0
+
+
+def open_evaluation(
+    model_dir: str | Path, data_dir: str | Path, *, backend: str = "auto", device: str | None = None
+) -> tuple[Any, Any, Any]:
+    """(artifact, dataset, predictor), or EvaluationError with the sentence saying why not."""
+    from core.artifact import ArtifactError, read_artifact
+    from core.dataset import DatasetError, load_chestxray14
+    from core.predictor import Predictor
+
+    try:
+        artifact = read_artifact(model_dir)
+        unknown = [label for label in artifact.labels if label not in FINDINGS]
+        if unknown:
+            raise EvaluationError(
+                f"The model predicts labels ChestX-ray14 does not have: {', '.join(unknown)}."
+            )
+        ds = load_chestxray14(data_dir)
+        return artifact, ds, Predictor(artifact, backend=backend, device=device)
+    except (ArtifactError, DatasetError) as exc:
+        raise EvaluationError(str(exc)) from exc
+
+
+def predict_split(
+    artifact: Any,
+    ds: Any,
+    predictor: Any,
+    split: str,
+    *,
+    exclude: frozenset[str] | set[str] = frozenset(),
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> SplitPass:
+    """Predict every image of `split` (but `exclude`) once; `progress(done, total)` follows the images."""
+    started = time.perf_counter()
+    ids, split_info = split_images(ds, split, artifact.card)
+    n_listed = len(ids)
+    ids = [index for index in ids if index not in exclude]
+    if not ids:
+        raise EvaluationError(f"The {split} split of {ds.root} has no images to evaluate.")
+    paths = ds.image_paths(ids)
+    boxes = ds.boxes[ds.boxes["image_index"].isin(set(ids))]
+    boxes_by_image = {index: group for index, group in boxes.groupby("image_index")}
+    probabilities = np.zeros((len(ids), len(artifact.labels)), dtype=np.float64)
+    box_items: list[tuple[str, str, Any, tuple[float, float, float, float]]] = []
+    unreadable: dict[str, str] = {}
+    keep = np.ones(len(ids), dtype=bool)
+    images = _read_images([str(paths[i]) for i in ids])
+    try:
+        _predict_all(ids, images, predictor, batch_size, artifact.labels, boxes_by_image, probabilities,
+                     box_items, unreadable, keep, progress)  # fmt: skip
+    finally:
+        images.close()
+    if not keep.any():
+        raise EvaluationError(f"None of the {len(ids)} images of the {split} split could be read.")
+    return SplitPass(
+        split=split,
+        split_info=split_info,
+        labels=tuple(artifact.labels),
+        ids=[index for index, ok in zip(ids, keep, strict=True) if ok],
+        probabilities=probabilities[keep],
+        box_items=box_items,
+        unreadable=unreadable,
+        n_excluded=n_listed - len(ids),
+        model_name=artifact.name,
+        model_dir=Path(artifact.path),
+        card=artifact.card,
+        data_dir=Path(ds.root),
+        data_entry_name=ds.data_entry_name,
+        backend=predictor.backend.name,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def split_report(
+    split_pass: SplitPass,
+    ds: Any,
+    labels: LabelSource | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    thresholds: str | Mapping[str, float | None] = "validation",
+    thresholds_source: str | None = None,
+) -> dict[str, Any]:
+    """The evaluation report of one pass against one label source (no inference).
+
+    `thresholds`: "validation" (the model card's), "youden" (chosen on this split, optimistic) or a
+    mapping chosen elsewhere (e.g. on the validation split), described by `thresholds_source`.
+    """
+    from core.dataset import DatasetError, labels_matrix
+    from core.localization import localization_report
+    from core.metrics import evaluation_report, precision_recall_f1_at, to_jsonable, youden_thresholds
+
+    if isinstance(thresholds, str) and thresholds not in THRESHOLD_MODES:
+        raise EvaluationError(f"Unknown thresholds '{thresholds}': use {' or '.join(THRESHOLD_MODES)}.")
+    started = time.perf_counter()
+    labels = labels or LabelSource()
+    mask = np.array([index not in labels.excluded for index in split_pass.ids], dtype=bool)
+    ids = [index for index, ok in zip(split_pass.ids, mask, strict=True) if ok]
+    if not ids:
+        raise EvaluationError(f"The {split_pass.split} split of {ds.root} has no images to evaluate.")
+    columns = [FINDINGS.index(label) for label in split_pass.labels]
+    try:
+        y_true = labels_matrix(ds, ids, labels.table)[:, columns]
+    except DatasetError as exc:
+        raise EvaluationError(str(exc)) from exc
+    probabilities = split_pass.probabilities[mask]
+    kept = set(ids)
+    items = [(label, prediction, box) for index, label, prediction, box in split_pass.box_items
+             if index in kept]  # fmt: skip
+    localization = localization_report(_upsampled(items)) if items else None
+
+    card_thresholds = {label: float((split_pass.card.get("thresholds") or {}).get(label, 0.5))
+                       for label in split_pass.labels}  # fmt: skip
+    youden = youden_thresholds(y_true, probabilities, split_pass.labels)
+    if isinstance(thresholds, str):
+        main = card_thresholds if thresholds == "validation" else None
+        other, other_key = (youden, "youden_on_this_split") if thresholds == "validation" else (
+            card_thresholds, "model_card_thresholds")  # fmt: skip
+        source = (
+            "model card (" + str(split_pass.card.get("thresholds_source") or "as stored") + ")"
+            if thresholds == "validation"
+            else "Youden's J on this split (optimistic)"
+        )
+        mode = thresholds
+    else:
+        main = {label: (card_thresholds[label] if thresholds.get(label) is None else float(thresholds[label]))
+                for label in split_pass.labels}  # fmt: skip
+        other, other_key = youden, "youden_on_this_split"
+        source, mode = thresholds_source or "given", "given"
+    report = evaluation_report(
+        y_true, probabilities, split_pass.labels, model_name=split_pass.model_name, split=split_pass.split,
+        image_ids=ids, n_boot=n_boot, seed=seed, thresholds=main, localization=localization,
+    )  # fmt: skip
+    at_other = precision_recall_f1_at(y_true, probabilities, other, split_pass.labels)
+    report[other_key] = {
+        key: at_other[key]
+        for key in ("thresholds", "precision", "recall", "f1", "mean_precision", "mean_recall", "mean_f1")
+    }
+    report.update(
+        thresholds_source=source,
+        thresholds_mode=mode,
+        model_dir=str(split_pass.model_dir),
+        data_dir=str(split_pass.data_dir),
+        split_info=split_pass.split_info,
+        labels_source=labels.description or f"NLP labels of {split_pass.data_entry_name}",
+        n_excluded=split_pass.n_excluded + int((~mask).sum()),
+        n_unreadable=len(split_pass.unreadable),
+        n_localization_boxes=len(items),
+        backend=split_pass.backend,
+        seconds=round(split_pass.seconds + time.perf_counter() - started, 2),
+    )
+    report.update(small_numbers(y_true, probabilities, split_pass.labels, report, n_boot=n_boot, seed=seed))
+    return to_jsonable(report)
+
+
+def small_numbers(
+    y_true: np.ndarray, probabilities: np.ndarray, labels: Sequence[str], report: dict[str, Any], *,
+    n_boot: int, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Positives per finding, the findings with too few (< MIN_POSITIVES: left out of the mean) and the
+    mean AUROC over the rest with its bootstrap CI (`mean_auroc_enough`, `mean_auroc_enough_ci`)."""
+    from core.compare import auroc_summary
+    from core.metrics import bootstrap_auroc_ci
+
+    labels = list(labels)
+    summary = auroc_summary(y_true, probabilities, labels, min_positives=MIN_POSITIVES)
+    used = summary["mean_over"]
+    defined = [label for label, v in summary["classes"].items() if v["auroc"] is not None]
+    if used == defined:
+        enough_ci = report.get("mean_auroc_ci")
+    elif used and n_boot > 0:
+        columns = [labels.index(label) for label in used]
+        ci = bootstrap_auroc_ci(y_true[:, columns], probabilities[:, columns], used, n_boot=n_boot, seed=seed)
+        enough_ci = ci["mean"]
+    else:
+        enough_ci = None
+    return {
+        "n_pos": {label: v["n_pos"] for label, v in summary["classes"].items()},
+        "too_few": summary["left_out_too_few"],
+        "min_positives": MIN_POSITIVES,
+        "mean_auroc_enough": summary["mean_auroc"],
+        "mean_auroc_enough_ci": enough_ci,
+        "mean_note": summary["note"],
+    }
+
+
 def evaluate(
     model_dir: str | Path,
     data_dir: str | Path,
@@ -100,108 +337,26 @@ def evaluate(
 
     `progress(done, total)` follows the images predicted. `labels_table`: a CSV of corrected labels
     (image_index + 14 findings, optional exclude column) overriding the NLP labels; excluded images (and
-    those listed in `exclude`) are left out and counted.
+    those listed in `exclude`) are left out and counted. Several label sources or splits of one model:
+    `core.evaluation_suite.evaluate_suite` (one inference pass per split for all of them).
     """
-    from core.artifact import ArtifactError, read_artifact
-    from core.dataset import (
-        DatasetError,
-        apply_exclusions,
-        labels_matrix,
-        load_chestxray14,
-        read_image_list,
-        read_labels_table,
-    )
-    from core.localization import localization_report
-    from core.metrics import evaluation_report, precision_recall_f1_at, to_jsonable, youden_thresholds
-    from core.predictor import Predictor
+    from core.dataset import DatasetError, read_image_list
 
     if thresholds not in THRESHOLD_MODES:
         raise EvaluationError(f"Unknown thresholds '{thresholds}': use {' or '.join(THRESHOLD_MODES)}.")
-    started = time.perf_counter()
-    try:
-        artifact = read_artifact(model_dir)
-        ds = load_chestxray14(data_dir)
-        ids, split_info = split_images(ds, split, artifact.card)
-        table, excluded = (None, set())
-        if labels_table is not None:
-            table, excluded = read_labels_table(Path(labels_table))
-        if exclude is not None:
-            excluded |= read_image_list(exclude)
-        kept = apply_exclusions(ids, excluded)
-        n_excluded = len(ids) - len(kept)
-        ids = kept
-        if not ids:
-            raise EvaluationError(f"The {split} split of {ds.root} has no images to evaluate.")
-        unknown = [label for label in artifact.labels if label not in FINDINGS]
-        if unknown:
-            raise EvaluationError(
-                f"The model predicts labels ChestX-ray14 does not have: {', '.join(unknown)}."
-            )
-        columns = [FINDINGS.index(label) for label in artifact.labels]
-        y_true = labels_matrix(ds, ids, table)[:, columns]
-        predictor = Predictor(artifact, backend=backend, device=device)
-    except (ArtifactError, DatasetError) as exc:
-        raise EvaluationError(str(exc)) from exc
-
-    paths = ds.image_paths(ids)
-    boxes = ds.boxes[ds.boxes["image_index"].isin(set(ids))]
-    boxes_by_image = {index: group for index, group in boxes.groupby("image_index")}
-    probabilities = np.zeros((len(ids), len(artifact.labels)), dtype=np.float64)
-    # (label, prediction, box): a Prediction holds the small model-space CAMs; each is upsampled to its
-    # image only while scored, so thousands of boxed 1024-px images never sit in memory as full CAMs.
-    box_items: list[tuple[str, Any, tuple[float, float, float, float]]] = []
-    unreadable: dict[str, str] = {}
-    keep = np.ones(len(ids), dtype=bool)
-    images = _read_images([str(paths[i]) for i in ids])
-    try:
-        _predict_all(ids, images, predictor, batch_size, artifact.labels, boxes_by_image, probabilities,
-                     box_items, unreadable, keep, progress)  # fmt: skip
-    finally:
-        images.close()
-    if not keep.any():
-        raise EvaluationError(f"None of the {len(ids)} images of the {split} split could be read.")
-    ids = [index for index, ok in zip(ids, keep, strict=True) if ok]
-    y_true, probabilities = y_true[keep], probabilities[keep]
-
-    localization = None
-    if box_items:
-        localization = localization_report(_upsampled(box_items))
-    card_thresholds = artifact.thresholds
-    youden = youden_thresholds(y_true, probabilities, artifact.labels)
-    main_thresholds = card_thresholds if thresholds == "validation" else None
-    report = evaluation_report(
-        y_true, probabilities, artifact.labels, model_name=artifact.name, split=split, image_ids=ids,
-        n_boot=n_boot, seed=seed, thresholds=main_thresholds, localization=localization,
-    )  # fmt: skip
-    other = card_thresholds if thresholds == "youden" else youden
-    at_other = precision_recall_f1_at(y_true, probabilities, other, artifact.labels)
-    other_key = "model_card_thresholds" if thresholds == "youden" else "youden_on_this_split"
-    report[other_key] = {
-        key: at_other[key]
-        for key in ("thresholds", "precision", "recall", "f1", "mean_precision", "mean_recall", "mean_f1")
-    }
-    report.update(
-        thresholds_source=(
-            "model card (" + str(artifact.card.get("thresholds_source") or "as stored") + ")"
-            if thresholds == "validation"
-            else "Youden's J on this split (optimistic)"
-        ),
-        thresholds_mode=thresholds,
-        model_dir=str(artifact.path),
-        data_dir=str(ds.root),
-        split_info=split_info,
-        labels_source=(
-            f"labels table {Path(labels_table).name}"
-            if labels_table
-            else f"NLP labels of {ds.data_entry_name}"
-        ),
-        n_excluded=n_excluded,
-        n_unreadable=len(unreadable),
-        n_localization_boxes=len(box_items),
-        backend=predictor.backend.name,
-        seconds=round(time.perf_counter() - started, 2),
-    )
-    return to_jsonable(report)
+    if split not in SPLITS:
+        raise EvaluationError(f"Unknown split '{split}': use one of {', '.join(SPLITS)}.")
+    artifact, ds, predictor = open_evaluation(model_dir, data_dir, backend=backend, device=device)
+    labels = read_label_source(labels_table)
+    if exclude is not None:
+        try:
+            listed = read_image_list(exclude)
+        except DatasetError as exc:
+            raise EvaluationError(str(exc)) from exc
+        labels = LabelSource(labels.table, labels.excluded | frozenset(listed), labels.description)
+    split_pass = predict_split(artifact, ds, predictor, split, exclude=labels.excluded, batch_size=batch_size,
+                               progress=progress)  # fmt: skip
+    return split_report(split_pass, ds, labels, n_boot=n_boot, seed=seed, thresholds=thresholds)
 
 
 def _predict_all(
@@ -233,10 +388,12 @@ def _predict_all(
         predictions = predictor.predict(pixels, batch_size=batch_size) if pixels else []
         for position, prediction in zip(positions, predictions, strict=True):
             probabilities[position] = [prediction.probabilities[label] for label in labels]
-            group = boxes_by_image.get(ids[position])
+            index = ids[position]
+            group = boxes_by_image.get(index)
             for row in group.itertuples() if group is not None else ():
                 if row.label in labels:
-                    box_items.append((row.label, prediction, (row.x_img, row.y_img, row.w_img, row.h_img)))
+                    box = (row.x_img, row.y_img, row.w_img, row.h_img)
+                    box_items.append((index, row.label, prediction, box))
         done += len(chunk_ids)
         if progress is not None:
             progress(done, len(ids))
@@ -264,8 +421,14 @@ def card_metrics_entry(report: dict[str, Any]) -> dict[str, Any]:
         "image_set_sha256",
         "split_info",
         "labels_source",
+        # Small numbers: positives per finding, those too few to count, and the mean over the rest.
+        "n_pos",
+        "too_few",
+        "mean_auroc_enough",
+        "mean_auroc_enough_ci",
+        "mean_note",
     )
-    entry = {key: report.get(key) for key in keys}
+    entry = {key: report.get(key) for key in keys if key in report}
     # A card travels between machines: the dataset by name, never the absolute folder of this one.
     if report.get("data_dir"):
         entry.update(dataset=DATASET_NAME, folder_name=Path(report["data_dir"]).name)

@@ -105,9 +105,14 @@ def colourfulness(data: bytes) -> float | None:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
-def pixel_statistics(pixels: np.ndarray, resize: int = 256) -> dict[str, float]:
-    """What the pixel checks look at, on the square the model's input is cut from."""
-    square = resize_shorter_side_center_crop(pixels, resize).astype(np.float32)
+def pixel_statistics(
+    pixels: np.ndarray, resize: int = 256, *, square: np.ndarray | None = None
+) -> dict[str, float]:
+    """What the pixel checks look at, on the square the model's input is cut from (`square`: that square
+    when the caller has it, resized already, so it is not computed twice)."""
+    if square is None:
+        square = resize_shorter_side_center_crop(pixels, resize)
+    square = square.astype(np.float32)
     std = float(square.std())
     neighbour = 0.5 * (np.abs(np.diff(square, axis=1)).mean() + np.abs(np.diff(square, axis=0)).mean())
     return {
@@ -117,9 +122,15 @@ def pixel_statistics(pixels: np.ndarray, resize: int = 256) -> dict[str, float]:
     }
 
 
-def pixel_checks(pixels: np.ndarray, colourfulness: float | None = None, resize: int = 256) -> OodResult:
+def pixel_checks(
+    pixels: np.ndarray,
+    colourfulness: float | None = None,
+    resize: int = 256,
+    *,
+    square: np.ndarray | None = None,
+) -> OodResult:
     """The cheap checks alone (they need no fitted gate); score 0.0."""
-    stats = pixel_statistics(pixels, resize)
+    stats = pixel_statistics(pixels, resize, square=square)
     if stats["std"] < MIN_STD:
         return OodResult(True, 0.0, UNIFORM_REASON, "uniform")
     if stats["noise_ratio"] > MAX_NOISE_RATIO:
@@ -135,9 +146,12 @@ def pixel_checks(pixels: np.ndarray, colourfulness: float | None = None, resize:
 # 2. Orientation
 
 
-def orientation_thumbnail(pixels: np.ndarray, resize: int = 256, crop: int = 224) -> np.ndarray:
+def orientation_thumbnail(
+    pixels: np.ndarray, resize: int = 256, crop: int = 224, *, square: np.ndarray | None = None
+) -> np.ndarray:
     """The model's crop as an 8x8 thumbnail, standardised (brightness and contrast removed), float32."""
-    square = resize_shorter_side_center_crop(pixels, resize)
+    if square is None:
+        square = resize_shorter_side_center_crop(pixels, resize)
     offset = (resize - crop) // 2
     return _thumbnail(square[offset : offset + crop, offset : offset + crop])
 
@@ -336,12 +350,12 @@ class OodGate:
         """Decide for one image: its grey uint8 pixels and its pooled features [D] (or [1, D])."""
         distance = float(self.distance(features)[0])
         score = distance / self.limit
-        cheap = pixel_checks(pixels, colourfulness, self.resize)
+        square = resize_shorter_side_center_crop(pixels, self.resize)  # once, for both checks below
+        cheap = pixel_checks(pixels, colourfulness, self.resize, square=square)
         if cheap.flagged:
             return OodResult(True, score, cheap.reason, cheap.check)
-        p_upright = float(
-            self.orientation.p_upright(orientation_thumbnail(pixels, self.resize, self.crop))[0]
-        )
+        thumbnail = orientation_thumbnail(pixels, self.resize, self.crop, square=square)
+        p_upright = float(self.orientation.p_upright(thumbnail)[0])
         if p_upright < self.orientation.limit:
             return OodResult(True, score, ORIENTATION_REASON, "orientation")
         if distance > self.limit:
@@ -420,11 +434,19 @@ def gate_from_card(card: dict[str, Any]) -> OodGate | None:
 
 
 def check_image(
-    gate: OodGate | None, pixels: np.ndarray, features: np.ndarray | None, colourfulness: float | None = None
+    gate: OodGate | None,
+    pixels: np.ndarray,
+    features: np.ndarray | None,
+    colourfulness: float | None = None,
+    *,
+    resize: int = 256,
 ) -> OodResult:
-    """The gate's decision, or the pixel checks alone when the model has no gate (score 0.0)."""
+    """The gate's decision, or the pixel checks alone when the model has no gate (score 0.0).
+
+    `resize`: the model's shorter-side resize, for the pixel checks without a gate (a gate has its own).
+    """
     if gate is None or features is None:
-        return pixel_checks(pixels, colourfulness)
+        return pixel_checks(pixels, colourfulness, resize)
     return gate.check(pixels, features, colourfulness)
 
 

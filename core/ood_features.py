@@ -25,6 +25,16 @@ ADULT_AGE = 18
 FRONTAL_VIEWS = ("PA", "AP")
 
 
+def forward_with_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Logits [B, C], CAMs [B, C, h, w] and pooled features [B, D] from one pass: `forward_with_cam`'s
+    own operations, with the pooled vector the classifier reads kept as a third output."""
+    maps = model.feature_maps(x)
+    pooled = torch.flatten(F.adaptive_avg_pool2d(maps, 1), 1)
+    logits = model.classifier(pooled)
+    cams = torch.einsum("bfhw,cf->bchw", maps, model.classifier.weight)
+    return logits, cams, pooled
+
+
 def pooled_features(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
     """float32 [B, 1024] for a model-input batch [B, 3, crop, crop] (as `core.preprocess.model_input`)."""
     with torch.inference_mode():
@@ -89,7 +99,7 @@ def fitting_images(
     info = {
         "split": split,
         "split_info": split_info,
-        "data_dir": str(ds.root),
+        "dataset": ds.root.name,  # the folder's name only: the card ships, a server path must not
         "min_age": min_age,
         "n_left_out_not_adult_frontal": len(ids) - len(kept),
     }
@@ -133,13 +143,16 @@ def fit_gate(
     )  # fmt: skip
 
 
-def stored_gate(artifact: ModelArtifact) -> OodGate | None:
-    """The artifact's gate, or None when it has none or it was fitted for other weights."""
+def stored_gate(artifact: ModelArtifact, weights_digest: str | None = None) -> OodGate | None:
+    """The artifact's gate, or None when it has none or it was fitted for other weights.
+
+    `weights_digest`: the artifact's, when the caller has it already (hashing the weights takes a while).
+    """
     gate = gate_from_card(artifact.card)
     if gate is None:
         return None
     fitted_for = gate.info.get("weights_sha256")
-    return gate if fitted_for in (None, artifact.weights_digest()) else None
+    return gate if fitted_for in (None, weights_digest or artifact.weights_digest()) else None
 
 
 def screen_files(

@@ -9,7 +9,11 @@ decision (precision, measured ms, max difference) is stored and exposed as `Open
 Three cache entries per model and machine, each written atomically and checked when read
 (core.file_cache): the converted model (IR, machine-independent: tracing PyTorch takes ~10 s), the
 decision, and the compiled model (`export_model`, which imports ~3x faster than compiling). A damaged or
-unreadable entry is discarded and rebuilt; failing to write one (disk full) costs only time.
+unreadable entry is discarded and rebuilt; failing to write one (disk full) costs only time. Entry names
+carry `OUTPUTS_TAG`, so entries of a graph with other outputs are never read as this one.
+
+The compiled graph has three outputs from one pass: logits, CAMs and the pooled features the OOD gate
+(core.ood) measures.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 
 from core import file_cache
 from core.cpu_info import cpu_description
+from core.ood_features import forward_with_features
 
 __all__ = ["BF16_MAX_TIME_RATIO", "MAX_PROBABILITY_DIFFERENCE", "OpenVinoBackend", "choose_precision"]
 
@@ -37,6 +42,10 @@ MAX_PROBABILITY_DIFFERENCE = 0.01
 BF16_MAX_TIME_RATIO = 0.9
 _TRIAL_ROUNDS = 5
 _DECISION_FORMAT = 1
+# The graph's outputs, in cache entry names: "lcp" = logits, CAMs, pooled features. Entries of the older
+# two-output graph ("logits, CAMs", unnamed) are left alone and never read.
+OUTPUTS_TAG = "lcp"
+_N_OUTPUTS = 3
 
 
 def choose_precision(fp32_ms: float, bf16_ms: float, max_difference: float) -> tuple[str, str]:
@@ -52,18 +61,22 @@ def choose_precision(fp32_ms: float, bf16_ms: float, max_difference: float) -> t
 
 
 class _CamOutputs(torch.nn.Module):
-    """forward_with_cam as a plain forward, for tracing into OpenVINO."""
+    """Logits, CAMs and pooled features (core.ood_features.forward_with_features) as a plain forward,
+    for tracing into OpenVINO."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_with_cam(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return forward_with_features(self.model, x)
 
 
-def _config(precision: str) -> dict:
-    return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+def _config(precision: str, threads: int | None) -> dict:
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
 
 
 def _effective_precision(compiled) -> str:
@@ -97,15 +110,17 @@ class OpenVinoBackend:
         cache_key: str | None = None,
         *,
         precision: str = "auto",
+        threads: int | None = None,
     ):
-        """`model` may be a function that loads it: then it is only called when nothing usable is cached."""
+        """`model` may be a function that loads it: then it is only called when nothing usable is cached.
+        `threads`: inference threads (None: OpenVINO's choice, all cores)."""
         import openvino as ov
 
         if precision not in ("auto", "f32", "bf16"):
             raise ValueError(f"Unknown precision '{precision}': use auto, f32 or bf16.")
         started = time.perf_counter()
         self._ov, self._core = ov, ov.Core()
-        self._model, self._crop = model, crop
+        self._model, self._crop, self._threads = model, crop, threads
         self._ir = None
         capabilities = tuple(self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         folder = _cache_folder() if cache_key else None
@@ -113,9 +128,10 @@ class OpenVinoBackend:
         paths = None
         if folder is not None:
             ov_tag = hashlib.sha256(ov.get_version().encode()).hexdigest()[:8]
+            stem = f"{cache_key}-{crop}-{OUTPUTS_TAG}"
             paths = {
-                "ir": folder / f"{cache_key}-{crop}-{ov_tag}.ir",
-                "decision": folder / f"{cache_key}-{crop}-{machine}-{precision}.decision",
+                "ir": folder / f"{stem}-{ov_tag}.ir",
+                "decision": folder / f"{stem}-{machine}-{precision}.decision",
             }
         self._ir_path = paths["ir"] if paths else None
         self.ir_source: str | None = None
@@ -129,12 +145,12 @@ class OpenVinoBackend:
                 file_cache.write_json_entry(paths["decision"], decision)
         chosen = decision["precision"]
         if paths:
-            paths["compiled"] = folder / f"{cache_key}-{crop}-{machine}-{chosen}.compiled"
+            paths["compiled"] = folder / f"{stem}-{machine}-{chosen}.compiled"
             if compiled is None:
                 compiled = self._import(paths["compiled"], chosen)
                 compiled_from = "cache" if compiled is not None else None
         if compiled is None:
-            compiled = self._core.compile_model(self._read_ir(), "CPU", _config(chosen))
+            compiled = self._core.compile_model(self._read_ir(), "CPU", _config(chosen, self._threads))
             compiled_from = "compiled"
         if paths and compiled_from == "compiled":
             self._store_compiled(paths["compiled"], compiled)
@@ -148,6 +164,7 @@ class OpenVinoBackend:
             "precision": _effective_precision(compiled),
             "precision_decision": decision,
             "capabilities": list(capabilities),
+            "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "compiled_from": compiled_from,
             "ir_from": self.ir_source,
             "cache": {k: str(v) for k, v in paths.items()} if paths else None,
@@ -158,7 +175,7 @@ class OpenVinoBackend:
 
     def _decide(self, precision: str, capabilities: tuple[str, ...]) -> tuple[dict, object]:
         """Measure (when there is a choice) and return (decision, the compiled model chosen)."""
-        fp32 = self._core.compile_model(self._read_ir(), "CPU", _config("f32"))
+        fp32 = self._core.compile_model(self._read_ir(), "CPU", _config("f32", self._threads))
         decision = {
             "format": _DECISION_FORMAT,
             "requested": precision,
@@ -172,7 +189,7 @@ class OpenVinoBackend:
                 "asked for fp32" if precision == "f32" else "the CPU reports no BF16 support, so fp32 is used"
             )
             return {**decision, "precision": "f32", "reason": why}, fp32
-        bf16 = self._core.compile_model(self._read_ir(), "CPU", _config("bf16"))
+        bf16 = self._core.compile_model(self._read_ir(), "CPU", _config("bf16", self._threads))
         if _effective_precision(bf16) != "bf16":
             return {**decision, "precision": "f32", "reason": "OpenVINO ran the bf16 hint as fp32 here"}, fp32
         fp32_ms, bf16_ms, difference = self._trial(fp32, bf16)
@@ -239,10 +256,14 @@ class OpenVinoBackend:
         if blob is None:
             return None
         try:
-            return self._core.import_model(blob, "CPU", _config(precision))
+            compiled = self._core.import_model(blob, "CPU", _config(precision, self._threads))
         except Exception:  # noqa: BLE001 - a compiled model this OpenVINO cannot load: compile again
             file_cache.discard(path)
             return None
+        if len(compiled.outputs) != _N_OUTPUTS:  # not the graph this code runs: compile again
+            file_cache.discard(path)
+            return None
+        return compiled
 
     @staticmethod
     def _store_compiled(path: Path, compiled) -> None:
@@ -312,14 +333,19 @@ class OpenVinoBackend:
         except queue.Empty:
             return self.compiled.create_infer_request()
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits [B, C], CAMs [B, C, h, w], pooled features [B, D]) of a model-input batch, one pass."""
         request = self._borrow()
         try:
             results = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-            logits = np.array(results[self.compiled.output(0)])
-            cams = np.array(results[self.compiled.output(1)])
+            logits, cams, pooled = (np.array(results[self.compiled.output(i)]) for i in range(_N_OUTPUTS))
         finally:
             self._requests.put(request)
+        return logits, cams, pooled
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, CAMs) only, for callers that need no features (the benchmark)."""
+        logits, cams, _ = self.run(batch)
         return logits, cams
 
 

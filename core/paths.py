@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core import settings
+from core.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The demo model committed with the repository; used when no other model is configured.
@@ -52,16 +53,53 @@ def set_active_model_dir(path: Path) -> None:
     tmp.replace(pointer)  # atomic: readers see the old or the new model, never half a path
 
 
+def promoted_model_dir() -> Path | None:
+    """The folder the ACTIVE pointer names (the promoted version), whether or not it is usable; None
+    when nothing was promoted."""
+    pointer = active_model_pointer()
+    if not pointer.is_file():
+        return None
+    named = pointer.read_text().strip()
+    return Path(named) if named else None
+
+
+def is_model_folder(path: Path) -> bool:
+    # The two files core.artifact needs, checked without importing it (it imports torch).
+    return (path / "model.json").is_file() and (path / "model.safetensors").is_file()
+
+
+class ActiveModelUnavailable(UserError):
+    """The promoted model's folder is missing or is not a model folder (one sentence)."""
+
+
 def active_model_dir() -> Path | None:
-    """The model the app and CLIs use by default: $CHEXNET_MODEL, else the promoted one, else the demo."""
+    """The model the app and CLIs use by default: $CHEXNET_MODEL, else the promoted one, else the demo.
+
+    A promoted folder that has gone missing is still returned (so loading it fails loudly): it is never
+    replaced by the demo model behind the registry's back. `require_active_model_dir` says so instead.
+    """
     override = settings.model_override()
     if override is not None:
         return override
-    pointer = active_model_pointer()
-    if pointer.is_file():
-        named = Path(pointer.read_text().strip())
-        if named.is_dir():
-            return named
-    if (BUNDLED_MODEL_DIR / "model.json").is_file():
+    promoted = promoted_model_dir()
+    if promoted is not None:
+        return promoted
+    if is_model_folder(BUNDLED_MODEL_DIR):
         return BUNDLED_MODEL_DIR
     return None
+
+
+def require_active_model_dir() -> Path:
+    """`active_model_dir()`, or ActiveModelUnavailable with a sentence when there is none to use."""
+    model_dir = active_model_dir()
+    if model_dir is None:
+        raise ActiveModelUnavailable(
+            "No model is configured: pass --model DIR, set CHEXNET_MODEL, or promote one in the app."
+        )
+    promoted = settings.model_override() is None and model_dir == promoted_model_dir()
+    if promoted and not is_model_folder(model_dir):
+        raise ActiveModelUnavailable(
+            f"The promoted model folder {model_dir} is missing or is not a model folder; restore it, "
+            "promote another version in the app, or pass --model DIR (the demo model is not used instead)."
+        )
+    return model_dir

@@ -1,12 +1,19 @@
 """Inference: load an artifact once, predict probabilities, positives and CAMs for many images.
 
-Two interchangeable backends run the same network and return (logits, CAMs) from one pass:
+Two interchangeable backends run the same network and return (logits, CAMs, pooled features) from one
+pass:
 - "torch": eager PyTorch, channels_last, inference_mode (CUDA when present);
 - "openvino" (core.ov_backend): the same weights compiled by OpenVINO for this CPU, at the precision
   measured best on this machine (bf16 only where it is faster and within 0.01 of fp32), about twice as
   fast as PyTorch on CPUs (see `python -m core bench inference`).
 Both are stateless per call, so one Predictor serves every browser session concurrently.
 `Predictor.backend_info` says which backend, precision and cache entries are in use.
+
+Every prediction carries the out-of-distribution gate's verdict (`Prediction.ood`, a core.ood.OodResult):
+the gate stored in the model card (`python -m core ood fit`) judges the pooled features of the same pass;
+a model without a gate still gets the pixel checks (blank, noise, document, colour), with score 0.0. The
+colour check needs the uploaded file's bytes (`file_bytes`): without them a colour photo is judged on its
+grey pixels alone.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.artifact import ModelArtifact, read_artifact
+from core.artifact import ArtifactError, ModelArtifact, read_artifact
 from core.cam import cam_to_image
+from core.ood import OodError, OodGate, OodResult, check_image, colourfulness
+from core.ood_features import forward_with_features, stored_gate
 from core.ov_backend import OpenVinoBackend
 from core.preprocess import CropWindow, crop_window, model_input
 
@@ -34,6 +43,8 @@ class Prediction:
     cams: np.ndarray  # [C, h, w] raw class activation maps in model space
     image_size: tuple[int, int]  # (width, height) of the original image
     window: CropWindow  # where the model's crop lies in the original image
+    features: np.ndarray | None = None  # float32 [D]: the pooled features the classifier read
+    ood: OodResult | None = None  # the OOD gate's verdict: .flagged, .score, .reason (to_dict for JSON)
 
     def cam(self, label: str) -> np.ndarray:
         """The CAM for `label` as float32 [height, width] in [0, 1] over the original image."""
@@ -52,11 +63,17 @@ class TorchBackend:
         self.model = model.to(device, memory_format=torch.channels_last).eval()
         self.info = {"name": self.name, "device": str(device), "precision": "f32"}
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits [B, C], CAMs [B, C, h, w], pooled features [B, D]) of a model-input batch, one pass."""
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-            logits, cams = self.model.forward_with_cam(x)
-            return logits.float().cpu().numpy(), cams.float().cpu().numpy()
+            outputs = forward_with_features(self.model, x)
+            return tuple(t.float().cpu().numpy() for t in outputs)  # type: ignore[return-value]
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, CAMs) only, for callers that need no features (the benchmark)."""
+        logits, cams, _ = self.run(batch)
+        return logits, cams
 
 
 def openvino_available() -> bool:
@@ -76,12 +93,20 @@ class Predictor:
         self.resize = int(spec.get("resize_shorter_side", 256))
         self.crop = int(spec.get("crop", 224))
         torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        digest = artifact.weights_digest() if backend != "torch" or artifact.card.get("ood") else None
+        try:
+            self.ood_gate: OodGate | None = stored_gate(artifact, digest)
+        except OodError as exc:  # a damaged gate is a damaged card: said, never skipped silently
+            raise ArtifactError(f"The model in {artifact.path} cannot be used: {exc}") from exc
         if backend == "auto":
             backend = "openvino" if torch_device.type == "cpu" and openvino_available() else "torch"
         if backend == "openvino":
             # The PyTorch model is only loaded if nothing usable is cached (it is then traced once).
+            # OpenVINO takes as many threads as PyTorch is set to (OMP_NUM_THREADS, torch.set_num_threads):
+            # one setting for both on a shared CPU.
             self.backend = OpenVinoBackend(lambda: artifact.load_model("cpu"), self.crop,
-                                           cache_key=artifact.weights_digest())  # fmt: skip
+                                           cache_key=digest,
+                                           threads=torch.get_num_threads())  # fmt: skip
         elif backend == "torch":
             self.backend = TorchBackend(artifact.load_model("cpu"), torch_device)
         else:
@@ -100,15 +125,27 @@ class Predictor:
         """Which backend runs the model, at which precision, and (OpenVINO) why and from which cache."""
         return dict(self.backend.info)
 
-    def predict(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Prediction]:
-        """Predict for grey uint8 images of any size (each HxW)."""
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        batch_size: int = 8,
+        *,
+        file_bytes: Sequence[bytes | None] | None = None,
+    ) -> list[Prediction]:
+        """Predict for grey uint8 images of any size (each HxW); `file_bytes`: each image's original file
+        (same order), for the OOD gate's colour check."""
+        if file_bytes is not None and len(file_bytes) != len(images):
+            raise ValueError("file_bytes needs one entry (or None) per image.")
+        sources = list(file_bytes) if file_bytes is not None else [None] * len(images)
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
+            end = start + batch_size
+            chunk = images[start:end]
             batch = np.stack([model_input(img, self.resize, self.crop) for img in chunk])
-            logits, cams = self.backend(batch)
+            logits, cams, pooled = self.backend.run(batch)
             probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-            for img, probs, cam in zip(chunk, probabilities, cams, strict=True):
+            outputs = zip(chunk, probabilities, cams, pooled, sources[start:end], strict=True)
+            for img, probs, cam, features, data in outputs:
                 height, width = img.shape
                 by_label = {label: float(p) for label, p in zip(self.labels, probs, strict=True)}
                 results.append(
@@ -121,9 +158,16 @@ class Predictor:
                         cams=cam,
                         image_size=(width, height),
                         window=crop_window(width, height, self.resize, self.crop),
+                        features=features,
+                        ood=self.check_ood(img, features, data),
                     )
                 )
         return results
 
-    def predict_one(self, image: np.ndarray) -> Prediction:
-        return self.predict([image])[0]
+    def predict_one(self, image: np.ndarray, *, file_bytes: bytes | None = None) -> Prediction:
+        return self.predict([image], file_bytes=[file_bytes])[0]
+
+    def check_ood(self, pixels: np.ndarray, features: np.ndarray, data: bytes | None = None) -> OodResult:
+        """The gate's verdict on one image (its grey pixels, pooled features and, if known, file bytes)."""
+        colour = colourfulness(data) if data is not None else None
+        return check_image(self.ood_gate, pixels, features, colour, resize=self.resize)

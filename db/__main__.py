@@ -60,7 +60,7 @@ def _cmd_init_admin(args: argparse.Namespace) -> int:
     if password_file:
         # The password goes to a private file, not the console (process managers keep console logs).
         print(f"Created the user {INITIAL_ADMIN_USERNAME!r}; its password is in {password_file} (mode 0600).")
-        print("Log in and change it on the Account page; the file is then deleted.")
+        print("Log in and change it on the Change password page; the file is then deleted.")
     else:
         print("No new admin account was needed (users exist, or the password came from the environment).")
     # The registry starts with the model the app uses now (the bundled demo), so the pages never write.

@@ -314,19 +314,19 @@ def log_in(engine: Engine, username: str, password: str, client: LoginClient) ->
     token: str | None = None
     expires_at: dt.datetime | None = None
     with session_scope(engine) as session:
+        user = session.get(User, account.id) if account is not None else None
+        # Deactivated, or given a new password, between the read and now: the check no longer holds.
+        if user is None or not user.active or found is None or user.password_hash != found[1]:
+            account = None
         login_throttle.record_attempt(session, key, client_key, succeeded=account is not None)
-        if account is not None:
-            user = session.get(User, account.id)
-            if user is None or not user.active:  # deactivated between the read and now
-                account = None
-            else:
-                user.last_login_at = utcnow()
-                if new_hash is not None:
-                    user.password_hash = new_hash
-                token, expires_at = sessions.create_session(
-                    session, user.id, client_ip=client.address, user_agent=client.user_agent
-                )
-                account = _account(user)
+        if account is not None and user is not None:
+            user.last_login_at = utcnow()
+            if new_hash is not None:
+                user.password_hash = new_hash
+            token, expires_at = sessions.create_session(
+                session, user.id, client_ip=client.address, user_agent=client.user_agent
+            )
+            account = _account(user)
     if account is None:
         log.info("Failed login for %r from %s.", key[:64], client_key)
         return LoginResult(None, None, WRONG_LOGIN_SENTENCE)
@@ -380,6 +380,6 @@ def ensure_initial_admin(engine: Engine | None = None) -> Path | None:
     _write_private(
         path,
         f"username: {INITIAL_ADMIN_USERNAME}\npassword: {password}\n"
-        "Log in, change the password (Account page), and this file is deleted.\n",
+        "Log in, change the password (Change password page), and this file is deleted.\n",
     )
     return path

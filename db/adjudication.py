@@ -115,7 +115,9 @@ def labelled(session: Session, image_id: int) -> EffectiveLabel:
     if status is None:
         return label
     disputed = disputed_names(status.disputed_mask) if status.open_dispute else ()
-    return dataclasses.replace(label, disputed=disputed, uncertain=findings_in(status.uncertain_mask))
+    uncertain = findings_in(status.uncertain_mask)
+    no_finding = label.no_finding and not uncertain
+    return dataclasses.replace(label, disputed=disputed, uncertain=uncertain, no_finding=no_finding)
 
 
 @dataclass(frozen=True)

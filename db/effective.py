@@ -19,11 +19,12 @@ scored yet (disagreement NULL) are still ranked correctly by the queue, only mor
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, and_, case, delete, func, insert, select, update
+from sqlalchemy import Select, and_, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from core.labels import FINDINGS
@@ -43,6 +44,7 @@ from db.reviews import EffectiveLabel, consensus
 
 NLP = aliased(NlpLabel, name="nlp")  # the NLP row of an image, joined beside its reviewed label
 _EFFECTIVE_IN_LIST = 500  # more ids than this: read every label in one pass instead of IN lists
+_REFRESH_CHUNK = 5_000  # image ids per UPDATE when rescoring given images (a write, not a page's read)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -123,27 +125,37 @@ def refresh_disagreement(
 
     For one model version, some images, or everything; one UPDATE. Returns the rows scored.
     """
-    scored = _scored_predictions(session, model_version_id, image_ids).subquery("scored")
-    statement = (
+    dialect = session.get_bind().dialect.name
+    statement = _refresh_statement(dialect, model_version_id is not None, image_ids is not None)
+    parameters: dict[str, Any] = {}
+    if model_version_id is not None:
+        parameters["only_version"] = model_version_id
+    if image_ids is None:
+        return int(session.execute(statement, parameters).rowcount or 0)
+    ids = list(image_ids)
+    scored = 0
+    for start in range(0, len(ids), _REFRESH_CHUNK):  # SQLite takes at most 32,766 parameters
+        chunk = {**parameters, "only_images": ids[start : start + _REFRESH_CHUNK]}
+        scored += int(session.execute(statement, chunk).rowcount or 0)
+    return scored
+
+
+@functools.cache
+def _refresh_statement(dialect: str, by_version: bool, by_images: bool) -> Any:
+    """The UPDATE, built once per shape (it runs on every save; building it costs more than running it)."""
+    gaps = select(Prediction.id.label("prediction_id"), *disagreement_gaps(Prediction.probabilities))
+    gaps = _join_labels(gaps.select_from(Prediction), Prediction.image_id)
+    if by_version:
+        gaps = gaps.where(Prediction.model_version_id == bindparam("only_version"))
+    if by_images:
+        gaps = gaps.where(Prediction.image_id.in_(bindparam("only_images", expanding=True)))
+    scored = scored_gaps(dialect, gaps.subquery("gaps"), "prediction_id").subquery("scored")
+    return (
         update(Prediction)
         .where(Prediction.id == scored.c.prediction_id)
         .values(disagreement=scored.c.score, disagreement_finding=scored.c.finding)
         .execution_options(synchronize_session=False)
     )
-    return int(session.execute(statement).rowcount or 0)
-
-
-def _scored_predictions(
-    session: Session, model_version_id: int | None, image_ids: Iterable[int] | None
-) -> Select[Any]:
-    """prediction_id, score, finding (index in FINDINGS) of the predictions asked for."""
-    gaps = select(Prediction.id.label("prediction_id"), *disagreement_gaps(Prediction.probabilities))
-    gaps = _join_labels(gaps.select_from(Prediction), Prediction.image_id)
-    if model_version_id is not None:
-        gaps = gaps.where(Prediction.model_version_id == model_version_id)
-    if image_ids is not None:
-        gaps = gaps.where(Prediction.image_id.in_(list(image_ids)))
-    return scored_gaps(session, gaps.subquery("gaps"), "prediction_id")
 
 
 def disagreement_gaps(probabilities: Any) -> list[Any]:
@@ -155,11 +167,11 @@ def disagreement_gaps(probabilities: Any) -> list[Any]:
     return gaps
 
 
-def scored_gaps(session: Session, gaps: Any, *keep: str) -> Select[Any]:
+def scored_gaps(dialect: str, gaps: Any, *keep: str) -> Select[Any]:
     """From a subquery with columns g0..g13 (and `keep`): keep..., score (the largest gap) and finding
     (the index of the first finding with that gap, as Python's max() picks it)."""
     columns = [gaps.c[f"g{i}"] for i in range(len(FINDINGS))]
-    largest = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
+    largest = func.greatest if dialect == "postgresql" else func.max  # SQLite's max() of several values
     score = largest(*columns).label("score")
     ranked = select(*(gaps.c[name] for name in keep), score, *columns).subquery("ranked")
     finding = case(*((ranked.c[f"g{i}"] == ranked.c.score, i) for i in range(len(FINDINGS))), else_=0)

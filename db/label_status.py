@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, exists, false, func, or_, select
+from sqlalchemy import and_, case, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.labels import FINDINGS
@@ -46,30 +46,35 @@ class LabelStatus:
 def label_status(session: Session) -> LabelStatus:
     """Every figure aggregated in SQL (about ten statements, none returning more than a few rows)."""
     status = LabelStatus()
-    status.n_images = int(session.scalar(select(func.count()).select_from(Image)) or 0)
-    if not status.n_images:
-        return status
-    for source, count in session.execute(select(Image.source, func.count()).group_by(Image.source)):
+    groups = session.execute(
+        select(Image.source, Image.split, func.count()).group_by(Image.source, Image.split)
+    )
+    for source, split, count in groups:  # one pass over the images for all three counts
+        status.n_images += int(count)
         if source == "upload":
-            status.n_uploads = int(count)
+            status.n_uploads += int(count)
         else:
             status.n_dataset += int(count)
-    status.by_split = {
-        str(split or "none"): int(count)
-        for split, count in session.execute(select(Image.split, func.count()).group_by(Image.split))
-    }
+        key = str(split or "none")
+        status.by_split[key] = status.by_split.get(key, 0) + int(count)
+    if not status.n_images:
+        return status
+    status.by_split = dict(sorted(status.by_split.items()))
     status.n_adjudicated = int(session.scalar(select(func.count()).select_from(Adjudication)) or 0)
 
     active = get_active_version(session)
-    since: Any = false()  # "the image has a label event after the active version was created"
+    # Images with a label event after the active version was created (none without an active version).
+    recent = select(LabelEvent.image_id).distinct()
     if active is not None:
         status.active_name, status.active_created_at = active.name, active.created_at
         status.n_label_events_since_active = int(
             session.scalar(select(func.count()).where(LabelEvent.at > active.created_at)) or 0
         )
-        since = exists().where(
-            LabelEvent.image_id == ReviewedLabel.image_id, LabelEvent.at > active.created_at
-        )
+        recent = recent.where(LabelEvent.at > active.created_at)
+    else:
+        recent = recent.where(false())
+    changed_recently = recent.subquery("changed_recently")
+    since = changed_recently.c.image_id.is_not(None)
 
     nlp_columns = [getattr(NlpLabel, c) for c in FINDING_COLUMNS]
     n_with_nlp, *nlp_positive = session.execute(
@@ -95,6 +100,7 @@ def label_status(session: Session) -> LabelStatus:
         select(*columns)
         .select_from(ReviewedLabel)
         .outerjoin(NLP, and_(NLP.image_id == ReviewedLabel.image_id, NLP.source == SOURCE_NLP))
+        .outerjoin(changed_recently, changed_recently.c.image_id == ReviewedLabel.image_id)
     )
     n_reviewed, n_excluded, *per_finding, n_changed, n_changed_since = (
         int(v) for v in session.execute(statement).one()

@@ -240,6 +240,7 @@ class Image(Base):
         CheckConstraint("source IN ('dataset', 'upload')", name="source"),
         Index("ix_images_split", "split"),
         Index("ix_images_shuffle_key", text(SHUFFLE_KEY_SQL)),
+        Index("ix_images_original_filename", "original_filename"),  # finding an upload by its file name
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -282,6 +283,7 @@ class NlpLabel(NullableFindingColumns, Base):
         *(
             Index(
                 f"ix_nlp_labels_{column}_positive",
+                "source",  # an equality to search on: SQLite's planner prefers that to scanning an index
                 "image_id",
                 sqlite_where=text(f"source = 'nlp' AND {column}"),
                 postgresql_where=text(f"source = 'nlp' AND {column}"),

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, case, false, func, select
+from sqlalchemy import Float, and_, case, cast, false, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from core.labels import FINDINGS
@@ -44,6 +44,7 @@ from db.models import (
     NlpLabel,
     Review,
     ReviewedLabel,
+    finding_column,
 )
 
 GOOGLE_TO_CHESTXRAY14: dict[str, tuple[str, ...]] = {
@@ -134,38 +135,24 @@ def _agreement(a: Sequence[int], b: Sequence[int]) -> tuple[float | None, float 
 
 
 def label_quality(session: Session) -> LabelQuality:
-    """The statistics above, aggregated in SQL: five statements and a few thousand small rows at most."""
-    n_reviewed = session.scalar(select(func.count()).where(ReviewedLabel.n_reviews > 0))
-    quality = LabelQuality(
-        n_reviewed_images=int(n_reviewed or 0),
-        n_adjudicated_images=int(session.scalar(select(func.count()).select_from(Adjudication)) or 0),
-        n_multi_read_images=0,
-    )
+    """The statistics above, aggregated in SQL: four statements, each returning one row."""
+    n_reviewed = select(func.count()).where(ReviewedLabel.n_reviews > 0).scalar_subquery()
+    n_adjudicated = select(func.count()).select_from(Adjudication).scalar_subquery()
+    reviewed_images, adjudicated_images = session.execute(select(n_reviewed, n_adjudicated)).one()
     overturns = _overturns(session)
     multi = _multi_reads(session)
-    quality.n_multi_read_images = len(multi)
-    readers = {(row.first_reader, row.last_reader) for row in multi}
-    same_two_readers = len(readers) == 1 and all(row.n == 2 for row in multi)
+    quality = LabelQuality(int(reviewed_images), int(adjudicated_images), multi.n_images)
     for finding in FINDINGS:
         n_pairs, nlp_pos, pos_to_neg, neg_to_pos = overturns[finding]
         nlp_neg = n_pairs - nlp_pos
         kappa, method, percent = None, None, None
-        if multi:
-            positives = [row.positives[finding] for row in multi]
-            if same_two_readers:
-                # Two reads per image: the first reader's value is known from the count of positives
-                # and, when exactly one was positive, from who that was.
-                first = [
-                    int(p == 2 or (p == 1 and row.positive_reader[finding] == row.first_reader))
-                    for p, row in zip(positives, multi, strict=True)
-                ]
-                kappa = cohen_kappa(first, [p - f for p, f in zip(positives, first, strict=True)])
-                method = "cohen"
+        if multi.n_images:
+            if multi.same_two_readers:
+                first, second = multi.reader_values(finding)
+                kappa, method = cohen_kappa(first, second), "cohen"
             else:
-                counts = [[p, row.n - p] for p, row in zip(positives, multi, strict=True)]
-                kappa = fleiss_kappa(counts)
-                method = "fleiss"
-            percent = float(np.mean([p in (0, row.n) for p, row in zip(positives, multi, strict=True)]))
+                kappa, method = multi.fleiss(finding), "fleiss"
+            percent = multi.all_agree[finding] / multi.n_images
         quality.findings.append(
             FindingQuality(
                 finding=finding,
@@ -176,7 +163,7 @@ def label_quality(session: Session) -> LabelQuality:
                 neg_to_pos=neg_to_pos,
                 pos_to_neg_rate=pos_to_neg / nlp_pos if nlp_pos else None,
                 neg_to_pos_rate=neg_to_pos / nlp_neg if nlp_neg else None,
-                n_multi_read=len(multi),
+                n_multi_read=multi.n_images,
                 kappa=kappa,
                 kappa_method=method,
                 percent_agreement=percent,
@@ -211,80 +198,127 @@ def _overturns(session: Session) -> dict[str, tuple[int, int, int, int]]:
 
 
 @dataclass(frozen=True)
-class _MultiRead:
-    n: int  # reviews that do not exclude the image
-    first_reader: int  # lowest and highest user id among them
-    last_reader: int
-    positives: dict[str, int]  # finding -> how many of them marked it
-    positive_reader: dict[str, int]  # finding -> sum of the user ids that marked it
+class _MultiReads:
+    """Sums over the images with two or more reviews that do not exclude them (a = readers marking the
+    finding, n = readers): what Fleiss' kappa, Cohen's kappa and the share of agreement need."""
+
+    n_images: int
+    same_two_readers: bool  # every such image read by the same two readers
+    agreement_sum: dict[str, float]  # sum of P_i = (a(a-1) + (n-a)(n-a-1)) / (n(n-1))
+    positives: dict[str, int]  # sum of a
+    ratings: int  # sum of n
+    all_agree: dict[str, int]  # images with a = 0 or a = n
+    cells: dict[str, tuple[int, int, int, int]]  # two readers: (both, first only, second only, neither)
+
+    def fleiss(self, finding: str) -> float | None:
+        """fleiss_kappa of the [a, n - a] table, from its sums."""
+        observed = self.agreement_sum[finding] / self.n_images
+        share = self.positives[finding] / self.ratings
+        expected = share**2 + (1 - share) ** 2
+        if math.isclose(expected, 1.0):
+            return None
+        return float((observed - expected) / (1 - expected))
+
+    def reader_values(self, finding: str) -> tuple[list[int], list[int]]:
+        both, first_only, second_only, neither = self.cells[finding]
+        first = [1] * (both + first_only) + [0] * (second_only + neither)
+        second = [1] * both + [0] * first_only + [1] * second_only + [0] * neither
+        return first, second
 
 
-def _multi_reads(session: Session) -> list[_MultiRead]:
-    """Per image read by two or more readers without excluding it: the counts kappa needs."""
-    columns = [func.count(), func.min(Review.user_id), func.max(Review.user_id)]
+def _multi_reads(session: Session) -> _MultiReads:
+    per_image = [
+        Review.image_id,
+        func.count().label("n"),
+        func.min(Review.user_id).label("first"),
+        func.max(Review.user_id).label("last"),
+    ]
     for column in FINDING_COLUMNS:
         marked = getattr(Review, column)
-        columns += [_count_if(marked), func.coalesce(func.sum(case((marked, Review.user_id), else_=0)), 0)]
-    statement = (
-        select(*columns)
-        .where(~Review.exclude)
-        .group_by(Review.image_id)
-        .having(func.count() >= 2)
-        .order_by(Review.image_id)
-    )
-    reads = []
-    for n, first, last, *values in session.execute(statement):
-        positives = {f: int(values[2 * i]) for i, f in enumerate(FINDINGS)}
-        readers = {f: int(values[2 * i + 1]) for i, f in enumerate(FINDINGS)}
-        reads.append(_MultiRead(int(n), int(first), int(last), positives, readers))
-    return reads
+        per_image.append(_count_if(marked).label(f"a_{column}"))
+        # Who marked it, when exactly one of two readers did: the sum of the markers' user ids.
+        per_image.append(
+            func.coalesce(func.sum(case((marked, Review.user_id), else_=0)), 0).label(f"u_{column}")
+        )
+    reads = (
+        select(*per_image).where(~Review.exclude).group_by(Review.image_id).having(func.count() >= 2)
+    ).subquery("reads")
+    n = reads.c.n
+    columns = [func.count(), func.coalesce(func.sum(n), 0), func.min(n), func.max(n)]
+    columns += [
+        func.min(reads.c.first),
+        func.max(reads.c.first),
+        func.min(reads.c.last),
+        func.max(reads.c.last),
+    ]
+    for column in FINDING_COLUMNS:
+        a, marker = reads.c[f"a_{column}"], reads.c[f"u_{column}"]
+        p_i = cast(a * (a - 1) + (n - a) * (n - a - 1), Float) / cast(n * (n - 1), Float)
+        columns += [
+            func.coalesce(func.sum(p_i), 0.0),
+            func.coalesce(func.sum(a), 0),
+            _count_if(or_(a == 0, a == n)),
+            _count_if(a == 2),
+            _count_if(and_(a == 1, marker == reads.c.first)),
+            _count_if(and_(a == 1, marker != reads.c.first)),
+            _count_if(a == 0),
+        ]
+    n_images, ratings, fewest, most, *rest = session.execute(select(*columns).select_from(reads)).one()
+    first_low, first_high, last_low, last_high, *sums = rest
+    same = bool(n_images) and fewest == most == 2 and first_low == first_high and last_low == last_high
+    agreement, positives, agree, cells = {}, {}, {}, {}
+    for i, finding in enumerate(FINDINGS):
+        p_sum, a_sum, all_agree, *cell = sums[7 * i : 7 * i + 7]
+        agreement[finding], positives[finding], agree[finding] = float(p_sum), int(a_sum), int(all_agree)
+        cells[finding] = tuple(int(c) for c in cell)
+    return _MultiReads(int(n_images), same, agreement, positives, int(ratings), agree, cells)  # type: ignore[arg-type]
 
 
 def _google_agreement(session: Session) -> list[GoogleAgreement]:
-    """Google's labels against the reviewed labels and the NLP labels, image by image (a few thousand)."""
+    """Google's labels against the reviewed labels and the NLP labels: 2x2 tables counted in SQL."""
     google = aliased(NlpLabel, name="google")
+    usable = and_(ReviewedLabel.image_id.is_not(None), ~ReviewedLabel.exclude)  # a label that keeps the image
+    has_nlp = NLP.id.is_not(None)
+    columns = []
+    for google_finding, mapped in GOOGLE_TO_CHESTXRAY14.items():
+        truth = google.extra[google_finding].as_boolean()
+        ours = or_(*(getattr(ReviewedLabel, finding_column(f)) for f in mapped))
+        theirs = or_(*(func.coalesce(getattr(NLP, finding_column(f)), false()) for f in mapped))
+        for present, value in ((usable, ours), (has_nlp, theirs)):
+            for t, v in ((True, True), (True, False), (False, True), (False, False)):
+                columns.append(_count_if(and_(present, truth == t, value if v else ~value)))
     statement = (
-        select(
-            google.extra,
-            ReviewedLabel.exclude,
-            *(getattr(ReviewedLabel, c) for c in FINDING_COLUMNS),
-            NLP.id,
-            *(getattr(NLP, c) for c in FINDING_COLUMNS),
-        )
+        select(*columns)
         .select_from(google)
         .outerjoin(ReviewedLabel, ReviewedLabel.image_id == google.image_id)
         .outerjoin(NLP, and_(NLP.image_id == google.image_id, NLP.source == SOURCE_NLP))
         .where(google.source == SOURCE_GOOGLE)
     )
-    n = len(FINDINGS)
-    images = []
-    for extra, exclude, *rest in session.execute(statement):
-        usable = exclude is not None and not exclude  # a reviewed label that keeps the image
-        reviewed = dict(zip(FINDINGS, map(bool, rest[:n]), strict=True)) if usable else None
-        nlp = None if rest[n] is None else dict(zip(FINDINGS, map(bool, rest[n + 1 :]), strict=True))
-        images.append((extra or {}, reviewed, nlp))
+    counts = [int(c) for c in session.execute(statement).one()]
     rows = []
-    for google_finding, mapped in GOOGLE_TO_CHESTXRAY14.items():
-        ours, theirs = [], []
-        for extra, reviewed, nlp in images:
-            if (value := extra.get(google_finding)) is None:
-                continue
-            if reviewed is not None:
-                ours.append((int(bool(value)), int(any(reviewed[f] for f in mapped))))
-            if nlp is not None:
-                theirs.append((int(bool(value)), int(any(nlp[f] for f in mapped))))
-        reviewed_agreement, reviewed_kappa = _agreement([t for t, _ in ours], [o for _, o in ours])
-        nlp_agreement, nlp_kappa = _agreement([t for t, _ in theirs], [o for _, o in theirs])
+    for g, (google_finding, mapped) in enumerate(GOOGLE_TO_CHESTXRAY14.items()):
+        ours_truth, ours_value = _expand(counts[8 * g : 8 * g + 4])
+        nlp_truth, nlp_value = _expand(counts[8 * g + 4 : 8 * g + 8])
+        reviewed_agreement, reviewed_kappa = _agreement(ours_truth, ours_value)
+        nlp_agreement, nlp_kappa = _agreement(nlp_truth, nlp_value)
         rows.append(
             GoogleAgreement(
                 google_finding=google_finding,
                 chestxray14_findings=mapped,
-                n_reviewed=len(ours),
+                n_reviewed=len(ours_truth),
                 reviewed_agreement=reviewed_agreement,
                 reviewed_kappa=reviewed_kappa,
-                n_nlp=len(theirs),
+                n_nlp=len(nlp_truth),
                 nlp_agreement=nlp_agreement,
                 nlp_kappa=nlp_kappa,
             )
         )
     return rows
+
+
+def _expand(cells: Sequence[int]) -> tuple[list[int], list[int]]:
+    """A 2x2 table (truth/value: 1/1, 1/0, 0/1, 0/0) as the two lists of values it counts."""
+    both, truth_only, value_only, neither = cells
+    truth = [1] * (both + truth_only) + [0] * (value_only + neither)
+    value = [1] * both + [0] * truth_only + [1] * value_only + [0] * neither
+    return truth, value

@@ -5,10 +5,16 @@ Exactly one version is active once any has been promoted: `promote` switches it 
 a partial unique index on `model_versions.is_active` makes a second active row impossible anyway.
 Status: "registered" (never active), "active", "retired" (was active before).
 
+The promotion history is a stack kept in `promoted_at`: promoting stamps the version (it goes on top);
+rolling back takes the active version off (its `promoted_at` is cleared) and re-activates the one below
+it, whose stamp is kept. So A -> B -> C, roll back -> B, roll back -> A, and a third roll back has
+nowhere to go: it never toggles between two versions.
+
 `promote_version` / `rollback_version` also rewrite the ACTIVE pointer (core.paths) that the Predict
-page and the CLIs read; `register_existing_model` records a model folder made elsewhere (`python -m db
-register DIR`); `seed_registry` registers the bundled demo model on an empty registry (`python -m db
-init-admin`, which `make run` calls).
+page and the CLIs read, once the transaction has committed (a rolled-back promotion leaves it as it
+was), and refuse a version whose folder is unusable; `register_existing_model` records a model folder
+made elsewhere (`python -m db register DIR`); `seed_registry` registers the bundled demo model on an
+empty registry (`python -m db init-admin`, which `make run` calls).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -96,14 +102,22 @@ def get_active_version(session: Session) -> ModelVersion | None:
 
 
 def promote(session: Session, version: int | str) -> ModelVersion:
-    """Make `version` the active one; the previously active one becomes "retired"."""
+    """Make `version` the active one (on top of the promotion history); the previous one is "retired"."""
     target = get_version(session, version)
-    if session.get_bind().dialect.name == "postgresql":
-        # Serialise concurrent promotions: the second waits here and then sees the first one's result.
-        session.execute(select(ModelVersion.id).order_by(ModelVersion.id).with_for_update())
+    _lock_registry(session)
     session.refresh(target)
     if target.is_active:
         return target
+    return _activate(session, target, stamp=True)
+
+
+def _lock_registry(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        # Serialise concurrent promotions: the second waits here and then sees the first one's result.
+        session.execute(select(ModelVersion.id).order_by(ModelVersion.id).with_for_update())
+
+
+def _activate(session: Session, target: ModelVersion, *, stamp: bool) -> ModelVersion:
     # populate_existing: objects cached in this session before the lock may hold old values.
     active = session.scalars(
         select(ModelVersion).where(ModelVersion.is_active).execution_options(populate_existing=True)
@@ -111,30 +125,46 @@ def promote(session: Session, version: int | str) -> ModelVersion:
     for version in active:
         version.is_active = False
         version.status = "retired"
+        if not stamp:  # rolling back: the version leaves the promotion history
+            version.promoted_at = None
     # Flush the deactivation first: the partial unique index allows one active row at any moment.
     session.flush()
     target.is_active = True
     target.status = "active"
-    target.promoted_at = utcnow()
+    if stamp:
+        target.promoted_at = utcnow()
     session.flush()
     return target
 
 
+def promotion_history(session: Session) -> list[ModelVersion]:
+    """The versions a roll back walks through, oldest first; the last one is the active version."""
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.promoted_at.is_not(None))
+            .order_by(ModelVersion.promoted_at, ModelVersion.id)
+        )
+    )
+
+
+def rollback_target(session: Session) -> ModelVersion | None:
+    """The version a roll back would re-activate: the one promoted before the active one, or None."""
+    current = get_active_version(session)
+    history = [v for v in promotion_history(session) if current is None or v.id != current.id]
+    return history[-1] if history else None
+
+
 def rollback(session: Session, to_version: int | str | None = None) -> ModelVersion:
-    """Promote an earlier version: `to_version`, or by default the one active before the current one."""
+    """Go back one step in the promotion history (or promote `to_version`, which is a promotion)."""
     if to_version is not None:
         return promote(session, to_version)
-    current = get_active_version(session)
-    previous = session.scalars(
-        select(ModelVersion)
-        .where(ModelVersion.status == "retired", ModelVersion.promoted_at.is_not(None))
-        .where(ModelVersion.id != (current.id if current else -1))
-        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
-        .limit(1)
-    ).one_or_none()
-    if previous is None:
+    _lock_registry(session)
+    target = rollback_target(session)
+    if target is None:
         raise NotFoundError("No earlier active model version to roll back to.")
-    return promote(session, previous.id)
+    session.refresh(target)
+    return _activate(session, target, stamp=False)
 
 
 def retire(session: Session, version: int | str) -> ModelVersion:
@@ -160,6 +190,42 @@ def name_taken(session: Session, name: str) -> bool:
 # The active model folder
 
 
+class ModelUnavailableError(DbUserError, ValueError):
+    """A version whose model folder is missing or unreadable (one sentence naming the version)."""
+
+
+def usable_model_dir(version: ModelVersion) -> Path:
+    """The version's folder, or ModelUnavailableError when it is missing or not a readable model."""
+    try:
+        read_artifact(version.path)
+    except ArtifactError as exc:
+        raise ModelUnavailableError(
+            f"Model version {version.name!r} is unavailable: {exc} Restore its folder or promote another "
+            "version."
+        ) from exc
+    return Path(version.path)
+
+
+def _point_after_commit(session: Session, model_dir: Path) -> None:
+    """Rewrite the ACTIVE pointer when (and only if) the session's transaction commits."""
+    if not session.info.get("_pointer_listeners"):
+        event.listen(session, "after_commit", _write_pending_pointer)
+        event.listen(session, "after_soft_rollback", _drop_pending_pointer)
+        session.info["_pointer_listeners"] = True
+    session.info["_pending_pointer"] = model_dir
+
+
+def _write_pending_pointer(session: Session) -> None:
+    model_dir = session.info.pop("_pending_pointer", None)
+    if model_dir is not None:
+        paths.set_active_model_dir(model_dir)
+
+
+def _drop_pending_pointer(session: Session, previous_transaction: Any) -> None:
+    if not previous_transaction.nested:  # a savepoint's rollback does not undo the promotion
+        session.info.pop("_pending_pointer", None)
+
+
 def promote_version(session: Session, version: int | str) -> ModelVersion:
     """Make `version` active in the registry and point the app's ACTIVE model at its folder."""
     target = get_version(session, version)
@@ -170,16 +236,25 @@ def promote_version(session: Session, version: int | str) -> ModelVersion:
             f"{target.name!r} cannot be promoted: its model folder is unreadable ({exc})."
         ) from exc
     promoted = promote(session, target.id)
-    session.flush()
-    paths.set_active_model_dir(Path(promoted.path))
+    _point_after_commit(session, Path(promoted.path))
     return promoted
 
 
 def rollback_version(session: Session, to_version: int | str | None = None) -> ModelVersion:
-    """Promote an earlier version (by default the one active before the current one), pointer included."""
-    target = rollback(session, to_version)
-    paths.set_active_model_dir(Path(target.path))
-    return target
+    """Go back one step in the promotion history (or promote `to_version`), pointer included."""
+    if to_version is not None:
+        return promote_version(session, to_version)
+    target = rollback_target(session)
+    if target is not None:
+        try:
+            read_artifact(target.path)
+        except ArtifactError as exc:
+            raise DbUserError(
+                f"Cannot roll back to {target.name!r}: its model folder is unreadable ({exc})."
+            ) from exc
+    back = rollback(session)
+    _point_after_commit(session, Path(back.path))
+    return back
 
 
 def register_existing_model(

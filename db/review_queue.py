@@ -56,9 +56,7 @@ def queue_items(
         return _random(session, user, limit, seed)
     if strategy == "finding":
         assert finding is not None
-        statement = _finding_candidates(user, finding)
-        rows = session.execute(statement.order_by("n_reviews", "image_id").limit(limit))
-        return [QueueItem(*row) for row in rows]
+        return _finding(session, user, finding, limit)
     return _disagreement(session, user, _version_id(session, model_version_id), limit)
 
 
@@ -145,24 +143,56 @@ def _random(session: Session, user: User, limit: int, seed: int | None) -> list[
     return items
 
 
-def _finding_candidates(user: User, finding: str) -> Select[Any]:
-    """image_id, image_index, split, n_reviews of the images whose effective label has `finding`."""
+def _nlp_positive(finding: str) -> Select[Any]:
+    """Images whose NLP label has `finding` and that have no reviewed label (so the NLP label counts)."""
     column = finding_column(finding)
     # Literal 'nlp' and a bare boolean column: the partial index's own WHERE, so the planner uses it.
-    nlp_positive = select(NlpLabel.image_id.label("image_id"), literal(0).label("n")).where(
+    return select(NlpLabel.image_id.label("image_id"), literal(0).label("n")).where(
         NlpLabel.source == literal_column(f"'{SOURCE_NLP}'"),
         literal_column(f"nlp_labels.{column}"),
         ~exists().where(ReviewedLabel.image_id == NlpLabel.image_id),
     )
-    reviewed_positive = select(ReviewedLabel.image_id, ReviewedLabel.n_reviews).where(
-        getattr(ReviewedLabel, column)
+
+
+def _reviewed_positive(finding: str) -> Select[Any]:
+    """Images whose reviewed label has `finding`, with their number of reviews."""
+    return select(ReviewedLabel.image_id, ReviewedLabel.n_reviews).where(
+        getattr(ReviewedLabel, finding_column(finding))
     )
-    positive = union_all(nlp_positive, reviewed_positive).subquery("positive")
+
+
+def _finding_candidates(user: User, finding: str) -> Select[Any]:
+    """image_id, image_index, split, n_reviews of the images whose effective label has `finding`."""
+    positive = union_all(_nlp_positive(finding), _reviewed_positive(finding)).subquery("positive")
     return (
         select(Image.id.label("image_id"), Image.image_index, Image.split, positive.c.n.label("n_reviews"))
         .join(positive, positive.c.image_id == Image.id)
         .where(_not_reviewed_by(user, Image.id))
     )
+
+
+def _finding(session: Session, user: User, finding: str, limit: int) -> list[QueueItem]:
+    """Fewest reviews first: the NLP positives (no review, in index order: no sort) and the reviewed
+    positives (a few thousand at most, sorted), merged."""
+    columns = [Image.id, Image.image_index, Image.split]
+    nlp = _nlp_positive(finding).subquery("nlp_positive")
+    unreviewed = (
+        select(*columns, nlp.c.n)
+        .join(nlp, nlp.c.image_id == Image.id)
+        .where(_not_reviewed_by(user, Image.id))
+        .order_by(nlp.c.image_id)
+        .limit(limit)
+    )
+    reviewed = (
+        select(*columns, ReviewedLabel.n_reviews)
+        .join(ReviewedLabel, ReviewedLabel.image_id == Image.id)
+        .where(getattr(ReviewedLabel, finding_column(finding)), _not_reviewed_by(user, Image.id))
+        .order_by(ReviewedLabel.n_reviews, Image.id)
+        .limit(limit)
+    )
+    rows = [*session.execute(unreviewed), *session.execute(reviewed)]
+    rows.sort(key=lambda row: (row[3], row[0]))
+    return _items(rows[:limit])
 
 
 def _version_id(session: Session, model_version_id: int | None) -> int:
@@ -217,6 +247,8 @@ def _unscored(session: Session, user: User, version_id: int, limit: int) -> list
             _not_reviewed_by(user, Prediction.image_id),
         )
     ).subquery("gaps")
-    ranked = scored_gaps(session, gaps, "image_id", "image_index", "split", "n_reviews").subquery("unscored")
+    ranked = scored_gaps(
+        session.get_bind().dialect.name, gaps, "image_id", "image_index", "split", "n_reviews"
+    ).subquery("unscored")
     statement = select(ranked).order_by(ranked.c.score.desc(), ranked.c.image_id).limit(limit)
     return list(session.execute(statement))

@@ -30,6 +30,7 @@ from jobs.params import (
     JobParamsError,
     PredictParams,
 )
+from jobs.screen import JOB_SCREEN, ScreenParams
 
 RESUMABLE_STATUSES = ("interrupted", "cancelled")
 
@@ -109,6 +110,24 @@ def enqueue_predict(
         raise JobParamsError("No images with files have been imported yet.")
     params = PredictParams(version_id=version.id)
     return enqueue_job(session, params.to_dict(), kind=JOB_PREDICT, created_by=created_by)
+
+
+def enqueue_screen(
+    session: Session, *, version_id: int | None = None, created_by: User | None = None
+) -> TrainingJob:
+    """Queue screening every imported image with a version's (default: the active one's) OOD gate; the
+    flagged images become suggested exclusions for review (jobs.screen), none is dropped."""
+    version = registry.get_version(session, version_id) if version_id is not None else None
+    version = version or registry.get_active_version(session)
+    if version is None:
+        raise JobParamsError("No model version is active; promote one first.")
+    if not n_images_with_files(session):
+        raise JobParamsError("No images with files have been imported yet.")
+    for job in active_jobs(session, kind=JOB_SCREEN):
+        if (job.params or {}).get("version_id") == version.id:
+            raise JobParamsError(f"Job #{job.id} is already screening the images with {version.name!r}.")
+    params = ScreenParams(version_id=version.id)
+    return enqueue_job(session, params.to_dict(), kind=JOB_SCREEN, created_by=created_by)
 
 
 def enqueue_evaluate(

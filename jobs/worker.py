@@ -32,6 +32,7 @@ from jobs.fine_tune import run_fine_tune
 from jobs.params import JOB_EVALUATE, JOB_FINE_TUNE, JOB_PREDICT, JobParamsError
 from jobs.predict import run_predict
 from jobs.run import JobRun, WorkerSettings
+from jobs.screen import JOB_SCREEN, run_screen
 from jobs.worker_status import remove_worker_status, write_worker_status
 
 __all__ = ["HANDLERS", "Worker", "WorkerSettings", "error_sentence"]
@@ -43,6 +44,7 @@ HANDLERS: dict[str, Handler] = {
     JOB_FINE_TUNE: run_fine_tune,
     JOB_EVALUATE: run_evaluate,
     JOB_PREDICT: run_predict,
+    JOB_SCREEN: run_screen,
 }
 INTERRUPTED_REASON = "The worker was stopped while running this job; resume it to continue."
 

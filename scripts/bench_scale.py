@@ -100,8 +100,16 @@ def build_database(
     from db.bulk import bulk_insert
     from db.engine import get_engine, session_scope
     from db.importer import import_chestxray14
-    from db.models import FINDING_COLUMNS, SOURCE_NLP, Adjudication, Image, LabelEvent, ModelVersion, NlpLabel
-    from db.models import Review
+    from db.models import (
+        FINDING_COLUMNS,
+        SOURCE_NLP,
+        Adjudication,
+        Image,
+        LabelEvent,
+        ModelVersion,
+        NlpLabel,
+        Review,
+    )
     from db.registry import promote, register_model_version, save_predictions
 
     accounts._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)  # logins are not measured
@@ -162,7 +170,7 @@ def build_database(
         save_predictions(
             session,
             versions[0],
-            {int(i): [float(p) for p in row] for i, row in zip(image_ids, probabilities)},
+            {int(i): [float(p) for p in row] for i, row in zip(image_ids, probabilities, strict=True)},
         )
     step("model versions and predictions")
 
@@ -225,21 +233,28 @@ def build_database(
         bulk_insert(session, Adjudication.__table__, label_columns, adjudication_rows)
         bulk_insert(session, LabelEvent.__table__, event_columns, event_rows)
         rebuild_derived_tables(session)
-    with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as connection:
-        # Fresh planner statistics, as a database that has been in use for a while has.
-        connection.exec_driver_sql("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE")
+    # Fresh planner statistics, as a database in use for a while has (PostgreSQL's autovacuum gathers them).
+    if engine.dialect.name == "postgresql":
+        with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE")
+    else:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ANALYZE")
     with session_scope(engine, read_only=True) as session:
         assert session.scalar(select(Image.id).where(Image.path.is_(None)).limit(1)) is None
     step(f"{len(review_rows):,} reviews, {len(adjudication_rows):,} adjudications")
 
 
 def rebuild_derived_tables(session: Any) -> None:
-    """Bring tables the app derives from reviews up to date after the bulk insert (when it has any)."""
-    try:
-        from db.effective import rebuild  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # a version of the app that derives nothing
-        return
-    rebuild(session)
+    """Bring the tables the app derives from reviews up to date after the bulk insert (those it has)."""
+    import importlib
+
+    for module, function in (("db.effective", "rebuild"), ("db.adjudication", "rebuild_status")):
+        try:
+            rebuild = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError):  # a version of the app without it
+            continue
+        rebuild(session)
 
 
 def evaluation_metrics(rng: Any) -> dict[str, Any]:
@@ -539,9 +554,10 @@ def _table(result: dict[str, Any]) -> str:
         lines.append(f"{'page':<24}{'open':>8}{'rerun':>8}{'save→next':>11}{'first run':>11}{'SQL/run':>9}")
         for page, v in figures["pages"].items():
             save = v["save_next_s"] if v["save_next_s"] is not None else v.get("after_save_s")
+            save_text = f"{save:.2f}" if save is not None else "—"
             lines.append(
                 f"{page:<24}{v.get('open_s', 0):>8.2f}{v['rerun_s']:>8.2f}"
-                f"{(f'{save:.2f}' if save is not None else '—'):>11}{v['first_run_s']:>11.2f}{v['statements']:>9}"
+                f"{save_text:>11}{v['first_run_s']:>11.2f}{v['statements']:>9}"
             )
     return "\n".join(lines)
 

@@ -1,19 +1,28 @@
-"""AppTest of the Models & ROC page's registry actions on a real database: promote, roll back, queue an
-evaluation, and a version name from a model folder shown as plain text."""
+"""AppTest of the Models & ROC page on a real database, with evaluations run by the real worker:
+promote asks first and shows the paired comparison with the active version, roll back walks back along
+the promotion history with every view agreeing on the active version, and the dashboards show positives
+with the too-few mark, calibration, subgroups and a reference comparator. Version names from model
+folders are shown as plain text."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.paths import REPO_ROOT, active_model_dir
+from core.labels import FINDINGS
+from core.paths import REPO_ROOT, active_model_dir, chexnet_home
+from core.prediction_store import load_stored
 from db.engine import dispose_engine, session_scope
 from db.jobs import list_jobs
+from db.references import list_references
 from db.registry import get_active_version, list_versions, register_existing_model
-from tests.admin_helpers import make_studio, synthetic_dataset, tiny_model
+from jobs.worker import Worker
+from tests.admin_helpers import fast_settings, make_studio, synthetic_dataset, tiny_model
 from webapp.auth import SessionUser
 from webapp.formatting import plain
 
@@ -46,39 +55,144 @@ def markdown_texts(at: AppTest) -> list[str]:
 
 
 def open_page(studio) -> AppTest:
-    at = AppTest.from_file(MODELS_PAGE, default_timeout=60)
+    at = AppTest.from_file(MODELS_PAGE, default_timeout=90)
     at.session_state["user"] = SessionUser(studio.admin_id, "boss", "admin")
     at.run()
     assert not at.exception, at.exception
     return at
 
 
-def test_promote_roll_back_and_evaluate_with_an_imported_name(studio) -> None:
-    at = open_page(studio)
+def version_id(studio, name: str) -> int:
     with session_scope(studio.engine, read_only=True) as session:
-        imported = next(v.id for v in list_versions(session) if v.name == IMPORTED_NAME)
+        return next(v.id for v in list_versions(session) if v.name == name)
+
+
+def evaluate_all(studio, at: AppTest, names: list[str]) -> None:
+    """Press Evaluate for each version, then let the worker (in this process) run the jobs."""
+    for name in names:
+        at.selectbox(key="registry_version").set_value(version_id(studio, name)).run()
+        at.button(key="evaluate").click().run()
+        assert not at.exception and not at.error
+    worker = Worker(studio.engine, settings=fast_settings())
+    while worker.run_once() is not None:
+        pass
+    with session_scope(studio.engine, read_only=True) as session:
+        assert {job.status for job in list_jobs(session)} == {"succeeded"}
+
+
+def assert_views_agree(at: AppTest, studio, expected: str) -> None:
+    """Registry row, table marker, version picker and ACTIVE pointer all name the same active version."""
+    with session_scope(studio.engine, read_only=True) as session:
+        active = get_active_version(session)
+        assert active.name == expected
+        folder = Path(active.path)
+    table = at.dataframe[0].value
+    assert list(table.loc[table["status"] == "active", "version"]) == [f"● {expected}"]
+    picker = at.selectbox(key="registry_version")  # AppTest gives its options as shown (formatted)
+    assert [title for title in picker.options if title.endswith("(active)")] == [f"{expected} (active)"]
+    assert active_model_dir() == folder
+
+
+def test_promote_confirms_with_a_paired_comparison_and_roll_back_walks_back(studio, tmp_path) -> None:
+    at = open_page(studio)
+    evaluate_all(studio, at, ["tiny-base", IMPORTED_NAME])
+    with session_scope(studio.engine, read_only=True) as session:
+        metrics = next(v.metrics for v in list_versions(session) if v.name == IMPORTED_NAME)
+    # One inference pass per split, whatever the label sources; the per-image probabilities stored.
+    assert metrics["evaluation_cost"]["inference_passes"] == 2
+    stored = load_stored(chexnet_home() / metrics["predictions"]["file"])
+    assert set(stored) == {"test", "val"} and len(stored["test"].ids) == 8
+    assert stored["test"].probabilities.shape == (8, 14) and "nlp" in stored["test"].truth
+
+    imported = version_id(studio, IMPORTED_NAME)
+    at.run()
     at.selectbox(key="registry_version").set_value(imported).run()
-    assert [e.label for e in at.expander] == [f"Details of {plain(IMPORTED_NAME)}"]
+    at.button(key="promote").click().run()
+    assert not at.exception
+    assert_views_agree(at, studio, "tiny-base")  # asked, not done
+    assert any(f"Promote {plain(IMPORTED_NAME)}?" in m.value for m in at.markdown)
+    comparison = at.dataframe[1].value  # the paired comparison inside the confirm step
+    assert {"Δ (B − A)", "95% CI", "p", "p (Holm)", "positives"} <= set(comparison.columns)
+    assert any("DeLong" in c.value for c in at.caption)
+    assert at.success or at.error  # significantly worse findings are called out, or their absence said
+    at.button(key="cancel_promote").click().run()
+    assert not [b for b in at.button if b.key == "confirm_promote"]
 
     at.button(key="promote").click().run()
+    at.button(key="confirm_promote").click().run()
     assert not at.exception and not at.error
     assert f"{plain(IMPORTED_NAME)} is now the active model" in at.success[0].value
-    with session_scope(studio.engine, read_only=True) as session:
-        assert get_active_version(session).name == IMPORTED_NAME
-    assert active_model_dir().name == IMPORTED_NAME  # what the Predict page loads now
+    assert_views_agree(at, studio, IMPORTED_NAME)
     assert not [text for text in markdown_texts(at) if UNESCAPED_LINK.search(text)]
 
+    with session_scope(studio.engine) as session:
+        register_existing_model(session, tiny_model(tmp_path / "models", "third", seed=2))
+    at.run()
+    at.selectbox(key="registry_version").set_value(version_id(studio, "third")).run()
+    at.button(key="promote").click().run()
+    assert any("no stored per-image predictions" in w.value for w in at.warning)  # never evaluated
+    at.button(key="confirm_promote").click().run()
+    assert_views_agree(at, studio, "third")
+
+    # A -> B -> C, roll back -> B, roll back -> A, then nowhere to go: no toggling.
+    at.button(key="rollback").click().run()
+    assert f"{plain(IMPORTED_NAME)} is active again (rolled back)" in at.success[0].value
+    assert_views_agree(at, studio, IMPORTED_NAME)
     at.button(key="rollback").click().run()
     assert "tiny-base is active again (rolled back)" in at.success[0].value
+    assert_views_agree(at, studio, "tiny-base")
+    assert at.button(key="rollback").disabled
     with session_scope(studio.engine, read_only=True) as session:
-        assert get_active_version(session).name == "tiny-base"
+        assert len(list_versions(session)) == 3  # nothing deleted
 
-    at.selectbox(key="registry_version").set_value(imported).run()
-    at.button(key="evaluate").click().run()
-    assert not at.exception and not at.error
-    assert f"Job #1 queued: evaluate {plain(IMPORTED_NAME)}" in at.success[0].value
+
+def test_dashboards_show_positives_calibration_subgroups_and_a_reference(studio) -> None:
+    at = open_page(studio)
+    evaluate_all(studio, at, ["tiny-base", IMPORTED_NAME])
+    at.run()
+    at.segmented_control(key="compare_split").set_value("test").run()
+    assert not at.exception
+    table = next(
+        d.value for d in at.dataframe if "finding" in d.value.columns and "tiny-base positives" in d.value
+    )
+    assert table["tiny-base positives"][:14].str.contains("too few").all()  # 8 test images: every finding
+    assert table["tiny-base positives"].iloc[14] == "no finding with 10+"
+    assert not [c for c in table.columns if "Δ" in c]  # no untested deltas
+    assert any("left out of the mean" in c.value for c in at.caption)
+
+    frames = [d.value for d in at.dataframe]
+    calibration = next(f for f in frames if "ECE" in f.columns)
+    assert len(calibration) == 14 and calibration["Brier"].between(0, 1).all()
+    assert any(chart.proto.spec and "Reliability" in chart.proto.spec for chart in at.get("plotly_chart"))
+    subgroups = next(f for f in frames if "view only (AP=1)" in f.columns)
+    assert len(subgroups) == 14
+
+    # A published model's predictions, uploaded as a reference: compared on the images it covers.
     with session_scope(studio.engine, read_only=True) as session:
-        [job] = list_jobs(session)
-        assert job.kind == "evaluate" and job.params["version_id"] == imported
-        assert job.created_by_id == studio.admin_id
+        metrics = next(v.metrics for v in list_versions(session) if v.name == "tiny-base")
+    val_ids = load_stored(chexnet_home() / metrics["predictions"]["file"])["val"].ids
+    covered = val_ids[1:]  # a reference covers only some images: compared on those
+    rng = np.random.default_rng(0)
+    csv = pd.DataFrame(rng.random((len(covered), 14)), columns=[f"prob_{f}" for f in FINDINGS])
+    csv.insert(0, "Image Index", covered)
+    at.segmented_control(key="compare_split").set_value("val").run()
+    at.text_input(key="reference_name").set_value("Published [CheXNet](x)").run()
+    at.get("file_uploader")[0].set_value(("ref.csv", csv.to_csv(index=False).encode(), "text/csv"))
+    at.run()
+    at.button(key="add_reference").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [entry] = list_references()
+    assert entry.name == "Published [CheXNet](x)" and entry.n_images == len(covered)
+    reference_key = f"reference:{entry.slug}"
+    at.selectbox(key="compare_b").set_value(reference_key).run()
+    assert not at.exception
+    compared = next(d.value for d in at.dataframe if "p (Holm)" in d.value.columns)
+    assert len(compared) >= 1
+    assert any(f"same {len(covered)} images" in c.value for c in at.caption)
     assert not [text for text in markdown_texts(at) if UNESCAPED_LINK.search(text)]
+
+    at.get("file_uploader")[0].set_value(("bad.csv", b"just,some\n1,2\n", "text/csv"))
+    at.text_input(key="reference_name").set_value("broken").run()
+    at.button(key="add_reference").click().run()
+    assert any("has no 'Image Index' column" in e.value.replace("\\", "") for e in at.error)
+    assert len(list_references()) == 1

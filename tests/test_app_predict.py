@@ -7,6 +7,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from core.artifact import new_card, save_artifact, update_card
+from core.errors import UserError
 from core.labels import FINDINGS
 from core.models import create_model
 from core.paths import REPO_ROOT
@@ -32,14 +33,39 @@ def _page(monkeypatch, model_dir, tmp_path) -> AppTest:
     return AppTest.from_file(PAGE, default_timeout=180)
 
 
+def _entry(mean: float, split: str = "test", n_pos: int = 40, n_images: int = 2000) -> dict:
+    """A card metrics entry as jobs.evaluate writes it (core.evaluate.card_metrics_entry)."""
+    return {
+        "split": split, "n_images": n_images, "mean_auroc": mean, "mean_auroc_ci": [mean - 0.02, mean + 0.02],
+        "n_pos": {label: n_pos for label in FINDINGS}, "too_few": [], "mean_auroc_enough": mean,
+        "mean_auroc_enough_ci": [mean - 0.02, mean + 0.02],
+    }  # fmt: skip
+
+
+def _carded(tmp_path, name: str, **card) -> object:
+    folder = tmp_path / name
+    save_artifact(create_model(), folder, new_card(name))
+    update_card(folder, **card)
+    return folder
+
+
+def unescaped(text: str) -> str:
+    """Markdown text as the reader sees it (webapp.formatting.plain escapes every special character)."""
+    return text.replace("\\", "")
+
+
+def _upload(at: AppTest, path) -> None:
+    at.run()
+    at.get("file_uploader")[0].set_value(("xray.png", path.read_bytes(), "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+
+
 def test_real_image_gives_fourteen_probabilities_and_a_cam(
     monkeypatch, model_dir, tmp_path, full_resolution_images
 ):
     at = _page(monkeypatch, model_dir, tmp_path)
-    at.run()
-    at.get("file_uploader")[0].set_value(("xray.png", full_resolution_images[3].read_bytes(), "image/png"))
-    at.run()
-    assert not at.exception
+    _upload(at, full_resolution_images[3])
     assert not at.error
     finding = at.selectbox(key="cam_finding")
     assert len(finding.options) == 14
@@ -48,27 +74,92 @@ def test_real_image_gives_fourteen_probabilities_and_a_cam(
     # Default CAM finding is the most probable one.
     assert finding.value == prediction.most_probable()
     assert len(at.get("plotly_chart")) == 1
-    # Random weights are never presented as findings.
-    assert any("not findings" in w.value for w in at.warning)
+    # Random weights are never presented as findings: no "above threshold", the card is open.
+    assert any("not findings" in w.value and "records no measured AUROC" in w.value for w in at.warning)
+    assert [h.value for h in at.subheader][0] == "Scores from a weak/unvalidated model"
+    assert not [m for m in at.markdown if "Above threshold" in m.value]
+    assert at.expander[0].proto.expanded
 
     at.selectbox(key="cam_finding").set_value("Hernia")
     at.slider(key="cam_opacity").set_value(0.8)
+    at.toggle(key="cam_fixed_scale").set_value(True)
     at.run()
     assert not at.exception
     assert at.session_state["prediction"] is prediction  # moving a control does not re-run the network
+    assert any("lowest to highest activation of any finding" in c.value for c in at.caption)
 
 
-def test_validated_model_shows_findings(monkeypatch, model_dir, tmp_path, full_resolution_images):
-    validated = tmp_path / "validated"
-    save_artifact(create_model(), validated, new_card("validated-model"))
-    update_card(validated, metrics={"validation": {"mean_auroc": 0.61, "split": "val", "n_images": 55}})
+def test_validated_model_shows_findings_with_measured_precision(
+    monkeypatch, tmp_path, full_resolution_images
+):
+    points = {
+        "description": "Thresholds chosen by Youden's J on val (5000 images), reported on test.",
+        "reported_on": {"split": "test", "n_images": 2000},
+        "classes": {f: {"threshold": 0.3, "precision": 0.41, "recall": 0.77, "n_pos": 40} for f in FINDINGS},
+    }  # fmt: skip
+    validated = _carded(tmp_path, "validated-model", metrics={"test": _entry(0.82)}, operating_points=points)
     at = _page(monkeypatch, validated, tmp_path)
-    at.run()
-    at.get("file_uploader")[0].set_value(("x.png", full_resolution_images[0].read_bytes(), "image/png"))
+    _upload(at, full_resolution_images[0])
+    assert not any("not findings" in w.value for w in at.warning)
+    assert [h.value for h in at.subheader][0] == "Findings"
+    assert [m for m in at.markdown if "Above threshold" in m.value]
+    assert not at.expander[0].proto.expanded  # a validated model's card starts closed
+    table = at.dataframe[-1].value
+    assert set(table["precision at threshold"]) == {0.41} and set(table["recall at threshold"]) == {0.77}
+    assert "above threshold" in table.columns
+    assert any("reported on test" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "why"),
+    [
+        ({"test": _entry(0.61)}, "below the bar of 0.75"),
+        ({"test": _entry(0.9, n_pos=3)}, "at least 10 positives for 7 of its 14 findings"),
+    ],
+)
+def test_weak_or_small_evaluations_are_scores_not_findings(
+    monkeypatch, tmp_path, full_resolution_images, metrics, why
+):
+    weak = _carded(tmp_path, "weak-model", metrics=metrics)
+    at = _page(monkeypatch, weak, tmp_path)
+    _upload(at, full_resolution_images[0])
+    assert any(why in unescaped(w.value) and "not findings" in w.value for w in at.warning)
+    assert [h.value for h in at.subheader][0] == "Scores from a weak/unvalidated model"
+    assert not [m for m in at.markdown if "Above threshold" in m.value]
+    assert "above threshold" not in at.dataframe[-1].value.columns
+    assert at.expander[0].proto.expanded
+
+
+def test_the_shipped_demo_model_shows_as_weak(monkeypatch, tmp_path, full_resolution_images):
+    from core.paths import BUNDLED_MODEL_DIR
+
+    at = _page(monkeypatch, BUNDLED_MODEL_DIR, tmp_path)
+    _upload(at, full_resolution_images[1])
+    assert any("weak/unvalidated" in w.value and "0.599" in unescaped(w.value) for w in at.warning)
+    assert not [m for m in at.markdown if "Above threshold" in m.value]
+
+
+def test_an_image_flagged_by_the_ood_gate_shows_no_findings(monkeypatch, tmp_path, full_resolution_images):
+    validated = _carded(tmp_path, "validated-model", metrics={"test": _entry(0.82)})
+    at = _page(monkeypatch, validated, tmp_path)
+    _upload(at, full_resolution_images[0])
+    assert [h.value for h in at.subheader][0] == "Findings"
+    # What the predictor's OOD gate (core.ood) attaches to a Prediction; the page reads it through one hook.
+    at.session_state["prediction"].ood = {
+        "flagged": True,
+        "score": 9.5,
+        "reason": "The image is almost uniform.",
+    }
     at.run()
     assert not at.exception
-    assert not any("not findings" in w.value for w in at.warning)
-    assert any("Findings" == h.value for h in at.subheader)
+    assert any(
+        "No findings for this image" in e.value and "almost uniform" in unescaped(e.value) for e in at.error
+    )
+    assert not at.get("plotly_chart") and not [m for m in at.markdown if "Above threshold" in m.value]
+    at.toggle(key="show_scores_anyway").set_value(True).run()
+    assert not at.exception
+    assert [h.value for h in at.subheader][0].startswith("Scores shown on request")
+    assert not [m for m in at.markdown if "Above threshold" in m.value]
 
 
 def test_refused_upload_shows_its_sentence(monkeypatch, model_dir, tmp_path):
@@ -159,3 +250,42 @@ def test_monochrome1_dicom_upload_predicts_like_the_same_image_as_png(
         results[name] = at.session_state["prediction"].probabilities
     for label in FINDINGS:
         assert abs(results["png"][label] - results["dicom"][label]) < 0.01, label
+
+
+def test_an_unavailable_active_version_is_named_and_the_demo_served_loudly(monkeypatch, tmp_path) -> None:
+    """The registry's active version lost its folder: Predict says so and what it serves instead; the
+    folder's path is shown to admins only; the CLI refuses instead of using the demo model."""
+    import shutil
+
+    from core.paths import BUNDLED_MODEL_DIR, active_model_dir, require_active_model_dir
+    from db.accounts import create_user
+    from db.engine import get_engine, session_scope
+    from db.registry import promote_version, register_existing_model
+    from webapp.auth import SessionUser
+
+    at = _page(monkeypatch, None, tmp_path)
+    monkeypatch.setattr("core.paths.BUNDLED_MODEL_DIR", BUNDLED_MODEL_DIR)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'predict.db'}")
+    engine = get_engine()
+    gone = _carded(tmp_path / "models", "gone-model")
+    with session_scope(engine) as session:
+        register_existing_model(session, gone)
+        promote_version(session, "gone-model")
+        admin_id = create_user(session, "boss", "correct horse battery", "admin").id
+    assert active_model_dir() == gone.resolve()
+    shutil.rmtree(gone)
+
+    at.run()
+    assert not at.exception
+    [error] = at.error
+    assert "The active model version 'gone-model' is unavailable" in unescaped(error.value)
+    assert "bundled demo model 'chexnet-demo' instead" in unescaped(error.value)
+    shown = [e.value for kind in (at.error, at.caption, at.markdown, at.warning, at.info) for e in kind]
+    assert not [text for text in shown if str(tmp_path) in text]  # anonymous: no server paths
+    assert at.get("file_uploader")  # the demo model still serves, said above
+
+    at.session_state["user"] = SessionUser(id=admin_id, username="boss", role="admin")
+    at.run()
+    assert any(str(gone) in unescaped(c.value) for c in at.caption)
+    with pytest.raises(UserError, match="promoted model folder .* is missing"):
+        require_active_model_dir()

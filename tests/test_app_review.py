@@ -1,139 +1,49 @@
-"""AppTest of the Review and Label quality pages on a real database with the real NIH sample imported."""
+"""AppTest of the Review page on a real database with the real NIH sample imported: blinded reading,
+Present / Absent / Uncertain answers with reason codes, assignments, the viewer, finding images."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
-import sqlite3
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from argon2 import PasswordHasher
+from PIL import Image as PILImage
 from sqlalchemy import select
-from streamlit.testing.v1 import AppTest
 
-from core.artifact import new_card, save_artifact
 from core.labels import FINDINGS
-from core.models import create_model
-from core.paths import REPO_ROOT
-from db import accounts
+from db import accounts, assignments
 from db.engine import dispose_engine, get_engine, session_scope
-from db.importer import import_chestxray14, store_upload
-from db.models import Box, Image, LabelEvent, Review, User
+from db.importer import store_upload
+from db.models import Box, Image, LabelEvent, Review, User, findings_in
 from db.registry import promote, register_model_version, save_predictions
 from db.reviews import effective_labels, save_review
-from webapp.auth import SessionUser
+from tests.review_helpers import (
+    REVIEW_PAGE,
+    answer,
+    comment_box,
+    current,
+    db_url,
+    finding_button,
+    markdown_texts,
+    model_dir,
+    open_by_name,
+    page,
+    present,
+    remaining,
+    save,
+    set_study,
+    template_db,
+    tick,
+    uncertain_button,
+    user_of,
+)
 from webapp.formatting import plain
-from webapp.viewer import apply_window, scale_box
+from webapp.viewer import apply_window, preset_window, scale_box, window_bounds
 
-REVIEW_PAGE = str(REPO_ROOT / "webapp" / "views" / "review.py")
-QUALITY_PAGE = str(REPO_ROOT / "webapp" / "views" / "quality.py")
-USERS = {"alice": "clinician", "bob": "clinician", "root": "admin"}
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory, sample_dir):
-    """The sample imported once per module (about 2 s); each test works on its own copy."""
-    folder = tmp_path_factory.mktemp("review-template")
-    url = f"sqlite:///{folder / 'template.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-        engine = get_engine(url)
-        import_chestxray14(engine, sample_dir)
-        with session_scope(engine) as session:
-            for username, role in USERS.items():
-                accounts.create_user(session, username, "correct horse battery", role=role)
-    dispose_engine(url)
-    return folder / "template.db"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(2)
-    folder = tmp_path_factory.mktemp("models") / "review-apptest-model"
-    save_artifact(create_model(), folder, new_card("review-apptest-model"))
-    return folder
-
-
-@pytest.fixture
-def db_url(template_db, tmp_path, monkeypatch):
-    """A private copy of the template database, used by the pages through DATABASE_URL; no model."""
-    target = tmp_path / "chexnet.db"
-    with sqlite3.connect(template_db) as source, sqlite3.connect(target) as copy:
-        source.backup(copy)
-    url = f"sqlite:///{target}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    monkeypatch.setenv("CHEXNET_HOME", str(tmp_path))
-    monkeypatch.delenv("CHEXNET_MODEL", raising=False)
-    monkeypatch.setattr("core.paths.BUNDLED_MODEL_DIR", tmp_path / "no-bundled-model")
-    yield url
-    dispose_engine(url)
-
-
-def user_of(url: str, username: str) -> User:
-    with session_scope(url) as session:
-        return accounts.get_user(session, username)
-
-
-def page(url: str, username: str | None, path: str = REVIEW_PAGE) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=120)
-    if username is not None:
-        user = user_of(url, username)
-        at.session_state["user"] = SessionUser(user.id, user.username, user.role)
-    return at
-
-
-def remaining(at: AppTest) -> int:
-    return int(next(m for m in at.metric if m.label == "Left in this queue").value.replace(",", ""))
-
-
-def current(at: AppTest):
-    return at.session_state["review_target"]
-
-
-def review_form(at: AppTest):
-    (form,) = [form for form in at.get("form") if any(b.label == "Save & next" for b in form.button)]
-    return form
-
-
-def checkbox(at: AppTest, label: str):
-    """A checkbox of the review form, found by its label as a reviewer finds it."""
-    (found,) = [box for box in review_form(at).checkbox if box.label == label]
-    return found
-
-
-def comment_box(at: AppTest):
-    (found,) = [box for box in review_form(at).text_input if box.label == "Comment"]
-    return found
-
-
-def form_values(at: AppTest) -> dict:
-    return {
-        "findings": {f: checkbox(at, f.replace("_", " ")).value for f in FINDINGS},
-        "no_finding": checkbox(at, "No Finding").value,
-        "exclude": checkbox(at, "Not diagnostic quality — exclude").value,
-        "comment": comment_box(at).value,
-    }
-
-
-def tick(at: AppTest, *findings: str, no_finding: bool = False, comment: str | None = None) -> None:
-    """Set the form to exactly these findings (the rest unticked)."""
-    for finding in FINDINGS:
-        checkbox(at, finding.replace("_", " ")).set_value(finding in findings)
-    checkbox(at, "No Finding").set_value(no_finding)
-    if comment is not None:
-        comment_box(at).set_value(comment)
-
-
-def save(at: AppTest) -> AppTest:
-    return at.button(key="review_save").click().run()
-
-
-def open_by_name(at: AppTest, name: str) -> AppTest:
-    at.text_input(key="review_open_name").set_value(name)
-    return at.button(key="review_open").click().run()
+FIXTURES = (template_db, db_url, model_dir)  # review_helpers' fixtures, used here by name
 
 
 def test_empty_database_says_how_to_import(tmp_path, monkeypatch, fast_password_hashing):
@@ -145,19 +55,21 @@ def test_empty_database_says_how_to_import(tmp_path, monkeypatch, fast_password_
     at.run()
     assert not at.exception
     assert any("python -m db import" in info.value for info in at.info)
-    assert len(at.get("plotly_chart")) == 0 and len(at.checkbox) == 0
+    assert len(at.get("plotly_chart")) == 0 and len(at.button) == 0
     dispose_engine(url)
 
 
-def test_save_and_next_writes_a_review_and_an_audit_event_and_advances(db_url):
+def test_save_and_next_records_a_blinded_read_and_advances(db_url):
     at = page(db_url, "alice")
     at.run()
     assert not at.exception and not at.error
     # No model version is active: the default queue says so and falls back to unreviewed images.
     assert any("No model version is active" in info.value for info in at.info)
     first = current(at)
-    assert first.name == "00000001_000.png"  # unreviewed first, by id
-    assert form_values(at)["findings"]["Cardiomegaly"]  # prefilled from the NLP label
+    assert first.name == "00000001_000.png" and first.blinded  # unreviewed first, by id; blind by default
+    assert present(at) == ["Cardiomegaly"]  # AI-first: prefilled from the NLP label
+    assert any("Blinded read" in c.value for c in at.caption)
+    assert any("E Effusion" in c.value and "Shift + key: Uncertain" in c.value for c in at.caption)
     assert len(at.get("plotly_chart")) == 1
     left = remaining(at)
     assert left == 555
@@ -168,36 +80,60 @@ def test_save_and_next_writes_a_review_and_an_audit_event_and_advances(db_url):
     assert current(at).image_id != first.image_id
     assert remaining(at) == left - 1
     message = at.success[0].value
-    assert f"Saved your review of {plain(first.name)} (version 1)" in message  # markdown-escaped name
-    assert "1 review, consensus: Cardiomegaly, Effusion" in message
+    assert (
+        message == f"Saved your review of {plain(first.name)} (version 1)."
+    )  # blind: no consensus, no count
 
     alice = user_of(db_url, "alice")
     with session_scope(db_url) as session:
         review = session.scalars(select(Review).where(Review.image_id == first.image_id)).one()
         assert (review.user_id, review.cardiomegaly, review.effusion) == (alice.id, True, True)
-        assert not review.atelectasis
-        assert review.comment == "small left effusion" and review.version == 1
+        assert not review.atelectasis and review.comment == "small left effusion" and review.version == 1
+        assert review.blinded and review.study_mode == "ai_first" and 0 < review.read_seconds < 600
         events = session.scalars(select(LabelEvent).where(LabelEvent.image_id == first.image_id)).all()
         assert len(events) == 1
         assert events[0].kind == "review" and events[0].user_id == alice.id and events[0].before is None
         assert events[0].after["findings"]["Effusion"] is True
-        # The next image's form starts from its own label, not from the previous input.
-        assert form_values(at)["comment"] == ""
+    # The next image's answer is its own, not the previous input.
+    assert comment_box(at).value == "" and "Effusion" not in present(at)
 
 
-def test_no_finding_with_a_finding_is_refused_and_the_input_kept(db_url):
+def test_a_finding_clears_no_finding_and_no_finding_clears_the_findings(db_url):
     at = page(db_url, "alice")
     at.run()
-    first = current(at)
-    tick(at, "Mass", no_finding=True, comment="both?")
+    at.button(key="review_no_finding").click().run()
+    assert answer(at)["no_finding"] and present(at) == []
+    finding_button(at, "Mass").click().run()
+    assert not at.error and present(at) == ["Mass"] and not answer(at)["no_finding"]
+    uncertain_button(at, "Nodule").click().run()
+    assert answer(at)["states"]["Nodule"] == "uncertain"
+    at.button(key="review_no_finding").click().run()
+    assert not at.error and answer(at)["no_finding"]
+    assert set(answer(at)["states"].values()) == {"absent"}
     save(at)
-    assert not at.exception
-    assert len(at.error) == 1 and "cannot be saved together with findings (Mass)" in at.error[0].value
-    assert current(at).image_id == first.image_id
-    values = form_values(at)
-    assert values["findings"]["Mass"] and values["no_finding"] and values["comment"] == "both?"
+    assert not at.error
     with session_scope(db_url) as session:
-        assert session.scalar(select(Review.id)) is None
+        review = session.scalars(select(Review)).one()
+        assert review.no_finding and not review.mass and review.uncertain_mask == 0
+
+
+def test_uncertain_findings_with_reason_codes(db_url):
+    at = page(db_url, "alice")
+    at.run()
+    image_id = current(at).image_id
+    uncertain_button(at, "Nodule").click().run()
+    pills = at.get("button_group")
+    reasons = next(p for p in pills if "Nodule" in p.label)
+    reasons.set_value(["poor_quality", "borderline"]).run()
+    finding_button(at, "Nodule").click().run()  # Present now; again Uncertain
+    assert answer(at)["states"]["Nodule"] == "present"
+    uncertain_button(at, "Nodule").click().run()
+    save(at)
+    assert not at.exception and not at.error
+    with session_scope(db_url) as session:
+        review = session.scalars(select(Review).where(Review.image_id == image_id)).one()
+        assert findings_in(review.uncertain_mask) == ("Nodule",) and not review.nodule
+        assert review.reasons == {"Nodule": ["borderline", "poor_quality"]}
 
 
 def test_stale_save_is_refused_and_the_input_kept(db_url):
@@ -215,33 +151,27 @@ def test_stale_save_is_refused_and_the_input_kept(db_url):
     assert not at.exception
     assert len(at.error) == 1 and "Someone changed this review" in at.error[0].value
     assert current(at).image_id == target.image_id
-    kept = form_values(at)
-    assert kept["findings"]["Effusion"] and kept["findings"]["Edema"] and not kept["findings"]["Atelectasis"]
-    assert kept["comment"] == "my reading"
-    at.slider(key="review_window").set_value((20, 230)).run()  # any later rerun keeps the input too
-    assert form_values(at) == kept and "Someone changed" in at.error[0].value
+    assert present(at) == ["Effusion", "Edema"] and comment_box(at).value == "my reading"
+    at.slider(key="review_level").set_value(90).run()  # any later rerun keeps the input too
+    assert present(at) == ["Effusion", "Edema"] and "Someone changed" in at.error[0].value
     with session_scope(db_url) as session:
         stored = session.scalars(select(Review)).one()
         assert (stored.version, stored.atelectasis, stored.effusion) == (1, True, False)
-        assert stored.comment == "other tab"
         assert len(session.scalars(select(LabelEvent)).all()) == 1
 
     # "Load the saved version" shows the other tab's review; saving on top of it then works.
     at.button(key="review_reload").click().run()
     assert not at.error
-    reloaded = form_values(at)
-    assert reloaded["findings"]["Atelectasis"] and not reloaded["findings"]["Effusion"]
-    assert reloaded["comment"] == "other tab"
+    assert present(at) == ["Atelectasis"] and comment_box(at).value == "other tab"
     assert any("You reviewed this image before (version 1)" in c.value for c in at.caption)
     tick(at, "Atelectasis", "Effusion")
     save(at)
     assert "(version 2)" in at.success[0].value
     with session_scope(db_url) as session:
         assert session.scalars(select(Review)).one().version == 2
-        assert len(session.scalars(select(LabelEvent)).all()) == 2
 
 
-def test_two_reviewers_make_a_consensus(db_url):
+def test_a_second_reader_is_blind_unless_an_admin_turns_blinding_off(db_url):
     alice = page(db_url, "alice")
     alice.run()
     image = current(alice)
@@ -252,22 +182,100 @@ def test_two_reviewers_make_a_consensus(db_url):
     bob.run()
     open_by_name(bob, image.name.removesuffix(".png"))  # the .png may be left out
     assert current(bob).image_id == image.image_id
+    texts = " ".join(markdown_texts(bob))
+    assert (
+        "1 review" not in texts
+        and "consensus" not in texts
+        and "Mass" not in " ".join(m.value for m in bob.markdown)
+    )
+    assert present(bob) == ["Cardiomegaly"]  # the NLP label, not alice's answer
+    assert "Current" not in bob.dataframe[0].value.columns  # no effective-label column either
+
+    set_study(db_url, blinding=False)
+    bob = page(db_url, "bob")
+    bob.run()
+    open_by_name(bob, image.name)
     assert any("1 review, consensus: Effusion, Mass" in m.value for m in bob.markdown)
-    assert form_values(bob)["findings"]["Effusion"]  # prefilled from the current (consensus) label
+    assert present(bob) == ["Effusion", "Mass"]  # unblinded: prefilled from the consensus
     tick(bob, "Effusion")
     save(bob)
-    assert not bob.error
-    # Mass: 1 of 2 readers is no majority, so the consensus keeps only Effusion.
-    assert "2 reviews, consensus: Effusion." in bob.success[0].value
+    # Mass: 1 of 2 readers is a tie, a dispute, never silently decided.
+    assert "2 reviews, disputed on Mass: awaiting adjudication." in bob.success[0].value
     with session_scope(db_url) as session:
-        assert len(session.scalars(select(Review).where(Review.image_id == image.image_id)).all()) == 2
+        reads = session.scalars(
+            select(Review).where(Review.image_id == image.image_id).order_by(Review.id)
+        ).all()
+        assert [r.blinded for r in reads] == [True, False]
 
 
-def test_open_unknown_image_says_so(db_url):
+def test_ai_hidden_shows_neither_the_nlp_label_nor_the_model(db_url, model_dir, monkeypatch):
+    monkeypatch.setenv("CHEXNET_MODEL", str(model_dir))
+    set_study(db_url, study_mode="ai_hidden")
     at = page(db_url, "alice")
     at.run()
+    assert not at.exception
+    assert present(at) == [] and not answer(at)["no_finding"]  # an empty answer
+    assert len(at.dataframe) == 0  # no model, NLP or label table
+    assert at.toggle(key="review_cam").disabled
+    image_id = current(at).image_id
+    tick(at, "Hernia")
+    save(at)
+    with session_scope(db_url) as session:
+        review = session.scalars(select(Review).where(Review.image_id == image_id)).one()
+        assert review.study_mode == "ai_hidden" and review.hernia
+
+
+def test_my_assignments_queue_with_progress(db_url):
+    with session_scope(db_url) as session:
+        root, alice, bob = (accounts.get_user(session, name) for name in ("root", "alice", "bob"))
+        assignments.create_assignments(session, root, [alice.id, bob.id], 3, 100, seed=1)
+    at = page(db_url, "alice")
+    at.run()
+    assert at.selectbox(key="review_strategy").value == "My assignments"  # readers with work start there
+    assert at.get("progress")[0].proto.text == "0 of 3 assigned read" and remaining(at) == 3
+    first = current(at).image_id
+    tick(at, "Mass")
+    save(at)
+    assert at.get("progress")[0].proto.text == "1 of 3 assigned read" and remaining(at) == 2
+    with session_scope(db_url) as session:
+        bob_images = [i.image_id for i in assignments.my_assignments(session, user_of(db_url, "bob").id)]
+    assert first in bob_images  # the same image, read a second time by another reader
+    for _ in range(2):
+        tick(at, "Mass")
+        save(at)
+    assert any("read every image assigned to you" in s.value for s in at.success)
+
+
+def test_undo_last_save_reopens_the_saved_answer(db_url):
+    at = page(db_url, "alice")
+    at.run()
+    at.button(key="review_undo").click().run()
+    assert "nothing to undo" in at.error[0].value
+    first = current(at).image_id
+    tick(at, "Edema")
+    save(at)
+    assert current(at).image_id != first
+    at.button(key="review_undo").click().run()
+    assert current(at).image_id == first and present(at) == ["Edema"]
+    assert any("Reopened your last save" in c.value for c in at.caption)
+
+
+def test_open_an_image_by_its_number_or_file_name(db_url, sample_dir):
+    with session_scope(db_url) as session:
+        picture = PILImage.open(sorted((sample_dir / "images").glob("*.png"))[0])
+        encoded = io.BytesIO()
+        picture.save(encoded, format="PNG", compress_level=1)  # other bytes than the dataset's copy
+        upload = store_upload(
+            session, encoded.getvalue(), "ward 3 chest.png", accounts.get_user(session, "alice")
+        )
+        upload_id = upload.id
+    at = page(db_url, "alice")
+    at.run()
+    for typed in (str(upload_id), f"#{upload_id}", "ward 3 chest.png"):
+        open_by_name(at, typed)
+        assert not at.error and current(at).image_id == upload_id, typed
     open_by_name(at, "99999999_999.png")
-    assert any(f"There is no image named “{plain('99999999_999.png')}”" in e.value for e in at.error)
+    assert any(f"There is no image “{plain('99999999_999.png')}”" in e.value for e in at.error)
 
 
 def test_missing_file_is_said_and_offers_only_skip(db_url):
@@ -277,7 +285,7 @@ def test_missing_file_is_said_and_offers_only_skip(db_url):
     at.run()
     assert not at.exception
     assert any(f"is missing at {plain('/nowhere/00000001_000.png')}" in e.value for e in at.error)
-    assert len(at.get("form")) == 1 and len(at.get("plotly_chart")) == 0  # only the "Open an image" form
+    assert len(at.get("plotly_chart")) == 0 and not any(b.key == "review_save" for b in at.button)
     at.button(key="review_skip_unreadable").click().run()
     assert current(at).image_id != 1 and len(at.get("plotly_chart")) == 1
 
@@ -328,11 +336,19 @@ def test_disagreement_queue_uses_the_active_versions_stored_predictions(db_url, 
     at.run()
     assert not at.exception and not at.info  # no fallback notice
     assert current(at).image_id == worst
-    assert any("model disagrees most on" in c.value for c in at.caption)
+    assert not any("model disagrees most on" in c.value for c in at.caption)  # blind: the score hides labels
     assert remaining(at) == len(probabilities)
+    set_study(db_url, blinding=False)
+    at = page(db_url, "alice")
+    at.run()
+    assert any("model disagrees most on" in c.value for c in at.caption)
 
 
-def test_viewer_boxes_cam_and_probability_table(db_url, model_dir, monkeypatch):
+def figure_of(at):
+    return json.loads(at.get("plotly_chart")[0].proto.spec)
+
+
+def test_viewer_boxes_cam_scale_window_presets_and_zoom_kept(db_url, model_dir, monkeypatch):
     monkeypatch.setenv("CHEXNET_MODEL", str(model_dir))
     with session_scope(db_url) as session:
         with_box = select(Image).join(Box, Box.image_id == Image.id).order_by(Image.id)
@@ -342,24 +358,53 @@ def test_viewer_boxes_cam_and_probability_table(db_url, model_dir, monkeypatch):
     at.run()
     open_by_name(at, box_image.image_index)
     assert not at.exception
-    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    figure = figure_of(at)
     shapes = figure["layout"]["shapes"]
     assert len(shapes) == len(boxes)
     # Boxes are in 1024-px NIH space; the sample's copies are 512 px, so they are drawn at half size.
     assert shapes[0]["x0"] == pytest.approx(boxes[0].x / 2)
     assert shapes[0]["y1"] == pytest.approx((boxes[0].y + boxes[0].h) / 2)
+    assert figure["layout"]["uirevision"] == box_image.id  # zoom kept until another image opens
 
     table = at.dataframe[0].value
     assert list(table["Finding"]) == [f.replace("_", " ") for f in FINDINGS]
-    assert table["Model"].between(0, 1).all()
-    plain = figure["data"][0]["source"]
+    assert table["Model"].between(0, 1).all() and "NLP" in table.columns
+    plain_source = figure["data"][0]["source"]
 
     at.toggle(key="review_cam").set_value(True).run()
     assert not at.exception
     assert any("CAM of" in c.value for c in at.caption)
-    assert json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["source"] != plain
+    with_cam = figure_of(at)
+    assert with_cam["data"][0]["source"] != plain_source
+    assert with_cam["data"][1]["marker"]["showscale"]  # the CAM's colour scale
+    assert with_cam["layout"]["uirevision"] == box_image.id
+
+    level, width = at.slider(key="review_level").value, at.slider(key="review_width").value
+    at.get("button_group")[0].set_value("Lung").run()
+    assert (at.slider(key="review_level").value, at.slider(key="review_width").value) != (level, width)
+    at.toggle(key="review_invert").set_value(True).run()
+    assert figure_of(at)["layout"]["uirevision"] == box_image.id
     at.toggle(key="review_boxes").set_value(False).run()
-    assert "shapes" not in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+    assert "shapes" not in figure_of(at)["layout"]
+
+
+def test_cam_feedback_is_stored_per_model(db_url, model_dir, monkeypatch):
+    from db.models import CamFeedback
+
+    monkeypatch.setenv("CHEXNET_MODEL", str(model_dir))
+    at = page(db_url, "alice")
+    at.run()
+    image_id = current(at).image_id  # NLP: Cardiomegaly
+    at.toggle(key="review_cam").set_value(True).run()
+    at.selectbox(key="review_cam_finding").set_value("Cardiomegaly").run()
+    assert any("Does the heat map point at Cardiomegaly?" in c.value for c in at.caption)
+    at.button(key="review_cam_feedback_False").click().run()
+    assert not at.exception
+    with session_scope(db_url) as session:
+        row = session.scalars(select(CamFeedback)).one()
+        assert (row.image_id, row.finding, row.points_at_finding) == (image_id, "Cardiomegaly", False)
+        assert row.model_name == "review-apptest-model"
+    assert at.button(key="review_cam_feedback_False").proto.type == "primary"  # the verdict given shows
 
 
 def test_window_and_box_scaling_helpers():
@@ -367,16 +412,14 @@ def test_window_and_box_scaling_helpers():
     assert apply_window(pixels, 50, 150).tolist() == [[0, 0, 128, 255, 255]]
     assert apply_window(pixels, 0, 255, invert=True).tolist() == [[255, 205, 155, 105, 0]]
     assert scale_box(100, 200, 50, 25, 512, 512) == (50, 100, 75, 112.5)
+    assert window_bounds(100, 50) == (75, 125) and preset_window(pixels, "Full") == (128, 256)
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    lung, bone = preset_window(ramp, "Lung"), preset_window(ramp, "Bone")
+    assert lung[0] < bone[0]  # the lung window sits on the dark grey levels, bone on the bright
 
 
 EVIL_FILE_NAMES = ("[Session expired - click](https:evil.example).png", "![t](https:tracker.example).png")
 UNESCAPED_LINK = re.compile(r"(?<!\\)\[[^\]]*(?<!\\)\]\(")  # "[text](" or "![alt](", brackets not escaped
-
-
-def markdown_texts(at: AppTest) -> list[str]:
-    """Every text on the page that Streamlit renders as markdown."""
-    kinds = (at.title, at.header, at.subheader, at.markdown, at.caption, at.success, at.info, at.warning)
-    return [element.value for kind in (*kinds, at.error) for element in kind] + [e.label for e in at.expander]
 
 
 def test_upload_file_names_are_shown_as_plain_text(tmp_path, monkeypatch, fast_password_hashing, sample_dir):
@@ -416,39 +459,9 @@ def test_upload_file_names_are_shown_as_plain_text(tmp_path, monkeypatch, fast_p
     dispose_engine(url)
 
 
-def test_quality_page_statistics_and_admin_only_export(db_url):
-    with session_scope(db_url) as session:
-        first, second = session.scalars(select(Image.id).order_by(Image.id).limit(2)).all()
-        for username, positives in (("alice", {"Effusion"}), ("bob", {"Effusion", "Mass"})):
-            reader = accounts.get_user(session, username)
-            for image_id in (first, second):
-                findings = {f: f in positives for f in FINDINGS}
-                save_review(session, image_id, reader, findings, False, False, "", None)
-
-    clinician = page(db_url, "alice", QUALITY_PAGE)
-    clinician.run()
-    assert not clinician.exception and not clinician.error
-    metrics = {m.label: m.value for m in clinician.metric}
-    assert metrics["Reviewed images"] == "2" and metrics["Read by two or more"] == "2"
-    assert len(clinician.get("plotly_chart")) == 3
-    overturns = clinician.dataframe[0].value.set_index("Finding")
-    assert overturns.loc["Effusion", "→ positive"] == 2  # neither image is NLP-positive for Effusion
-    agreement = clinician.dataframe[1].value.set_index("Finding")
-    assert agreement.loc["Mass", "All readers agree"] == "0.0%"
-    assert agreement.loc["Effusion", "All readers agree"] == "100.0%"
-    assert len(clinician.get("download_button")) == 0  # exports are for admins
-
-    admin = page(db_url, "root", QUALITY_PAGE)
-    admin.run()
-    assert not admin.exception
-    labels = [button.proto.label for button in admin.get("download_button")]
-    assert labels == ["Data_Entry CSV (Finding Labels)", "Trainer labels table (0/1 per finding)"]
-
-
-@pytest.mark.parametrize("path", [REVIEW_PAGE, QUALITY_PAGE])
-def test_pages_stop_for_anonymous_visitors(db_url, path):
-    at = page(db_url, None, path)
+def test_page_stops_for_anonymous_visitors(db_url):
+    at = page(db_url, None, REVIEW_PAGE)
     at.run()
     assert not at.exception
     assert any("Please log in" in w.value for w in at.warning)
-    assert len(at.checkbox) == 0 and len(at.get("plotly_chart")) == 0 and len(at.metric) == 0
+    assert len(at.button) == 0 and len(at.get("plotly_chart")) == 0 and len(at.metric) == 0

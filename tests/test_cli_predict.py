@@ -20,7 +20,9 @@ from core.cli import main
 from core.imaging import read_xray_file
 from core.labels import FINDINGS
 from core.models import create_model
-from core.paths import REPO_ROOT
+from core.ood import COLOUR_REASON, DOCUMENT_REASON, UNIFORM_REASON
+from core.ood_probes import blank_probes, document_probes, photo_probes
+from core.paths import BUNDLED_MODEL_DIR, REPO_ROOT
 from core.predictor import Predictor
 from core.preprocess import crop_window
 
@@ -111,7 +113,9 @@ def test_predict_json_contract(cli_runs, workdir, predictor, full_resolution_ima
     }
     for record in records:
         if record["file"] in expected:
-            assert set(record) == {"file", "model", "probabilities", "positive"}
+            assert set(record) == {"file", "model", "probabilities", "positive", "ood"}
+            # No gate in this model's card: the pixel checks alone, which real X-rays pass.
+            assert record["ood"] == {"flagged": False, "score": 0.0, "reason": ""}
             assert record["model"] == MODEL_NAME
             assert list(record["probabilities"]) == list(FINDINGS)
             assert all(0.0 <= p <= 1.0 for p in record["probabilities"].values())
@@ -190,3 +194,46 @@ def test_cam_errors_are_one_line(args, message, workdir, model_dir, tmp_path, mo
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory) -> dict[str, str]:
+    """Built non-X-rays as files: {path: the reason the gate must give}."""
+    folder = tmp_path_factory.mktemp("probes")
+    rng = np.random.default_rng(11)
+    reasons = {"blank": UNIFORM_REASON, "document": DOCUMENT_REASON, "photo": COLOUR_REASON}
+    made = {}
+    for probe in blank_probes()[:2] + document_probes(rng, 2) + photo_probes(rng, 2):
+        path = folder / f"{probe.name}.png"
+        path.write_bytes(probe.data)
+        made[str(path)] = reasons[probe.kind]
+    return made
+
+
+def test_the_demo_models_gate_flags_probes_with_reasons_and_passes_real_xrays(probes, sample_dir, capsys):
+    """The shipped card's fitted gate, through the CLI: NIH test-list images (never fitted on) at 512 px
+    and their 1024-px originals pass; blank frames, documents and colour photos are flagged, each with its
+    sentence, and still get their scores (the contract: every result object has "ood")."""
+    official_test = set((sample_dir / "test_list.txt").read_text().split())
+    test_ids = sorted(p.name for p in (sample_dir / "images").glob("*.png") if p.name in official_test)
+    assert len(test_ids) >= 3
+    real = [str(sample_dir / "images" / name) for name in test_ids]
+    real += [str(p) for p in sorted((sample_dir / "full-resolution").glob("*.png")) if p.name in test_ids]
+    model = ["--model", str(BUNDLED_MODEL_DIR), "--backend", "torch"]
+    code = main(["predict", *real, *probes, "--json", *model])
+    records = {r["file"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert code == 0 and set(records) == set(real) | set(probes)
+    for file in real:
+        ood = records[file]["ood"]
+        assert not ood["flagged"] and ood["reason"] == "" and 0 < ood["score"] < 1, (file, ood)
+    for file, reason in probes.items():
+        record = records[file]
+        assert record["ood"]["flagged"] and record["ood"]["reason"] == reason, (file, record["ood"])
+        assert isinstance(record["ood"]["score"], float) and len(record["probabilities"]) == len(FINDINGS)
+
+
+def test_text_output_does_not_present_findings_for_a_flagged_image(probes, capsys):
+    blank = next(file for file, reason in probes.items() if reason == UNIFORM_REASON)
+    assert main(["predict", blank, "--model", str(BUNDLED_MODEL_DIR), "--backend", "torch"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "not judged" in first and UNIFORM_REASON in first and "positive:" not in first

@@ -40,7 +40,11 @@ def test_export_shapes_and_values(engine: Engine, make_user, make_images) -> Non
         }
 
     assert list(entry.columns) == DATA_ENTRY_COLUMNS
-    assert list(trainer.columns) == TRAINER_COLUMNS == ["image_index", *FINDINGS, "exclude"]
+    assert (
+        list(trainer.columns)
+        == TRAINER_COLUMNS
+        == ["image_index", *FINDINGS, "exclude", "uncertain", "disputed"]
+    )
     assert len(entry) == len(trainer) == 4  # the image without any label is not exported
     assert find_image_index_absent(entry, unlabelled)
     assert entry["Image Index"].is_monotonic_increasing
@@ -54,11 +58,49 @@ def test_export_shapes_and_values(engine: Engine, make_user, make_images) -> Non
     )
     assert (rows["Finding Labels"] == "No Finding").sum() == 2  # excluded (no findings) and adjudicated
     assert rows["View Position"].eq("PA").all() and str(rows["Patient ID"].dtype) == "Int64"
+    assert rows.loc[index_of[reviewed], "Label Status"] == "consensus"
+    assert rows.loc[index_of[nlp_image], "Label Status"] == "nlp"
+    assert (rows["Label Status"] == "adjudicated").sum() == 1 and rows["Disputed Findings"].eq("").all()
 
     by_index = trainer.set_index("image_index")
     assert by_index.loc[index_of[reviewed], "Edema"] == 1 and by_index.loc[index_of[reviewed], "Hernia"] == 0
     assert by_index[list(FINDINGS)].isin([0, 1]).all().all()
     assert by_index.loc[index_of[excluded], "exclude"] == 1 and by_index["exclude"].sum() == 1
+
+
+def test_disputed_and_uncertain_images_are_marked(engine: Engine, make_user, make_images) -> None:
+    """A 1-1 tie is exported as disputed, never as agreed; adjudication settles it; Uncertain is listed."""
+    alice, bob, admin = make_user("alice"), make_user("bob"), make_user("boss", role="admin")
+    tie, unsure = make_images(2, nlp={0: ["Cardiomegaly"]})
+    with session_scope(engine) as session:
+        save_review(session, tie, alice, _label("Cardiomegaly"), False, False, "", None, blinded=True)
+        save_review(session, tie, bob, _label(), True, False, "", None, blinded=True)
+        for reader in (alice, bob):
+            save_review(session, unsure, reader, _label("Mass"), False, False, "", None, uncertain=["Nodule"])
+    with session_scope(engine, read_only=True) as session:
+        entry = export_labels_dataframe(session, "data-entry").set_index("Image Index")
+        trainer = export_labels_dataframe(session, "trainer").set_index("image_index")
+        names = {image_id: find_image_index(session, image_id) for image_id in (tie, unsure)}
+    assert entry.loc[names[tie], "Label Status"] == "disputed"
+    assert entry.loc[names[tie], "Disputed Findings"] == "Cardiomegaly"
+    assert trainer.loc[names[tie], "disputed"] == "Cardiomegaly"
+    assert entry.loc[names[unsure], "Uncertain Findings"] == "Nodule"
+    assert (
+        entry.loc[names[unsure], "Finding Labels"] == "Mass"
+        and entry.loc[names[unsure], "Label Status"] == "consensus"
+    )
+    assert trainer.loc[names[unsure], "uncertain"] == "Nodule" and trainer.loc[names[unsure], "Nodule"] == 0
+
+    with session_scope(engine) as session:
+        adjudicate(session, tie, admin, _label("Cardiomegaly"), False, False, "", None, reason="CTR 0.6")
+    with session_scope(engine, read_only=True) as session:
+        entry = export_labels_dataframe(session, "data-entry").set_index("Image Index")
+        trainer = export_labels_dataframe(session, "trainer").set_index("image_index")
+    assert (
+        entry.loc[names[tie], "Label Status"] == "adjudicated"
+        and entry.loc[names[tie], "Disputed Findings"] == ""
+    )
+    assert trainer.loc[names[tie], "Cardiomegaly"] == 1 and trainer.loc[names[tie], "disputed"] == ""
 
 
 def find_image_index(session, image_id: int) -> str:

@@ -26,14 +26,20 @@ from db.jobs import (
 from db.models import ModelVersion, TrainingJob, utcnow
 from db.registry import (
     ModelNameTakenError,
+    ModelUnavailableError,
     get_active_version,
     list_versions,
     predictions_for,
     promote,
+    promote_version,
+    promotion_history,
     register_model_version,
     retire,
     rollback,
+    rollback_target,
+    rollback_version,
     save_predictions,
+    usable_model_dir,
 )
 
 
@@ -177,3 +183,71 @@ def test_stale_running_jobs_become_interrupted(engine: Engine) -> None:
         assert get_job(session, alive.id).status == "running"
         with pytest.raises(JobLostError, match="interrupted"):
             heartbeat(session, dead.id, "dead")
+
+
+def test_roll_back_walks_back_along_the_promotion_history(engine: Engine) -> None:
+    """A -> B -> C, roll back -> B, roll back -> A, then there is nowhere to go (never a toggle)."""
+    with session_scope(engine) as session:
+        for name in "ABC":
+            register_model_version(session, name, f"/m/{name}")
+    for name in "ABC":
+        with session_scope(engine) as session:
+            promote(session, name)
+    with session_scope(engine, read_only=True) as session:
+        assert [v.name for v in promotion_history(session)] == ["A", "B", "C"]
+        assert rollback_target(session).name == "B"
+    for expected in ("B", "A"):
+        with session_scope(engine) as session:
+            assert rollback(session).name == expected
+        assert _active_names(engine) == [expected]
+    with session_scope(engine) as session:
+        assert rollback_target(session) is None
+        with pytest.raises(NotFoundError, match="No earlier active model version"):
+            rollback(session)
+    # Promoting again pushes on top of what is left: C over A; rolling back returns to A, not to B.
+    with session_scope(engine) as session:
+        promote(session, "C")
+    with session_scope(engine) as session:
+        assert rollback(session).name == "A"
+        statuses = {v.name: (v.status, v.promoted_at is not None) for v in list_versions(session)}
+    assert statuses == {"A": ("active", True), "B": ("retired", False), "C": ("retired", False)}
+
+
+def test_the_active_pointer_follows_commits_and_unusable_folders_are_refused(
+    engine: Engine, tmp_path, monkeypatch
+) -> None:
+    import shutil
+
+    from core import paths
+    from tests.admin_helpers import tiny_model
+
+    monkeypatch.setenv("CHEXNET_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CHEXNET_MODEL", raising=False)
+    folders = {name: tiny_model(tmp_path / "models", name, seed=i) for i, name in enumerate(("one", "two"))}
+    with session_scope(engine) as session:
+        for name, folder in folders.items():
+            register_model_version(session, name, str(folder))
+        promote_version(session, "one")
+    assert paths.active_model_dir() == folders["one"].resolve()
+    with pytest.raises(RuntimeError):
+        with session_scope(engine) as session:
+            promote_version(session, "two")
+            raise RuntimeError("the transaction fails after the promotion")
+    assert _active_names(engine) == ["one"] and paths.active_model_dir() == folders["one"].resolve()
+
+    with session_scope(engine) as session:
+        promote_version(session, "two")
+    assert paths.active_model_dir() == folders["two"].resolve()
+    shutil.rmtree(folders["one"])
+    with pytest.raises(DbUserError, match="Cannot roll back to 'one': its model folder is unreadable"):
+        with session_scope(engine) as session:
+            rollback_version(session)
+    assert _active_names(engine) == ["two"]
+    shutil.rmtree(folders["two"])
+    with session_scope(engine, read_only=True) as session:
+        with pytest.raises(ModelUnavailableError, match="Model version 'two' is unavailable"):
+            usable_model_dir(get_active_version(session))
+    # The CLI's model: the promoted folder is gone, so it refuses rather than use the demo model.
+    assert paths.active_model_dir() == folders["two"].resolve()
+    with pytest.raises(paths.ActiveModelUnavailable, match="missing or is not a model folder"):
+        paths.require_active_model_dir()

@@ -229,3 +229,35 @@ def test_what_the_review_page_reads(engine: Engine, make_user, make_images) -> N
         assert account_by_id(session, user.id).username == "reader"
         with pytest.raises(NotFoundError, match="no longer exists"):
             account_by_id(session, user.id + 1000)
+
+
+def test_uncertain_findings_reason_codes_and_read_details(engine: Engine, make_user, make_images) -> None:
+    reader = make_user("reader")
+    [image_id] = make_images(1)
+    with pytest.raises(InvalidLabelError, match="either Present or Uncertain"):
+        validate_label(_findings("Mass"), False, False, uncertain=["Mass"])
+    with pytest.raises(InvalidLabelError, match="No Finding"):
+        validate_label(_findings(), True, False, uncertain=["Nodule"])
+    validate_label(_findings(), False, False, uncertain=["Nodule"])  # an Uncertain finding is an answer
+    with session_scope(engine) as session:
+        with pytest.raises(InvalidLabelError, match="Unknown reason code"):
+            save_review(session, image_id, reader, _findings(), False, False, "", None,
+                        uncertain=["Nodule"], reasons={"Nodule": ["because"]})  # fmt: skip
+    with session_scope(engine) as session:
+        review = save_review(
+            session, image_id, reader, _findings("Effusion"), False, False, "", None, uncertain=["Nodule"],
+            reasons={"Nodule": ["poor_quality"]}, blinded=True, study_mode="ai_hidden", read_seconds=4.5,
+        )  # fmt: skip
+        assert (review.blinded, review.study_mode, review.read_seconds) == (True, "ai_hidden", 4.5)
+        event = session.scalars(select(LabelEvent).where(LabelEvent.image_id == image_id)).one()
+        assert event.after["uncertain"] == ["Nodule"] and event.after["reasons"] == {
+            "Nodule": ["poor_quality"]
+        }
+        # Saving the same answer again with another reading time is no change: no new version, no event.
+        again = save_review(
+            session, image_id, reader, _findings("Effusion"), False, False, "", 1, uncertain=["Nodule"],
+            reasons={"Nodule": ["poor_quality"]}, blinded=True, study_mode="ai_hidden", read_seconds=9.0,
+        )  # fmt: skip
+        assert again.version == 1
+        assert session.scalar(select(func.count()).select_from(LabelEvent)) == 1
+        assert get_effective_label(session, image_id).findings["Effusion"]

@@ -12,12 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,12 +46,19 @@ from db.models import (
 )
 from db.quality import cohen_kappa, fleiss_kappa, label_quality
 from db.registry import promote, register_model_version, save_predictions
-from db.reviews import EffectiveLabel, adjudicate, consensus, effective_labels, remaining_count, review_queue
-from db.reviews import save_review
+from db.reviews import (
+    EffectiveLabel,
+    adjudicate,
+    consensus,
+    effective_labels,
+    remaining_count,
+    review_queue,
+    save_review,
+)
 
 N_IMAGES = 20_000
 N_BULK_REVIEWS = 3_000
-N_SAVED_REVIEWS = 120  # through save_review, the app's path (the rest bulk-loaded, then rebuilt)
+N_SAVED_REVIEWS = 60  # through save_review, the app's path (the rest bulk-loaded, then rebuilt)
 READERS = 5
 QUEUES = [
     ("unreviewed", {}),
@@ -70,6 +77,7 @@ class ScaleDb:
     admin: int
     version: int
     partly_scored: int
+    labels: dict[int, EffectiveLabel]  # the reference: the rules applied to the raw tables
 
 
 def _build(engine: Engine) -> ScaleDb:
@@ -88,7 +96,8 @@ def _build(engine: Engine) -> ScaleDb:
         bulk_insert(session, NlpLabel.__table__, ["image_id", *FINDING_COLUMNS], nlp_rows, constants)
         google = [
             (i, {"Pneumothorax": bool(rng.random() < 0.1), "Nodule or mass": bool(rng.random() < 0.2),
-                 "Airspace opacity": None if rng.random() < 0.1 else bool(rng.random() < 0.3), "set_id": "test"})
+                 "Airspace opacity": None if rng.random() < 0.1 else bool(rng.random() < 0.3),
+                 "set_id": "test"})
             for i in ids[::40]
         ]  # fmt: skip
         bulk_insert(session, NlpLabel.__table__, ["image_id", "extra"], google, {"source": SOURCE_GOOGLE,
@@ -101,14 +110,21 @@ def _build(engine: Engine) -> ScaleDb:
         version = register_model_version(session, "scale-model", "/nowhere")
         version.created_at = now - dt.timedelta(days=1)
         promote(session, version.id)
-        probabilities = np.clip(np.where(nlp, rng.normal(0.7, 0.2, nlp.shape), rng.beta(1, 12, nlp.shape)), 0, 1)
+        probabilities = np.clip(
+            np.where(nlp, rng.normal(0.7, 0.2, nlp.shape), rng.beta(1, 12, nlp.shape)), 0, 1
+        )
         probabilities[:50] = probabilities[:50].round(1)  # exact ties of the score, broken by image id
-        save_predictions(session, version.id, {i: row.tolist() for i, row in zip(ids, probabilities, strict=True)})
+        save_predictions(
+            session, version.id, {i: row.tolist() for i, row in zip(ids, probabilities, strict=True)}
+        )
 
         # Bulk reviews, a sixth of them second reads, of a prefix and of random images.
-        reviewed = list(range(N_BULK_REVIEWS // 2)) + rng.choice(
-            np.arange(N_BULK_REVIEWS, N_IMAGES), N_BULK_REVIEWS - N_BULK_REVIEWS // 2, replace=False
-        ).tolist()
+        reviewed = (
+            list(range(N_BULK_REVIEWS // 2))
+            + rng.choice(
+                np.arange(N_BULK_REVIEWS, N_IMAGES), N_BULK_REVIEWS - N_BULK_REVIEWS // 2, replace=False
+            ).tolist()
+        )
         review_rows, seen = [], set()
         for n, position in enumerate(reviewed):
             readers_of = [n % READERS] + ([(n + 1) % READERS] if n % 6 == 0 else [])
@@ -120,10 +136,13 @@ def _build(engine: Engine) -> ScaleDb:
                     continue
                 seen.add(key)
                 review_rows.append((*key, *values, not any(values), exclude, "", 1, now, now))
-        label_columns = ["image_id", "user_id", *FINDING_COLUMNS, "no_finding", "exclude", "comment", "version",
+        label_columns = ["image_id", "user_id", *FINDING_COLUMNS, "no_finding", "exclude", "comment",
+                         "version",
                          "created_at", "updated_at"]  # fmt: skip
         bulk_insert(session, Review.__table__, label_columns, review_rows)
-        adjudicated = [(i, admin, *[f == 2 for f in range(14)], False, False, "", 1, now, now) for i in ids[:30:3]]
+        adjudicated = [
+            (i, admin, *[f == 2 for f in range(14)], False, False, "", 1, now, now) for i in ids[:30:3]
+        ]
         bulk_insert(session, Adjudication.__table__, label_columns, adjudicated)
         effective.rebuild(session)
 
@@ -146,11 +165,15 @@ def _build(engine: Engine) -> ScaleDb:
         # A second version whose predictions are only half scored (as after a save_predictions that
         # nothing scored): its queue merges stored scores with scores computed in the query.
         partial = register_model_version(session, "partly-scored", "/nowhere")
-        save_predictions(session, partial.id, {i: probabilities[n][::-1].tolist() for n, i in enumerate(ids[:6000])})
+        save_predictions(
+            session, partial.id, {i: probabilities[n][::-1].tolist() for n, i in enumerate(ids[:6000])}
+        )
         effective.refresh_disagreement(session, partial.id, ids[:3000])
-    with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as connection:
+    with engine.begin() as connection:
         connection.exec_driver_sql("ANALYZE")
-    return ScaleDb(engine, readers, admin, version.id, partial.id)
+    with session_scope(engine, read_only=True) as session:
+        labels = reference_labels(session)
+    return ScaleDb(engine, readers, admin, version.id, partial.id, labels)
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -182,7 +205,8 @@ def recorded(engine: Engine) -> Iterator[list[tuple[str, object]]]:
     seen: list[tuple[str, object]] = []
 
     def record(_conn, _cursor, statement, parameters, _context, _executemany) -> None:
-        seen.append((statement, parameters))
+        if not statement.startswith("BEGIN"):  # SQLite's transaction start, not a query
+            seen.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", record)
     try:
@@ -211,7 +235,11 @@ def reference_labels(session) -> dict[int, EffectiveLabel]:
     adjudications = {
         row[0]: row[1:]
         for row in session.execute(
-            select(Adjudication.image_id, Adjudication.exclude, *(getattr(Adjudication, c) for c in FINDING_COLUMNS))
+            select(
+                Adjudication.image_id,
+                Adjudication.exclude,
+                *(getattr(Adjudication, c) for c in FINDING_COLUMNS),
+            )
         )
     }
     nlp = {
@@ -239,11 +267,21 @@ def reference_labels(session) -> dict[int, EffectiveLabel]:
     return labels
 
 
+_REFERENCE_CACHE: dict[tuple, dict] = {}
+
+
+def _cached(scale_key: object, name: str, compute) -> dict:
+    key = (id(scale_key), name)
+    if key not in _REFERENCE_CACHE:
+        _REFERENCE_CACHE[key] = compute()
+    return _REFERENCE_CACHE[key]
+
+
 def reference_queue(session, user: User, strategy: str, labels, version: int, **options) -> list[int]:
     mine = set(session.scalars(select(Review.image_id).where(Review.user_id == user.id)))
-    splits = dict(session.execute(select(Image.id, Image.split)).all())
     candidates = [i for i in labels if i not in mine]
     if strategy == "split":
+        splits = _cached(labels, "splits", lambda: dict(session.execute(select(Image.id, Image.split)).all()))
         candidates = [i for i in candidates if splits[i] == options["split"]]
     if strategy in ("unreviewed", "split"):
         return sorted(candidates, key=lambda i: (labels[i].n_reviews, i))
@@ -252,16 +290,22 @@ def reference_queue(session, user: User, strategy: str, labels, version: int, **
         return sorted(positive, key=lambda i: (labels[i].n_reviews, i))
     if strategy == "random":
         start = random.Random(options["seed"]).randrange(2**32)
-        keys = {i: shuffle_key(i) for i in candidates}
+        keys = _cached(labels, "keys", lambda: {i: shuffle_key(i) for i in labels})
         return sorted(candidates, key=lambda i: (keys[i] < start, keys[i]))
-    stored = dict(session.execute(select(Prediction.image_id, Prediction.probabilities).where(
-        Prediction.model_version_id == version)).all())  # fmt: skip
-    score = {
-        i: max(abs(float(p) - float(labels[i].findings[f])) for f, p in zip(FINDINGS, stored[i], strict=True))
-        for i in candidates
-        if i in stored
-    }
-    return sorted(score, key=lambda i: (-score[i], i))
+
+    def scores() -> dict[int, float]:
+        stored = session.execute(
+            select(Prediction.image_id, Prediction.probabilities).where(
+                Prediction.model_version_id == version
+            )
+        )
+        return {
+            i: max(abs(float(p) - float(labels[i].findings[f])) for f, p in zip(FINDINGS, probs, strict=True))
+            for i, probs in stored
+        }
+
+    score = _cached(labels, f"scores-{version}", scores)
+    return sorted((i for i in candidates if i in score), key=lambda i: (-score[i], i))
 
 
 def shuffle_key(image_id: int) -> int:
@@ -279,7 +323,7 @@ def shuffle_key(image_id: int) -> int:
 
 def test_effective_labels_equal_the_rules_applied_to_the_raw_tables(scale: ScaleDb) -> None:
     with session_scope(scale.engine, read_only=True) as session:
-        expected = reference_labels(session)
+        expected = scale.labels
         with recorded(scale.engine) as statements:
             labels = effective_labels(session)
         assert len(statements) == 1
@@ -291,8 +335,8 @@ def test_effective_labels_equal_the_rules_applied_to_the_raw_tables(scale: Scale
 
 def test_every_queue_matches_the_reference_order(scale: ScaleDb) -> None:
     with session_scope(scale.engine, read_only=True) as session:
-        labels = reference_labels(session)
-        for reader in (0, 3):
+        labels = scale.labels
+        for reader in (0, 3):  # one with a share of the saves through the app, one with fewer
             user = _user(scale, session, reader)
             for strategy, options in QUEUES:
                 expected = reference_queue(session, user, strategy, labels, scale.version, **options)
@@ -301,7 +345,9 @@ def test_every_queue_matches_the_reference_order(scale: ScaleDb) -> None:
                 assert remaining_count(session, user, strategy, **_counted(options)) == len(expected)  # type: ignore[arg-type]
                 assert all(item.n_reviews == labels[item.image_id].n_reviews for item in items)
             expected = reference_queue(session, user, "disagreement", labels, scale.partly_scored)
-            items = review_queue(session, user, "disagreement", model_version_id=scale.partly_scored, limit=80)
+            items = review_queue(
+                session, user, "disagreement", model_version_id=scale.partly_scored, limit=80
+            )
             assert [item.image_id for item in items] == expected[:80]
             count = remaining_count(session, user, "disagreement", model_version_id=scale.partly_scored)
             assert count == len(expected)
@@ -309,7 +355,10 @@ def test_every_queue_matches_the_reference_order(scale: ScaleDb) -> None:
         stored = dict(session.execute(select(Prediction.image_id, Prediction.probabilities).where(
             Prediction.model_version_id == scale.version)).all())  # fmt: skip
         for item in top:
-            gaps = [abs(p - labels[item.image_id].findings[f]) for f, p in zip(FINDINGS, stored[item.image_id])]
+            gaps = [
+                abs(p - labels[item.image_id].findings[f])
+                for f, p in zip(FINDINGS, stored[item.image_id], strict=True)
+            ]
             assert item.score == max(gaps) and item.top_finding == FINDINGS[gaps.index(max(gaps))]
 
 
@@ -317,18 +366,24 @@ def test_random_queue_key_is_the_python_hash_and_a_shuffle(scale: ScaleDb) -> No
     with session_scope(scale.engine, read_only=True) as session:
         pairs = session.execute(select(Image.id, text(SHUFFLE_KEY_SQL)).order_by(Image.id).limit(3000)).all()
         assert all(key == shuffle_key(image_id) for image_id, key in pairs)
-        order = [item.image_id for item in review_queue(session, _user(scale, session), "random", limit=500, seed=1)]
+        order = [
+            item.image_id
+            for item in review_queue(session, _user(scale, session), "random", limit=500, seed=1)
+        ]
         assert len(set(order)) == 500
         assert abs(np.corrcoef(np.arange(500), order)[0, 1]) < 0.2  # not id order, nor its reverse
-        assert order != [i.image_id for i in review_queue(session, _user(scale, session), "random", limit=500, seed=2)]
+        assert order != [
+            i.image_id for i in review_queue(session, _user(scale, session), "random", limit=500, seed=2)
+        ]
 
 
 def test_label_statistics_equal_the_reference(scale: ScaleDb) -> None:
     with session_scope(scale.engine, read_only=True) as session:
-        labels = reference_labels(session)
+        labels = scale.labels
         nlp = {
             row[0]: row[1:]
-            for row in session.execute(select(NlpLabel.image_id, *(getattr(NlpLabel, c) for c in FINDING_COLUMNS))
+            for row in session.execute(select(NlpLabel.image_id,
+                                              *(getattr(NlpLabel, c) for c in FINDING_COLUMNS))
                                        .where(NlpLabel.source == SOURCE_NLP))
         }  # fmt: skip
         with recorded(scale.engine) as statements:
@@ -338,6 +393,8 @@ def test_label_statistics_equal_the_reference(scale: ScaleDb) -> None:
         assert status.n_reviewed == sum(1 for label in labels.values() if label.n_reviews)
         assert status.n_excluded == sum(1 for label in labels.values() if label.exclude)
         assert status.n_with_nlp == len(nlp)
+        assert (status.n_images, status.n_dataset, status.n_uploads) == (N_IMAGES, N_IMAGES, 0)
+        assert status.by_split == {"test": N_IMAGES // 5, "train_val": N_IMAGES - N_IMAGES // 5}
         for c, row in enumerate(status.findings):
             assert row.nlp_positive == sum(values[c] for values in nlp.values())
             positive = sum(label.findings[row.finding] for label in labels.values() if not label.exclude)
@@ -345,7 +402,9 @@ def test_label_statistics_equal_the_reference(scale: ScaleDb) -> None:
             changed = sum(1 for i, label in reviewed.items() if label.findings[row.finding] != nlp[i][c])
             assert row.changed == changed
         assert status.n_changed == sum(
-            1 for i, label in reviewed.items() if any(label.findings[f] != nlp[i][c] for c, f in enumerate(FINDINGS))
+            1
+            for i, label in reviewed.items()
+            if any(label.findings[f] != nlp[i][c] for c, f in enumerate(FINDINGS))
         )
         assert status.n_images_changed_since_active > 0  # the saves above came after the version
 
@@ -356,21 +415,35 @@ def test_label_statistics_equal_the_reference(scale: ScaleDb) -> None:
         assert quality.n_reviewed_images == sum(1 for label in labels.values() if label.n_reviews)
         reads: dict[int, list] = defaultdict(list)
         review_cols = [getattr(Review, c) for c in FINDING_COLUMNS]
-        for image_id, *values in session.execute(select(Review.image_id, *review_cols).where(~Review.exclude)):
+        for image_id, *values in session.execute(
+            select(Review.image_id, *review_cols).where(~Review.exclude)
+        ):
             reads[image_id].append(values)
         multi = [rows for rows in reads.values() if len(rows) >= 2]
         assert quality.n_multi_read_images == len(multi) > 100
         for c, row in enumerate(quality.findings):
             assert row.n_reviewed == len(kept)
-            assert row.pos_to_neg == sum(1 for i, label in kept.items() if nlp[i][c] and not label.findings[row.finding])
-            assert row.neg_to_pos == sum(1 for i, label in kept.items() if not nlp[i][c] and label.findings[row.finding])
+            assert row.pos_to_neg == sum(
+                1 for i, label in kept.items() if nlp[i][c] and not label.findings[row.finding]
+            )
+            assert row.neg_to_pos == sum(
+                1 for i, label in kept.items() if not nlp[i][c] and label.findings[row.finding]
+            )
             counts = [[sum(r[c] for r in rows), sum(not r[c] for r in rows)] for rows in multi]
             assert row.kappa_method == "fleiss"
             assert row.kappa == pytest.approx(fleiss_kappa(counts), abs=1e-12)
             assert row.percent_agreement == pytest.approx(np.mean([0 in pair for pair in counts]))
         pneumothorax = next(g for g in quality.google if g.google_finding == "Pneumothorax")
-        google = dict(session.execute(select(NlpLabel.image_id, NlpLabel.extra).where(NlpLabel.source == SOURCE_GOOGLE)).all())
-        pairs = [(int(g["Pneumothorax"]), int(kept[i].findings["Pneumothorax"])) for i, g in google.items() if i in kept]
+        google = dict(
+            session.execute(
+                select(NlpLabel.image_id, NlpLabel.extra).where(NlpLabel.source == SOURCE_GOOGLE)
+            ).all()
+        )
+        pairs = [
+            (int(g["Pneumothorax"]), int(kept[i].findings["Pneumothorax"]))
+            for i, g in google.items()
+            if i in kept
+        ]
         assert pneumothorax.n_reviewed == len(pairs) > 0
         assert pneumothorax.reviewed_kappa == cohen_kappa([a for a, _ in pairs], [b for _, b in pairs])
 
@@ -431,33 +504,39 @@ def test_queue_statements_use_indexes(scale: ScaleDb) -> None:
 # The migration and the change tokens
 
 
-def test_migration_fills_the_derived_tables_from_existing_reviews(scale: ScaleDb, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'copy.db'}"
-    if scale.engine.dialect.name == "sqlite":  # upgrade a copy: the module's database stays as it is
-        import sqlite3
+def test_migration_fills_the_derived_tables_from_existing_reviews(
+    engine: Engine, make_user, make_images
+) -> None:
+    readers = [make_user(f"r{i}") for i in range(3)]
+    admin = make_user("chief", role="admin")
+    images = make_images(24, nlp={i: [FINDINGS[i % 14]] for i in range(0, 24, 2)})
+    rng = random.Random(5)
+    with session_scope(engine) as session:
+        for n, image_id in enumerate(images[:18]):
+            for reader in readers[: 1 + n % 3]:
+                findings = {f: rng.random() < 0.3 for f in FINDINGS[:4]}
+                exclude = rng.random() < 0.15
+                no_finding = not any(findings.values()) and not exclude
+                save_review(session, image_id, reader, findings, no_finding, exclude, "", None)
+        for image_id in (images[0], images[20]):
+            adjudicate(session, image_id, admin, {"Edema": True}, False, False, "", None)
+        version = register_model_version(session, "v", "/nowhere")
+        save_predictions(session, version.id, {i: [rng.random() for _ in FINDINGS] for i in images})
+        effective.refresh_disagreement(session, version.id)
 
-        with sqlite3.connect(scale.engine.url.database) as source, sqlite3.connect(tmp_path / "copy.db") as copy:
-            source.backup(copy)
-        engine = get_engine(url, migrate=False)
-    else:
-        pytest.skip("the SQL of the migration is checked on SQLite here; test_db_schema runs it on both")
-    try:
+    def derived() -> tuple[list, list]:
         with session_scope(engine, read_only=True) as session:
-            before = session.execute(select(ReviewedLabel).order_by(ReviewedLabel.image_id)).scalars().all()
-            rows = [(r.image_id, r.source, r.n_reviews, r.exclude, *(getattr(r, c) for c in FINDING_COLUMNS))
-                    for r in before]  # fmt: skip
-            scores = session.execute(select(Prediction.id, Prediction.disagreement, Prediction.disagreement_finding)
-                                     .order_by(Prediction.id)).all()  # fmt: skip
-        downgrade(engine, "0002_security")
-        upgrade(engine)
-        with session_scope(engine, read_only=True) as session:
-            after = session.execute(select(ReviewedLabel).order_by(ReviewedLabel.image_id)).scalars().all()
-            assert [(r.image_id, r.source, r.n_reviews, r.exclude, *(getattr(r, c) for c in FINDING_COLUMNS))
-                    for r in after] == rows  # fmt: skip
-            assert session.execute(select(Prediction.id, Prediction.disagreement, Prediction.disagreement_finding)
-                                   .order_by(Prediction.id)).all() == scores  # fmt: skip
-    finally:
-        dispose_engine(url)
+            rows = session.execute(select(ReviewedLabel.__table__).order_by(ReviewedLabel.image_id)).all()
+            columns = [Prediction.id, Prediction.disagreement, Prediction.disagreement_finding]
+            scores = session.execute(select(*columns).order_by(Prediction.id)).all()
+        labels = [tuple(v for k, v in row._mapping.items() if k != "updated_at") for row in rows]
+        return labels, scores
+
+    before = derived()
+    assert len(before[0]) == 19 and all(score is not None for _, score, _ in before[1])
+    downgrade(engine, "0002_security")
+    upgrade(engine)
+    assert derived() == before
 
 
 def test_change_tokens_move_on_writes_and_only_then(engine: Engine, make_user, make_images) -> None:
@@ -493,3 +572,33 @@ def test_change_tokens_move_on_writes_and_only_then(engine: Engine, make_user, m
     with session_scope(engine) as session:
         change = changes.change_token(session)
     assert change == (*labels, *models)
+
+
+def test_concurrent_saves_of_one_image_both_count(engine: Engine, make_user, make_images) -> None:
+    """The second save waits for the first (saves are serialized: the audit chain lock, and the image row
+    lock of db.effective), so its reviewed label includes both reads."""
+    first, second = make_user("first"), make_user("second")
+    [image] = make_images(1)
+    done: list[object] = []
+
+    def later_save() -> None:
+        try:
+            with session_scope(engine) as session:
+                save_review(
+                    session, image, session.get(User, second.id), {"Mass": True}, False, False, "", None
+                )
+            done.append("ok")
+        except Exception as exc:  # reported by the assertion below
+            done.append(exc)
+
+    with session_scope(engine) as session:
+        save_review(session, image, session.get(User, first.id), {"Mass": True}, False, False, "", None)
+        thread = threading.Thread(target=later_save)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()  # waiting for this transaction
+    thread.join(30)
+    assert done == ["ok"]
+    with session_scope(engine, read_only=True) as session:
+        row = session.get(ReviewedLabel, image)
+        assert row is not None and (row.n_reviews, row.mass, row.source) == (2, True, "consensus")

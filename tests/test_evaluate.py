@@ -157,3 +157,69 @@ def test_real_sample_test_split(sample_dir: Path, tmp_path: Path) -> None:
     test_ids = set(ds.entries.index[ds.entries["split"] == "test"])
     n_boxes = int(ds.boxes["image_index"].isin(test_ids).sum())
     assert report["localization"]["overall"]["n_boxes"] == n_boxes > 0
+
+
+def test_suite_predicts_each_split_once_for_every_label_source(
+    model_dir: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    """One inference pass per split serves both label sources, with the same figures as one evaluate()
+    per (split, labels); thresholds are chosen on val and reported on test; predictions are stored."""
+    from core.calibration import expected_calibration_error
+    from core.evaluation_suite import evaluate_suite
+    from core.metrics import youden_thresholds
+    from core.prediction_store import compare_stored, load_stored, save_stored
+    from tests.test_train import write_labels_table
+
+    ds = load_chestxray14(synthetic_data)
+    val_ids, _ = split_images(ds, "val", read_artifact(model_dir).card)
+    table = write_labels_table(synthetic_data, tmp_path / "labels.csv", exclude=val_ids[:2])
+    suite = evaluate_suite(model_dir, synthetic_data, {"nlp": None, "reviewed": table}, n_boot=30,
+                           backend="torch", device="cpu")  # fmt: skip
+    assert suite.errors == []
+    assert suite.n_inference_passes == 2 and suite.n_images_predicted == 6 + len(val_ids)
+    for labels, labels_table in (("nlp", None), ("reviewed", table)):
+        single = evaluate(model_dir, synthetic_data, "val", labels_table=labels_table, n_boot=30,
+                          backend="torch", device="cpu")  # fmt: skip
+        report = suite.reports[labels]["val"]
+        assert report["n_images"] == single["n_images"] and report["n_excluded"] == single["n_excluded"]
+        assert report["auroc"] == pytest.approx(single["auroc"], abs=1e-6)
+        assert report["n_pos"] == single["n_pos"] and report["too_few"] == single["too_few"]
+    assert suite.reports["reviewed"]["val"]["n_images"] == len(val_ids) - 2
+
+    val, test = suite.reports["nlp"]["val"], suite.reports["nlp"]["test"]
+    stored = suite.stored
+    chosen = youden_thresholds(stored["val"].truth["nlp"], stored["val"].probabilities, FINDINGS)
+    points = test["operating_points"]
+    assert points["chosen_on"]["split"] == "val" and points["reported_on"]["split"] == "test"
+    assert {k: v for k, v in points["thresholds"].items() if v is not None} == pytest.approx(
+        {k: v for k, v in chosen.items() if v is not None}, abs=1e-6
+    )
+    assert "chosen by Youden's J on val" in test["thresholds_source"]
+    assert "optimistic" in val["thresholds_source"]
+    # Calibration, temperature (fitted on val) and subgroups ride along, computed on the same numbers.
+    c = FINDINGS.index("Atelectasis")
+    assert val["calibration"]["classes"]["Atelectasis"]["ece"] == pytest.approx(
+        expected_calibration_error(stored["val"].truth["nlp"][:, c], stored["val"].probabilities[:, c]),
+        abs=1e-6,
+    )
+    assert test["temperature"]["split"] == "val" and test["temperature"]["temperature"] > 0
+    assert set(val["subgroups"]) >= {"sex", "age_band", "view", "view_only_baseline"}
+    assert all(n < 10 for n in val["n_pos"].values()) and val["mean_auroc_enough"] is None  # 10 images
+
+    path = save_stored(tmp_path / "predictions.npz", stored)
+    loaded = load_stored(path)
+    assert loaded["val"].ids == stored["val"].ids
+    assert np.array_equal(loaded["val"].truth["reviewed"], stored["val"].truth["reviewed"])
+    assert loaded["val"].included["reviewed"].sum() == len(val_ids) - 2
+    same = compare_stored(loaded["val"], loaded["val"], "nlp")
+    assert same["n_images"] == len(val_ids) and same["classes"]
+    assert all(row["delta"] == 0 and row["p"] == 1.0 for row in same["classes"].values())
+
+
+def test_a_report_counts_positives_and_leaves_too_few_out_of_the_mean(
+    model_dir: Path, synthetic_data: Path
+) -> None:
+    report = evaluate(model_dir, synthetic_data, "val", n_boot=20, backend="torch", device="cpu")
+    assert report["n_pos"] == {label: int(report["support"][label]) for label in FINDINGS}
+    assert set(report["too_few"]) == {f for f in FINDINGS if report["auroc"][f] is not None}
+    assert report["mean_auroc_enough"] is None and "left out as too few" in report["mean_note"]

@@ -27,7 +27,7 @@ from core.ood import (
     pixel_checks,
 )
 from core.ood_probes import blank_probes, document_probes, noise_probes, photo_probes, xray_probes
-from core.paths import BUNDLED_MODEL_DIR
+from core.paths import BUNDLED_MODEL_DIR, SHARED_SAMPLE_DIR
 
 N_FIT = 40
 
@@ -197,3 +197,19 @@ def test_pixel_checks_by_hand():
 def test_fitting_refuses_too_few_images():
     with pytest.raises(OodError, match="at least 20"):
         OodGate.fit(np.ones((5, 1024)), [np.zeros((64, 64), dtype=np.uint8)] * 5)
+
+
+def test_the_demo_models_card_carries_a_gate_fitted_for_its_weights():
+    from core.artifact import read_artifact
+    from core.ood_features import stored_gate
+
+    artifact = read_artifact(BUNDLED_MODEL_DIR)
+    gate = stored_gate(artifact)
+    assert gate is not None, "fit it: python -m core ood fit models/chexnet-demo"
+    assert gate.info["weights_sha256"] == artifact.weights_digest()
+    assert gate.info["n_images"] >= 500 and gate.info["split"] == "train_val"
+    assert gate.info["out_of_fold_flag_rate"] <= 0.02
+    # No server path in a card that ships (and that a page may show).
+    assert "/" not in gate.info["dataset"]
+    assert str(SHARED_SAMPLE_DIR.resolve().parent) not in json.dumps(gate.info)
+    assert len(json.dumps(artifact.card["ood"])) < 150_000

@@ -13,11 +13,14 @@ from PIL import Image
 from torchvision import transforms
 
 from core import file_cache
-from core.artifact import ModelArtifact, new_card, read_artifact, save_artifact, update_card
+from core.artifact import ArtifactError, ModelArtifact, new_card, read_artifact, save_artifact, update_card
 from core.imaging import read_xray_file
 from core.labels import FINDINGS
 from core.models import create_model
-from core.ov_backend import choose_precision
+from core.ood import COLOUR_REASON, UNIFORM_REASON, OodGate, OodResult
+from core.ood_features import pooled_features
+from core.ood_probes import blank_probes, photo_probes
+from core.ov_backend import OUTPUTS_TAG, choose_precision
 from core.paths import cache_dir
 from core.predictor import OpenVinoBackend, Prediction, Predictor, TorchBackend
 from core.preprocess import crop_window, model_input
@@ -132,6 +135,20 @@ def test_backends_agree_on_probabilities_and_cams(batched):
         np.testing.assert_allclose(theirs.cams, ours.cams, rtol=0, atol=1e-3 * scale)
 
 
+@pytest.mark.parametrize("backend", EACH_BACKEND)
+def test_the_pooled_features_come_from_the_same_pass(backend, artifact, batched, reference_inputs):
+    """Each prediction carries the features its classifier read: the head applied to them gives its
+    probabilities, and they equal a plain PyTorch pass's pooled features."""
+    features = np.stack([p.features for p in batched[backend]])
+    assert features.shape == (N_IMAGES, 1024) and features.dtype == np.float32
+    head = artifact.load_model().classifier
+    weight, bias = head.weight.detach().double().numpy(), head.bias.detach().double().numpy()
+    logits = features.astype(np.float64) @ weight.T + bias
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), probabilities(batched[backend]), rtol=0, atol=1e-5)
+    plain = pooled_features(artifact.load_model(), reference_inputs.numpy())
+    np.testing.assert_allclose(features, plain, rtol=0, atol=1e-3 * float(np.abs(plain).max()))
+
+
 # ------------------------------------------------------------------------------------------- thresholds
 
 
@@ -227,6 +244,63 @@ def test_the_crop_window_is_where_the_model_input_comes_from():
     assert (~centre_mark).any()  # the mark just inside the edge is seen too
 
 
+# -------------------------------------------------------------------------------------------- OOD gate
+
+
+def _probe_pixels(data: bytes) -> np.ndarray:
+    from core.imaging import read_xray
+
+    return read_xray(data).pixels
+
+
+def test_without_a_gate_only_the_pixel_checks_run(predictors, batched, images):
+    assert predictors["torch"].ood_gate is None  # the test model's card has none
+    for prediction in batched["torch"]:  # real NIH X-rays
+        assert prediction.ood == OodResult(False, 0.0, "")
+    blank = blank_probes()[0].data
+    judged = predictors["torch"].predict_one(_probe_pixels(blank), file_bytes=blank).ood
+    assert judged.to_dict() == {"flagged": True, "score": 0.0, "reason": UNIFORM_REASON}
+
+
+def test_the_colour_check_needs_the_file_bytes(predictors):
+    photo = photo_probes(np.random.default_rng(3), 1)[0].data
+    pixels = _probe_pixels(photo)
+    assert predictors["torch"].predict_one(pixels, file_bytes=photo).ood.reason == COLOUR_REASON
+    assert predictors["torch"].predict_one(pixels).ood.reason != COLOUR_REASON  # grey pixels alone
+    with pytest.raises(ValueError, match="one entry"):
+        predictors["torch"].predict([pixels, pixels], file_bytes=[photo])
+
+
+@pytest.fixture(scope="module")
+def gated(artifact, predictors, full_resolution_images, tmp_path_factory) -> tuple[Predictor, OodGate]:
+    """The test model with a gate fitted on the pooled features of the 24 full-resolution images."""
+    path = shutil.copytree(artifact.path, tmp_path_factory.mktemp("gated") / "m")
+    pixels = [read_xray_file(f).pixels for f in full_resolution_images]
+    features = np.stack([p.features for p in predictors["torch"].predict(pixels)])
+    gate = OodGate.fit(features, pixels, folds=3, source={"weights_sha256": artifact.weights_digest()})
+    update_card(path, ood=gate.to_dict())
+    return Predictor(read_artifact(path), backend="torch", device="cpu"), gate
+
+
+def test_a_stored_gate_judges_the_features_of_the_same_pass(gated, images):
+    predictor, gate = gated
+    assert predictor.ood_gate is not None and predictor.ood_gate.limit == pytest.approx(gate.limit)
+    for image, prediction in zip(images, predictor.predict(images), strict=True):
+        expected = gate.check(image, prediction.features)  # the gate as fitted, before storing (float16)
+        assert (prediction.ood.flagged, prediction.ood.reason) == (expected.flagged, expected.reason)
+        assert prediction.ood.score == pytest.approx(expected.score, rel=1e-3)
+        assert prediction.ood.score > 0  # a real distance, not the gate-less 0.0
+
+
+def test_a_damaged_gate_refuses_the_model_with_a_sentence(gated, tmp_path):
+    predictor, _ = gated
+    path = shutil.copytree(predictor.artifact.path, tmp_path / "m")
+    damaged = {**predictor.artifact.card["ood"], "format": 99}
+    update_card(path, ood=damaged)
+    with pytest.raises(ArtifactError, match="OOD gate stored in the model card is damaged"):
+        Predictor(read_artifact(path), backend="torch", device="cpu")
+
+
 # ------------------------------------------------------------------------------------------------ misc
 
 
@@ -236,6 +310,7 @@ def test_auto_picks_openvino_on_cpu_and_reuses_the_compiled_cache(artifact, pred
     entries = {kind: Path(path) for kind, path in first.backend_info["cache"].items()}
     assert set(entries) == {"ir", "decision", "compiled"}
     assert all(path.parent == cache_dir() / "openvino" for path in entries.values())
+    assert all(f"-{OUTPUTS_TAG}-" in path.name for path in entries.values())  # the 3-output graph's names
     assert all(file_cache.read_entry(path) is not None for path in entries.values())  # whole and checked
     written = {kind: path.stat().st_mtime_ns for kind, path in entries.items()}
     auto = Predictor(artifact, backend="auto", device="cpu")

@@ -150,3 +150,19 @@ def test_cookie_scripts_set_strict_cookies_and_clear_only_their_own(cookie_home)
     assert "Secure" not in script  # plain http here (localhost); https adds it
     clear = session_cookie.clear_script("v.1.s")
     assert '"chexnet_session=v.1.s"' in clear and "1970" in clear
+
+
+def test_cli_lists_and_ends_sessions(sqlite_engine: Engine, fast_password_hashing: None, capsys) -> None:
+    from db.__main__ import main
+
+    with session_scope(sqlite_engine) as session:
+        user = accounts.create_user(session, "tess", TEST_PASSWORD)
+    first, second = _open(sqlite_engine, user.id), _open(sqlite_engine, user.id)
+    url = sqlite_engine.url.render_as_string(hide_password=False)
+    assert main(["--database-url", url, "sessions"]) == 0
+    assert capsys.readouterr().out.count("tess") == 2
+    assert main(["--database-url", url, "revoke-session", "--user", "TESS"]) == 0
+    assert "Ended 2 session(s) of 'tess'." in capsys.readouterr().out
+    assert _resolve(sqlite_engine, first) is None and _resolve(sqlite_engine, second) is None
+    assert main(["--database-url", url, "revoke-session", "999"]) == 1
+    assert "no live session with id 999" in capsys.readouterr().err

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 from sqlalchemy import func, select
 
 from core.labels import FINDINGS, PUBLISHED_CHEXNET_AUROC
+from core.paths import chexnet_home
 from db.label_status import LabelStatus, label_status
 from db.models import Image, LabelEvent, ModelVersion
 from db.registry import list_versions
@@ -78,6 +81,16 @@ class VersionInfo:
     def evaluated(self) -> bool:
         return bool((self.metrics or {}).get("evaluations"))
 
+    @property
+    def predictions_file(self) -> Path | None:
+        """The per-image probabilities its last evaluation stored (None without, or outside CHEXNET_HOME)."""
+        relative = ((self.metrics or {}).get("predictions") or {}).get("file")
+        if not relative:
+            return None
+        home = chexnet_home().resolve()
+        path = (home / relative).resolve()
+        return path if path.is_relative_to(home) and path.is_file() else None
+
 
 def _label_source_text(snapshot: dict[str, Any] | None) -> str:
     source = (snapshot or {}).get("source")
@@ -89,7 +102,20 @@ def _label_source_text(snapshot: dict[str, Any] | None) -> str:
 
 
 def load_versions() -> list[VersionInfo]:
-    """All registered versions, newest first (the registry is seeded at start-up, never here)."""
+    """All registered versions, newest first (the registry is seeded at start-up, never here).
+
+    Read once per change of the registry (db.changes.models_token: versions, promotions, jobs), not on
+    every rerun: each version's metrics hold curves and tables."""
+    from db.changes import models_token
+    from db.engine import default_url
+
+    with session(read_only=True) as db:
+        token = models_token(db)
+    return _versions(default_url(), token)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _versions(url_key: str, token: tuple) -> list[VersionInfo]:
     with session(read_only=True) as db:
         versions = list_versions(db)
         names = {v.id: v.name for v in versions}
@@ -144,49 +170,59 @@ def default_split(versions: list[VersionInfo]) -> str:
     return "val" if sizes["val"] > sizes["test"] else "test"
 
 
-def auroc_table(
-    versions: list[VersionInfo], active: VersionInfo | None, labels: str, split: str
-) -> pd.DataFrame:
-    """Per finding: each version's AUROC [95% CI], its delta to the active version, and CheXNet's figure."""
-    reference = active.auroc_summary(labels, split) if active is not None else None
+MIN_POSITIVES = 10  # core.evaluate.MIN_POSITIVES: fewer positives and an AUROC is marked too few
+
+
+def _positives_text(n_pos: dict[str, int] | None, finding: str) -> str:
+    if not isinstance(n_pos, dict) or finding not in n_pos:
+        return "—"
+    count = int(n_pos[finding])
+    return f"{count} · too few" if count < MIN_POSITIVES else str(count)
+
+
+def auroc_table(versions: list[VersionInfo], labels: str, split: str) -> pd.DataFrame:
+    """Per finding: each version's AUROC [95% CI] and positives (marked "too few" below 10), and
+    CheXNet's published figure. The mean row leaves too-few findings out (said in `mean_note`)."""
     table = pd.DataFrame({"finding": [pretty(f) for f in FINDINGS]})
+    means: dict[str, Any] = {"finding": "Mean"}
     for version in versions:
         summary = version.auroc_summary(labels, split) or {}
-        auroc = summary.get("auroc") or {}
-        ci = summary.get("auroc_ci") or {}
-        table[f"{version.name}"] = [auroc.get(f) for f in FINDINGS]
+        auroc, ci, n_pos = summary.get("auroc") or {}, summary.get("auroc_ci") or {}, summary.get("n_pos")
+        table[version.name] = [auroc.get(f) for f in FINDINGS]
         table[f"{version.name} 95% CI"] = [_ci_text(ci.get(f)) for f in FINDINGS]
-        if reference is not None and not version.is_active:
-            base = reference.get("auroc") or {}
-            table[f"{version.name} Δ"] = [
-                None if auroc.get(f) is None or base.get(f) is None else auroc[f] - base[f] for f in FINDINGS
-            ]
+        table[f"{version.name} positives"] = [_positives_text(n_pos, f) for f in FINDINGS]
+        if "mean_auroc_enough" in summary:
+            means[version.name] = summary["mean_auroc_enough"]
+            means[f"{version.name} 95% CI"] = _ci_text(summary.get("mean_auroc_enough_ci"))
+            too_few = sum(1 for n in (n_pos or {}).values() if n < MIN_POSITIVES)
+            means[f"{version.name} positives"] = (
+                f"no finding with {MIN_POSITIVES}+"
+                if summary["mean_auroc_enough"] is None
+                else f"{too_few} too few left out"
+                if too_few
+                else "all counted"
+            )
+        else:
+            means[version.name] = summary.get("mean_auroc")
+            means[f"{version.name} 95% CI"] = _ci_text(summary.get("mean_auroc_ci"))
+            means[f"{version.name} positives"] = "not recorded" if summary else "—"
     table["CheXNet (published)"] = [PUBLISHED_CHEXNET_AUROC[f] for f in FINDINGS]
-    means = {"finding": "Mean"}
-    for column in table.columns[1:]:
-        values = pd.to_numeric(table[column], errors="coerce")
-        means[column] = values.mean() if values.notna().any() and "CI" not in column else None
-    for version in versions:
-        summary = version.auroc_summary(labels, split) or {}
-        if summary.get("mean_auroc") is not None:
-            means[version.name] = summary["mean_auroc"]
-        means[f"{version.name} 95% CI"] = _ci_text(summary.get("mean_auroc_ci"))
+    means["CheXNet (published)"] = float(np.mean(list(PUBLISHED_CHEXNET_AUROC.values())))
     return pd.concat([table, pd.DataFrame([means])], ignore_index=True)
 
 
 def style_auroc_table(table: pd.DataFrame) -> Any:
-    """Three decimals; deltas signed, green where the version beats the active one, red where it is worse."""
-
-    def colour(value: Any) -> str:
-        if not isinstance(value, int | float) or pd.isna(value) or abs(value) < 0.005:
-            return ""
-        return "color: #1a7f37; font-weight: 600" if value > 0 else "color: #c62828; font-weight: 600"
-
-    deltas = [c for c in table.columns if "Δ" in c]
-    numbers = [c for c in table.columns if c != "finding" and "CI" not in c and c not in deltas]
+    """Three decimals; an AUROC from fewer than 10 positives is greyed (it is not left to look precise)."""
+    numbers = [c for c in table.columns if c != "finding" and not c.endswith((" 95% CI", " positives"))]
     styler = table.style.format("{:.3f}", subset=numbers, na_rep="—")
-    styler = styler.format("{:+.3f}", subset=deltas, na_rep="—")
-    return styler.map(colour, subset=deltas)
+
+    def grey(column: pd.Series) -> list[str]:
+        positives = table.get(f"{column.name} positives")
+        if positives is None:
+            return [""] * len(column)
+        return ["color: #9e9e9e; font-style: italic" if "too few" in str(v) else "" for v in positives]
+
+    return styler.apply(grey, subset=numbers)
 
 
 def _ci_text(ci: Any) -> str:

@@ -127,6 +127,7 @@ def log_out() -> None:
     if token:
         with database.session() as db_session:
             sessions.revoke_session(db_session, token)
+        st.session_state[_REJECTED_KEY] = token  # the cookie this tab opened with may still hold it
     _forget()
 
 

@@ -1,17 +1,38 @@
-"""The Models & ROC page's comparison of versions: which versions and reports to draw, and the sentences
-around the charts and tables (version names escaped for markdown)."""
+"""The Models & ROC page's comparison of versions: which versions and reports to draw, the paired
+comparison of two versions (or a reference) from their stored per-image predictions, the calibration and
+subgroup tables, and the sentences around them (version names escaped for markdown)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
+from core.errors import UserError
+from core.prediction_sets import read_reference_csv
+from core.prediction_store import (
+    StoredSplit,
+    compare_stored,
+    load_stored,
+    reference_split,
+    significantly_worse,
+)
 from webapp.admin_data import LABEL_CHOICES, SPLIT_CHOICES, VersionInfo
-from webapp.formatting import plain, pretty
+from webapp.formatting import number_text, plain, pretty
 
 ALL_FINDINGS = "__all__"
 METRIC_COLUMNS = ("threshold", "precision", "recall", "specificity", "F1", "AUROC")
+TABS = [
+    ":material/show_chart: ROC curves",
+    ":material/table: AUROC table",
+    ":material/compare_arrows: Paired comparison",
+    ":material/balance: Calibration",
+    ":material/groups: Subgroups",
+    ":material/ssid_chart: PR curves",
+    ":material/tune: Operating thresholds",
+]
 
 
 def default_compared(versions: list[VersionInfo]) -> list[str]:
@@ -86,3 +107,193 @@ def table_height(rows: int) -> int:
 
 def metric_columns() -> dict:
     return {name: st.column_config.NumberColumn(name, format="%.3f") for name in METRIC_COLUMNS}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Paired comparison (stored per-image predictions, no inference), calibration and subgroups
+
+REFERENCE_KEY = "reference:"
+SIGNIFICANCE = 0.05  # Holm-adjusted p below this: a difference worth colouring (and calling out)
+
+
+@dataclass(frozen=True)
+class Comparable:
+    """A version with stored per-image predictions, or a reference CSV: something to compare."""
+
+    key: str
+    name: str
+    kind: str  # "version" | "reference"
+    path: str  # the .npz or the CSV
+    mtime: float
+
+
+def comparables(versions: list[VersionInfo], references: list[Any]) -> dict[str, Comparable]:
+    """key -> Comparable: versions whose evaluation stored predictions, then reference entries."""
+    found: dict[str, Comparable] = {}
+    for version in versions:
+        path = version.predictions_file
+        if path is not None:
+            key = f"version:{version.id}"
+            found[key] = Comparable(key, version.name, "version", str(path), path.stat().st_mtime)
+    for entry in references:
+        path = entry.csv_path()
+        key = REFERENCE_KEY + entry.slug
+        found[key] = Comparable(
+            key, f"{entry.name} (reference)", "reference", str(path), path.stat().st_mtime
+        )
+    return found
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _stored(path: str, mtime: float) -> dict[str, StoredSplit]:
+    return load_stored(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _reference(path: str, mtime: float, name: str) -> pd.DataFrame:
+    return read_reference_csv(path, name).probabilities
+
+
+@st.cache_data(show_spinner="Comparing on the same images…", max_entries=16)
+def paired_comparison(
+    a: Comparable, b: Comparable, split: str, labels: str
+) -> tuple[dict | None, str | None]:
+    """(DeLong comparison of B against A on the images both cover, None) or (None, why not)."""
+    if a.kind == "reference" and b.kind == "reference":
+        return None, "Pick at least one version: its evaluation supplies the images and their labels."
+    try:
+        stored = {c.key: _stored(c.path, c.mtime).get(split) for c in (a, b) if c.kind == "version"}
+        missing = [c.name for c in (a, b) if c.kind == "version" and stored[c.key] is None]
+        if missing:
+            return None, f"No stored {SPLIT_CHOICES[split]} predictions of {', '.join(map(plain, missing))}."
+        like = next(iter(stored.values()))
+        sides = [
+            stored[c.key]
+            if c.kind == "version"
+            else reference_split(_reference(c.path, c.mtime, c.name), like, c.name)
+            for c in (a, b)
+        ]
+        if labels not in sides[1].truth:
+            return (
+                None,
+                f"No stored {LABEL_CHOICES[labels]} for {plain(b.name)} on the {SPLIT_CHOICES[split]}.",
+            )
+        return compare_stored(sides[0], sides[1], labels), None
+    except UserError as exc:
+        return None, plain(exc)
+
+
+def comparison_frame(result: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for label, row in result["classes"].items():
+        rows.append({
+            "finding": pretty(label), "A": row["auroc_a"], "B": row["auroc_b"], "Δ (B − A)": row["delta"],
+            "95% CI": f"{row['ci'][0]:+.3f} to {row['ci'][1]:+.3f}", "p": row["p"], "p (Holm)": row["p_holm"],
+            "positives": f"{row['n_pos']} · too few" if row["too_few"] else str(row["n_pos"]),
+        })  # fmt: skip
+    mean = result["mean"]
+    if mean["delta"] is not None:
+        rows.append({
+            "finding": f"Mean of {mean['n_findings']}", "A": mean["auroc_a"], "B": mean["auroc_b"],
+            "Δ (B − A)": mean["delta"], "95% CI": f"{mean['ci'][0]:+.3f} to {mean['ci'][1]:+.3f}",
+            "p": mean.get("p"), "p (Holm)": None, "positives": "too few left out",
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def style_comparison(frame: pd.DataFrame) -> Any:
+    """Colour only what is significant after Holm's adjustment: green where B is better, red where worse."""
+
+    def colour(row: pd.Series) -> list[str]:
+        p_holm = row["p (Holm)"]
+        if p_holm is None or pd.isna(p_holm) or p_holm >= SIGNIFICANCE:
+            return [""] * len(row)
+        style = (
+            "color: #1a7f37; font-weight: 600" if row["Δ (B − A)"] > 0 else "color: #c62828; font-weight: 600"
+        )
+        return [style if column in ("Δ (B − A)", "p (Holm)") else "" for column in row.index]
+
+    styler = frame.style.format("{:.3f}", subset=["A", "B"], na_rep="—")
+    styler = styler.format("{:+.3f}", subset=["Δ (B − A)"], na_rep="—")
+    styler = styler.format("{:.3g}", subset=["p", "p (Holm)"], na_rep="—")
+    return styler.apply(colour, axis=1)
+
+
+def comparison_caption(result: dict[str, Any], a: str, b: str) -> str:
+    text = (
+        f"A: {plain(a)}, B: {plain(b)}, on the same {result['n_images']:,} images of the "
+        f"{SPLIT_CHOICES[result['split']]} (labels from B's evaluation). DeLong's test for correlated ROC "
+        f"curves, 95% CI, two-sided p, Holm-adjusted across findings; coloured only where p (Holm) < "
+        f"{SIGNIFICANCE}. Findings with fewer than {result['min_positives']} positives are marked too few "
+        "and left out of the mean."
+    )
+    if result.get("omitted"):
+        text += f" Left out (one class only): {', '.join(pretty(f) for f in result['omitted'])}."
+    if result.get("n_label_differences"):
+        text += f" {result['n_label_differences']:,} common images have other labels in A's evaluation."
+    return text
+
+
+def worse_text(result: dict[str, Any], a: str, b: str) -> str | None:
+    """The findings where B is significantly worse than A (p_holm < 0.05, delta < 0), as a sentence."""
+    worse = significantly_worse(result, SIGNIFICANCE)
+    if not worse:
+        return None
+    rows = result["classes"]
+    listed = "; ".join(f"{pretty(f)} {rows[f]['delta']:+.3f} (p Holm {rows[f]['p_holm']:.3g})" for f in worse)
+    return f"{plain(b)} is significantly worse than {plain(a)} on {len(worse)} finding(s): {listed}."
+
+
+def calibration_frame(report: dict[str, Any]) -> pd.DataFrame | None:
+    calibration = report.get("calibration")
+    if not calibration:
+        return None
+    after = (report.get("temperature") or {}).get("ece_after") or {}
+    rows = [
+        {"finding": pretty(label), "ECE": row["ece"], "Brier": row["brier"],
+         "ECE after temperature": after.get(label),
+         "positives": f"{row['n_pos']} · too few" if row["too_few"] else str(row["n_pos"])}
+        for label, row in calibration["classes"].items()
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def calibration_caption(report: dict[str, Any]) -> str:
+    calibration = report["calibration"]
+    text = f"ECE over {calibration['binning']}; Brier: mean squared error of the probability. "
+    if calibration.get("mean_ece") is not None:
+        text += f"Means (findings with at least 10 positives): ECE {calibration['mean_ece']:.3f}, "
+        text += f"Brier {calibration['mean_brier']:.3f}. "
+    temperature = report.get("temperature")
+    if temperature:
+        where = SPLIT_CHOICES.get(temperature["split"], temperature["split"])
+        text += (
+            f"Temperature {temperature['temperature']:.2f} fitted on the {where} "
+            f"({temperature['n_images']:,} images) gives mean ECE "
+            f"{number_text(temperature['mean_ece_after'])}; it is stored, not applied by the Predict page."
+        )
+    return text
+
+
+SUBGROUP_ATTRIBUTES = {"sex": "sex", "age_band": "age band", "view": "view position"}
+
+
+def subgroup_frame(report: dict[str, Any], attribute: str) -> pd.DataFrame | None:
+    """Per finding: AUROC (positives) in each group of `attribute`, and the view-only baseline."""
+    subgroups = report.get("subgroups")
+    if not subgroups:
+        return None
+    groups = subgroups.get(attribute) or {}
+    baseline = subgroups["view_only_baseline"]["classes"]
+    rows = []
+    for label in baseline:
+        row: dict[str, Any] = {"finding": pretty(label)}
+        for group, table in groups.items():
+            cell = table["classes"][label]
+            mark = " · too few" if cell["too_few"] else ""
+            auroc = "—" if cell["auroc"] is None else f"{cell['auroc']:.3f}"
+            row[f"{group} (n {table['n']:,})"] = f"{auroc} ({cell['n_pos']}{mark})"
+        base = baseline[label]
+        row["view only (AP=1)"] = "—" if base["auroc"] is None else f"{base['auroc']:.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows)

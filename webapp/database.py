@@ -53,7 +53,7 @@ def _announce_initial_admin(password_file: Path) -> None:
     print(
         f"\n{rule}\nCheXNet Studio: created the first account, {accounts.INITIAL_ADMIN_USERNAME!r}.\n"
         f"Its password is in {password_file} (readable only by this user).\n"
-        f"Log in, change it on the Account page, and the file is deleted "
+        f"Log in, change it on the Change password page, and the file is deleted "
         f"(or set ${accounts.ADMIN_PASSWORD_ENV} before the first start).\n{rule}\n",
         flush=True,
     )

@@ -276,3 +276,44 @@ def curve_grid(reports: dict[str, dict[str, Any]], kind: str = "roc") -> go.Figu
     figure.update_yaxes(range=[0, 1.02], showticklabels=False)
     figure.update_annotations(font_size=11)
     return _layout(figure, 240 * rows, legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})
+
+
+def reliability_diagram(reports: dict[str, dict[str, Any]], finding: str) -> go.Figure:
+    """Observed positive rate against mean predicted probability per bin, one line per version; the
+    diagonal is perfect calibration and each marker's size follows its bin's image count."""
+    figure = go.Figure()
+    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=CHANCE, name="perfectly calibrated",
+                       hoverinfo="skip")  # fmt: skip
+    for index, (version, report) in enumerate(reports.items()):
+        row = ((report.get("calibration") or {}).get("classes") or {}).get(finding)
+        if not row:
+            continue
+        points = row["reliability"]
+        name = _shown(version)
+        largest = max(points["count"] or [1])
+        figure.add_scatter(
+            x=points["mean_predicted"],
+            y=points["observed"],
+            mode="lines+markers",
+            name=f"{name} (ECE {row['ece']:.3f}, {row['n_pos']} positives)",
+            line={"color": PALETTE[index % len(PALETTE)], "width": 2},
+            marker={"size": [8 + 14 * (c / largest) ** 0.5 for c in points["count"]]},
+            customdata=points["count"],
+            hovertemplate="predicted %{x:.3f}<br>observed %{y:.3f}<br>%{customdata} images"
+            + f"<extra>{name}</extra>",
+        )
+    return _layout(
+        figure,
+        460,
+        legend={
+            "orientation": "v",
+            "y": 0.98,
+            "yanchor": "top",
+            "x": 0.02,
+            "xanchor": "left",
+            "bgcolor": "rgba(255,255,255,0.85)",
+        },  # fmt: skip
+        title={"text": f"Reliability: {pretty(finding)}", "font": {"size": 15}},
+        xaxis={"title": "mean predicted probability (bin)", "range": [0, 1], "constrain": "domain"},
+        yaxis={"title": "observed positive rate", "range": [0, 1.02], "scaleanchor": "x", "scaleratio": 1},
+    )

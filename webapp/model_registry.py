@@ -1,5 +1,6 @@
-"""What the Models & ROC page does to the registry (promote, roll back, queue an evaluation) and how it
-describes one version. Each action ends in a flash message for the rerun that follows its button.
+"""What the Models & ROC page does to the registry (promote after a confirmation, roll back one step of
+the promotion history, queue an evaluation, add a reference comparator) and how it describes one version.
+Each action ends in a flash message for the rerun that follows its button.
 
 Version names, paths and notes are shown escaped: they come from people and model folders.
 """
@@ -12,6 +13,7 @@ from typing import Any
 import streamlit as st
 
 from core.errors import UserError
+from db.references import add_reference, add_reference_file
 from db.registry import promote_version, rollback_version
 from db.reviews import account_by_id
 from jobs.queue import enqueue_evaluate
@@ -40,12 +42,57 @@ def _switch(action: Callable[[Any], Any], done: str) -> None:
         flash("success", f"{plain(name)} {done}. The Predict page uses it from its next run.")
 
 
+PENDING_PROMOTION = "promote_candidate"  # session key: the version waiting for "Confirm promotion"
+
+
+def ask_to_promote(version_id: int) -> None:
+    """Promote asks first: the page then shows the comparison with the active version and a confirm step."""
+    st.session_state[PENDING_PROMOTION] = version_id
+
+
+def pending_promotion(versions: list[VersionInfo]) -> VersionInfo | None:
+    wanted = st.session_state.get(PENDING_PROMOTION)
+    return next((v for v in versions if v.id == wanted and not v.is_active), None)
+
+
+def cancel_promotion() -> None:
+    st.session_state.pop(PENDING_PROMOTION, None)
+
+
 def promote(version_id: int) -> None:
+    """The confirmed promotion."""
+    cancel_promotion()
     _switch(lambda db_session: promote_version(db_session, version_id), "is now the active model")
 
 
 def roll_back() -> None:
+    cancel_promotion()
     _switch(rollback_version, "is active again (rolled back)")
+
+
+def rollback_target(versions: list[VersionInfo]) -> VersionInfo | None:
+    """The version a roll back re-activates: the one promoted before the active one (as
+    db.registry.rollback_target: the promotion history is the versions with a promotion time)."""
+    earlier = [v for v in versions if not v.is_active and v.promoted_at is not None]
+    return max(earlier, key=lambda v: (v.promoted_at, v.id), default=None)
+
+
+def add_uploaded_reference(user_name: str, name: str, filename: str, data: bytes) -> None:
+    try:
+        entry = add_reference(data, name, source_file=filename, added_by=user_name)
+    except UserError as exc:
+        flash("error", plain(exc))
+    else:
+        flash("success", f"Reference {plain(entry.name)} added ({entry.n_images:,} images).")
+
+
+def add_server_reference(user_name: str, name: str, path: Any) -> None:
+    try:
+        entry = add_reference_file(path, name, added_by=user_name)
+    except UserError as exc:
+        flash("error", plain(exc))
+    else:
+        flash("success", f"Reference {plain(entry.name)} added ({entry.n_images:,} images).")
 
 
 def queue_evaluation(user_id: int, version: VersionInfo) -> None:
@@ -65,7 +112,7 @@ def queue_evaluation(user_id: int, version: VersionInfo) -> None:
 
 def can_roll_back(versions: list[VersionInfo]) -> bool:
     """Whether an earlier active version exists to go back to."""
-    return any(v.status == "retired" and v.promoted_at for v in versions)
+    return rollback_target(versions) is not None
 
 
 def registry_columns() -> dict:
@@ -92,7 +139,9 @@ def details_markdown(version: VersionInfo) -> str:
         "Folder": code(version.path),
         "Parent": plain(version.parent or "—"),
         "Created": when_text(version.created_at),
-        "Promoted": when_text(version.promoted_at),
+        "Promoted": when_text(version.promoted_at)
+        if version.promoted_at
+        else "— (not in the promotion history)",
         "Labels": plain(version.label_source),
     }
     if snapshot.get("sha256"):

@@ -31,11 +31,16 @@ class PageSpec:
 
 
 PAGES = (
+    PageSpec("home", "Home", "home", "Demo"),  # "/": forwards to the landing page; never in the menu
     PageSpec("review", "Review labels", "rate_review", "Clinicians", READERS),
     PageSpec("quality", "Label quality", "fact_check", "Clinicians", READERS),
+    PageSpec("suspects", "Suggested exclusions", "report", "Clinicians", READERS),  # OOD-flagged images
     PageSpec("predict", "Predict", "radiology", "Demo"),
     PageSpec("admin", "Fine-tune", "model_training", "Admin", ADMINS),
     PageSpec("models", "Models & ROC", "monitoring", "Admin", ADMINS),
+    PageSpec("adjudicate", "Adjudicate", "gavel", "Admin", ADMINS),
+    PageSpec("history", "Image history", "history", "Admin", ADMINS),
+    PageSpec("assignments", "Assignments & study", "assignment", "Admin", ADMINS),
     PageSpec("sessions", "Sessions", "devices", "Admin", ADMINS),
     PageSpec("login", "Log in", "login", "Account"),
     PageSpec("account", "Change password", "password", "Account", READERS),
@@ -52,6 +57,8 @@ def may_open(spec: PageSpec | None, user: SessionUser | None) -> bool:
 
 
 def _visible(spec: PageSpec, user: SessionUser | None) -> bool:
+    if spec.name == "home":
+        return False
     if spec.name == "login":
         return user is None
     return may_open(spec, user)
@@ -69,7 +76,6 @@ class Navigation:
 
 def build_navigation(user: SessionUser | None) -> Navigation:
     """The navigation for `user` (None: anonymous), sections in PAGES order."""
-    landing = LANDING.get(user.role if user else None, "predict")
     sections: dict[str, list[st.Page]] = {}
     specs: dict[int, PageSpec] = {}
     for spec in PAGES:
@@ -83,7 +89,9 @@ def build_navigation(user: SessionUser | None) -> Navigation:
             title=title,
             icon=f":material/{spec.icon}:",
             url_path=spec.name,
-            default=spec.name == landing,
+            # The default page's URL is "/" whatever its name, so a hidden forwarder takes that role
+            # and /review, /predict ... stay valid for everyone.
+            default=spec.name == "home",
             visibility="visible" if _visible(spec, user) else "hidden",
         )
         sections.setdefault(spec.section, []).append(page)

@@ -1,10 +1,12 @@
 """What the Predict page computes and keeps: the prediction of an upload (once per file and model), the
-active model's card as rows, the tables and files it offers, and storing an upload for review."""
+active model's card as rows, the tables and files it offers, the out-of-distribution hook, and storing
+an upload for review."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ import streamlit as st
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.card_verdict import bar_text, judge_card
 from core.errors import UserError
 from core.imaging import XrayImage
 from core.predictor import Prediction, Predictor
@@ -44,11 +47,15 @@ def card_description(card: dict[str, Any]) -> str:
 def card_rows(card: dict[str, Any]) -> dict[str, str]:
     provenance = card.get("provenance") or {}
     data = provenance.get("data") or {}
+    verdict = judge_card(card)
     return {
         "Model": card["name"],
         "Architecture": card.get("arch", "densenet121"),
         "Training data": data.get("description") or data.get("folder") or "not recorded",
         "Measured mean AUROC": mean_auroc_text(card.get("metrics") or {}),
+        "Validated": ("yes: " if verdict.validated else "no: ") + verdict.reason,
+        "Bar for findings": bar_text(),
+        "Thresholds": threshold_origin_text(card),
         "Created": card.get("created_at", "unknown"),
         "Intended use": card.get("intended_use", INTENDED_USE),
     }
@@ -64,26 +71,90 @@ def mean_auroc_text(metrics: dict[str, Any]) -> str:
     for name, section in [("", metrics), *metrics.items()]:
         if isinstance(section, dict) and section.get("mean_auroc") is not None:
             where = section.get("split") or name or "evaluation"
-            found.append(f"{section['mean_auroc']:.3f} ({where}, {section.get('n_images', '?')} images)")
+            text = f"{section['mean_auroc']:.3f} ({where}, {section.get('n_images', '?')} images"
+            ci = section.get("mean_auroc_ci")
+            if ci and None not in ci:
+                text += f", 95% CI {ci[0]:.3f}–{ci[1]:.3f}"
+            n_pos = section.get("n_pos")
+            if isinstance(n_pos, dict):
+                enough = sum(1 for v in n_pos.values() if v >= 10)
+                text += f", {enough} of {len(n_pos)} findings with at least 10 positives"
+            else:
+                text += ", positives per finding not recorded"
+            found.append(text + ")")
     return "; ".join(found) or "not measured"
+
+
+def threshold_origin_text(card: dict[str, Any]) -> str:
+    """Where the operating thresholds came from and where their precision/recall were measured."""
+    points = card.get("operating_points")
+    if points:
+        reported = points.get("reported_on") or {}
+        return (
+            f"{points.get('description', '')} Precision and recall below are on the {reported.get('split')} "
+            f"split ({reported.get('n_images', '?')} images), not on the images they were chosen on."
+        )
+    chosen = card.get("thresholds_chosen_on")
+    if chosen:
+        return (
+            f"Chosen by {chosen.get('method', 'Youden')} on the {chosen.get('split')} split "
+            f"({chosen.get('n_images', '?')} images) when the model was trained; their precision and recall "
+            "on another split have not been measured (evaluate the model on Models & ROC)."
+        )
+    return str(card.get("thresholds_source") or "The model card does not say how the thresholds were chosen.")
 
 
 def positives_text(positives: list[str]) -> str:
     return ", ".join(pretty(p) for p in positives) if positives else "none"
 
 
-def prediction_table(prediction: Prediction, thresholds: dict[str, float]) -> pd.DataFrame:
-    """Per finding, most probable first: probability, threshold, whether it is above."""
+def prediction_table(
+    prediction: Prediction, thresholds: dict[str, float], card: dict[str, Any] | None = None, *,
+    findings: bool = True,
+) -> pd.DataFrame:  # fmt: skip
+    """Per finding, most probable first: probability, threshold, the precision and recall measured at it
+    (from the card, on a split other than the one it was chosen on), and whether it is above (findings
+    only: a weak model's scores are never called above threshold)."""
     probabilities = prediction.probabilities
+    measured = ((card or {}).get("operating_points") or {}).get("classes") or {}
     table = pd.DataFrame(
         {
-            "finding": list(probabilities),
+            "finding": [pretty(k) for k in probabilities],
             "probability": list(probabilities.values()),
             "threshold": [thresholds[k] for k in probabilities],
-            "above threshold": [k in prediction.positive for k in probabilities],
+            "precision at threshold": [(measured.get(k) or {}).get("precision") for k in probabilities],
+            "recall at threshold": [(measured.get(k) or {}).get("recall") for k in probabilities],
+            "positives measured on": [(measured.get(k) or {}).get("n_pos") for k in probabilities],
         }
     )
+    if findings:
+        table["above threshold"] = [k in prediction.positive for k in probabilities]
     return table.sort_values("probability", ascending=False)
+
+
+@dataclass(frozen=True)
+class OodView:
+    flagged: bool
+    score: float | None
+    reason: str
+
+
+def ood_verdict(prediction: Any) -> OodView | None:
+    """The out-of-distribution gate's verdict on this image, when the predictor gives one.
+
+    The hook for the gate: a Prediction with an `ood` field (a dict or an object with flagged, score
+    and reason). None when the predictor has no gate; then the page shows the model's output as usual.
+    """
+    ood = getattr(prediction, "ood", None)
+    if ood is None:
+        return None
+    values = ood if isinstance(ood, dict) else ood.to_dict() if hasattr(ood, "to_dict") else vars(ood)
+    score = values.get("score")
+    reason = str(values.get("reason") or "")
+    flagged = bool(values.get("flagged", False))
+    if flagged and not reason:
+        reason = "The image does not look like an adult frontal chest X-ray from the model's training data."
+    return OodView(flagged, None if score is None else float(score), reason)
 
 
 def png_bytes(picture: np.ndarray) -> bytes:

@@ -1,5 +1,7 @@
-"""What the Label quality page reads and offers for download: the statistics of db.quality as tables
-with readable cells, and the consensus-label exports (made when the button is clicked)."""
+"""What the Label quality page reads and offers for download: the statistics of db.quality and of
+db.reader_stats (blinded reads: kappa with its 95 % interval and n) as tables with readable cells,
+heat-map feedback per model, and the label exports (made when the button is clicked). A figure resting
+on fewer than MIN_POSITIVES positives says "too few" instead of a number."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from core.labels import FINDINGS
+from db import cam_feedback, reader_stats
 from db.engine import session_scope
 from db.export import ExportFormat, export_labels_dataframe
 from db.quality import LabelQuality, label_quality
+from db.reader_stats import MIN_POSITIVES, Kappa
 from webapp.database import session
 from webapp.formatting import pretty
 
@@ -31,6 +35,17 @@ def number(value: float | None) -> str:
     return "–" if value is None or pd.isna(value) else f"{value:.2f}"
 
 
+def rate_text(rate: float | None, n: int) -> str:
+    """A rate with its denominator; "too few" below MIN_POSITIVES."""
+    if rate is None or pd.isna(rate):
+        return "–"
+    return f"too few (n = {n})" if n < MIN_POSITIVES else f"{rate:.1%} (n = {n:,})"
+
+
+def _rates(rates: pd.Series, counts: pd.Series) -> list[str]:
+    return [rate_text(rate, int(n)) for rate, n in zip(rates, counts, strict=True)]
+
+
 def overturn_table(findings: pd.DataFrame) -> pd.DataFrame:
     """Per finding: NLP positives the review made negative and NLP negatives it made positive."""
     return pd.DataFrame(
@@ -39,23 +54,89 @@ def overturn_table(findings: pd.DataFrame) -> pd.DataFrame:
             "Reviewed images": findings["n_reviewed"],
             "NLP positive": findings["nlp_positive"],
             "→ negative": findings["pos_to_neg"],
-            "rate +→−": findings["pos_to_neg_rate"].map(percent),
+            "rate +→−": [
+                rate_text(r, n)
+                for r, n in zip(findings["pos_to_neg_rate"], findings["nlp_positive"], strict=True)
+            ],
             "NLP negative": findings["nlp_negative"],
             "→ positive": findings["neg_to_pos"],
-            "rate −→+": findings["neg_to_pos_rate"].map(percent),
+            "rate −→+": [
+                rate_text(r, n)
+                for r, n in zip(findings["neg_to_pos_rate"], findings["nlp_negative"], strict=True)
+            ],
         }
     )
 
 
-def agreement_table(findings: pd.DataFrame) -> pd.DataFrame:
-    """Per finding: images read by two or more, kappa and its method, the share where all agree."""
+def kappa_text(kappa: Kappa) -> str:
+    """ "0.62 (0.41 to 0.80)", "too few positives (3)" or "–" (undefined)."""
+    if kappa.n == 0:
+        return "–"
+    if kappa.too_few:
+        return f"too few positives ({kappa.positives})"
+    if kappa.value is None:
+        return "undefined (one answer from everybody)"
+    interval = "" if kappa.low is None else f" ({kappa.low:.2f} to {kappa.high:.2f})"
+    return f"{kappa.value:.2f}{interval}"
+
+
+def load_reader_stats() -> tuple[dict[str, Kappa], list, list]:
+    with session(read_only=True) as db_session:
+        return (
+            reader_stats.inter_reader_agreement(db_session),
+            reader_stats.reader_agreement(db_session),
+            reader_stats.reading_times(db_session),
+        )
+
+
+def inter_reader_table(kappas: dict[str, Kappa]) -> pd.DataFrame:
+    """Per finding: Fleiss' kappa of the blinded reads, its interval, n images, positives, agreement."""
     return pd.DataFrame(
         {
-            "Finding": findings["finding"].map(pretty),
-            "Images": findings["n_multi_read"],
-            "Kappa": findings["kappa"].map(number),
-            "Method": findings["kappa_method"].fillna("–"),
-            "All readers agree": findings["percent_agreement"].map(percent),
+            "Finding": [pretty(f) for f in kappas],
+            "Fleiss' kappa (95% CI)": [kappa_text(k) for k in kappas.values()],
+            "Images": [k.n for k in kappas.values()],
+            "Present answers": [k.positives for k in kappas.values()],
+            "All readers agree": [percent(k.agreement) for k in kappas.values()],
+        }
+    )
+
+
+def reader_table(rows: list) -> pd.DataFrame:
+    """Per reader and finding: Cohen's kappa against the reference, n reads, positives, agreement."""
+    return pd.DataFrame(
+        {
+            "Reader": [r.username for r in rows],
+            "Finding": [pretty(r.finding) for r in rows],
+            "Cohen's kappa (95% CI)": [kappa_text(r.kappa) for r in rows],
+            "Reads": [r.kappa.n for r in rows],
+            "Reference positives": [r.kappa.positives for r in rows],
+            "Same answer": [percent(r.kappa.agreement) for r in rows],
+        }
+    )
+
+
+def reading_time_table(rows: list) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Reader": [r.username for r in rows],
+            "Timed reads": [r.n for r in rows],
+            "Median s per image": [number(r.median_s) for r in rows],
+            "Mean s per image": [number(r.mean_s) for r in rows],
+        }
+    )
+
+
+def cam_feedback_table() -> pd.DataFrame:
+    """Per model (and finding): how often readers said the heat map points at the finding."""
+    with session(read_only=True) as db_session:
+        rows = cam_feedback.agreement_by_model(db_session)
+    return pd.DataFrame(
+        {
+            "Model": [r.model_name for r in rows],
+            "Finding": ["all findings" if r.finding is None else pretty(r.finding) for r in rows],
+            "Verdicts": [r.n for r in rows],
+            "Points at the finding": [rate_text(r.share, r.n) for r in rows],
         }
     )
 

@@ -24,11 +24,18 @@ CACHED_PREDICTIONS = 8
 TABLE_HEIGHT = (len(FINDINGS) + 1) * 35 + 3  # every finding without scrolling
 
 
+CACHED_PIXELS = 3  # the image on screen, the next one (read ahead) and the previous one
+
+
+def _pixel_cache() -> dict:
+    return st.session_state.setdefault("review_pixel_cache", {})
+
+
 def xray_pixels(target: ReviewTarget) -> tuple[np.ndarray | None, str | None]:
     """(uint8 grey pixels, None) or (None, a sentence why the image cannot be shown)."""
-    cached = st.session_state.get("review_pixels")
-    if cached is not None and cached[0] == target.image_id:
-        return cached[1], None
+    cache = _pixel_cache()
+    if (target.image_id, target.path) in cache:
+        return cache[(target.image_id, target.path)], None
     name = plain(target.name)
     if not target.path:
         return None, f"The file of {name} was not imported (the dataset was imported without images)."
@@ -38,8 +45,34 @@ def xray_pixels(target: ReviewTarget) -> tuple[np.ndarray | None, str | None]:
         return None, f"The file of {name} is missing at {plain(target.path)}."
     except (OSError, ImageRejected) as exc:
         return None, f"The file of {name} cannot be read: {plain(exc)}"
-    st.session_state["review_pixels"] = (target.image_id, image.pixels)
+    _remember(cache, (target.image_id, target.path), image.pixels, CACHED_PIXELS)
     return image.pixels, None
+
+
+def _remember(cache: dict, key: object, value: object, size: int) -> None:
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > size:
+        cache.pop(next(iter(cache)))
+
+
+def read_ahead(image_id: int, path: str | None, with_model: bool) -> None:
+    """Read the next image's file and run the model on it now, while the reader looks at this one, so
+    that Save & next only has to draw it. Errors are left for when the image is opened."""
+    if not path or (image_id, path) in _pixel_cache():
+        return
+    try:
+        pixels = read_xray_file(path).pixels
+    except (OSError, ImageRejected):
+        return
+    _remember(_pixel_cache(), (image_id, path), pixels, CACHED_PIXELS)
+    if with_model:
+        predictor, _ = load_active_predictor()
+        if predictor is not None:
+            cache: dict = st.session_state.setdefault("review_predictions", {})
+            key = (image_id, predictor.name, id(predictor))
+            if key not in cache:
+                _remember(cache, key, predictor.predict_one(pixels), CACHED_PREDICTIONS)
 
 
 def model_prediction(
@@ -53,10 +86,7 @@ def model_prediction(
     cache: dict = st.session_state.setdefault("review_predictions", {})
     key = (target.image_id, predictor.name, id(predictor))
     if key not in cache:
-        with st.spinner("Running the model…"):
-            cache[key] = predictor.predict_one(pixels)
-        while len(cache) > CACHED_PREDICTIONS:
-            cache.pop(next(iter(cache)))
+        _remember(cache, key, predictor.predict_one(pixels), CACHED_PREDICTIONS)
     return cache[key], predictor, None
 
 
@@ -70,7 +100,7 @@ def cam_choice_text(prediction: Prediction, choice: str) -> str:
 
 def viewer_picture(
     pixels: np.ndarray,
-    window: tuple[int, int],
+    window: tuple[int, int],  # (low, high) grey levels
     invert: bool,
     prediction: Prediction | None,
     cam_choice: str | None,
@@ -85,7 +115,9 @@ def viewer_picture(
 
 
 def viewer_notes(boxes: list[tuple[str, float, float, float, float]], cam_finding: str | None) -> str:
-    notes = ["Scroll to zoom, drag to pan, double-click to reset."]
+    notes = [
+        "Scroll to zoom, drag to pan, double-click to reset; the zoom stays while you change the picture."
+    ]
     if boxes:
         notes.append("Boxes: " + ", ".join(sorted({pretty(box[0]) for box in boxes})) + " (NIH).")
     if cam_finding:
@@ -98,16 +130,16 @@ def image_details(target: ReviewTarget) -> str:
     return " · ".join(part for part in (target.split or "no split", target.view or "", patient) if part)
 
 
-def label_table(target: ReviewTarget, prediction: Prediction | None) -> pd.DataFrame:
-    effective = target.effective.findings
-    return pd.DataFrame(
-        {
-            "Finding": [pretty(f) for f in FINDINGS],
-            "Model": [prediction.probabilities.get(f) if prediction else None for f in FINDINGS],
-            "Current": [bool(effective[f]) for f in FINDINGS],
-            "NLP": [bool(target.nlp[f]) if target.nlp else None for f in FINDINGS],
-        }
-    )
+def label_table(target: ReviewTarget, prediction: Prediction | None) -> pd.DataFrame | None:
+    """What the reader may see beside their answer: the model and NLP label (AI-first), the image's
+    current label (blinding off). None when there is nothing (blinded and AI-hidden)."""
+    columns: dict[str, list] = {"Finding": [pretty(f) for f in FINDINGS]}
+    if target.ai_shown:
+        columns["Model"] = [prediction.probabilities.get(f) if prediction else None for f in FINDINGS]
+        columns["NLP"] = [bool(target.nlp[f]) if target.nlp else None for f in FINDINGS]
+    if not target.blinded:
+        columns["Current"] = [bool(target.effective.findings[f]) for f in FINDINGS]
+    return pd.DataFrame(columns) if len(columns) > 1 else None
 
 
 def label_table_columns() -> dict:
@@ -118,12 +150,12 @@ def label_table_columns() -> dict:
         model_note += " (unvalidated: scores for testing the software only)"
     column = st.column_config
     return {
-        "Finding": column.TextColumn("Finding", width=135),
+        "Finding": column.TextColumn("Finding", width=150),
         "Model": column.ProgressColumn(
-            "Model", min_value=0.0, max_value=1.0, format="%.2f", help=model_note, width=110
+            "Model", min_value=0.0, max_value=1.0, format="%.2f", help=model_note, width=90
         ),
-        "Current": column.CheckboxColumn("Label", help="The image's effective label now.", width=55),
-        "NLP": column.CheckboxColumn("NLP", help="The dataset's NLP-mined label.", width=55),
+        "Current": column.CheckboxColumn("Label", help="The image's effective label now.", width=50),
+        "NLP": column.CheckboxColumn("NLP", help="The dataset's NLP-mined label.", width=45),
     }
 
 

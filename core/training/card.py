@@ -81,6 +81,14 @@ def write_model_card(
             "Youden's J on the validation split at the best epoch"
             + (f"; 0.5 where undefined ({', '.join(undefined)})" if undefined else "")
         ),
+        # Where the thresholds came from, so they are never reported on the split they were chosen on.
+        thresholds_chosen_on={
+            "split": "val",
+            "method": "youden",
+            "n_images": len(data.val_ids),
+            "images_sha256": image_set_fingerprint(data.val_ids),
+            "undefined": undefined,
+        },
         description=description,
         history=record.history,
         provenance={

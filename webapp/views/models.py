@@ -1,7 +1,8 @@
 """Models & ROC (admins): the model registry (promote, roll back, evaluate) and dashboards comparing versions.
 
-Nothing is ever deleted: promoting makes one version active (the Predict page uses it on its next run),
-rolling back promotes an earlier one.
+Nothing is ever deleted: promoting (after a confirm step showing the paired comparison with the active
+version) makes one version active, the Predict page uses it on its next run; rolling back goes one step
+back along the promotion history.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from webapp.auth import require_role
 user = require_role("admin")
 
 from core.labels import FINDINGS  # noqa: E402
-from webapp import admin_data, dashboards, model_registry  # noqa: E402
+from webapp import admin_data, dashboards, model_registry, model_sections  # noqa: E402
 from webapp.admin_data import LABEL_CHOICES, SPLIT_CHOICES, VersionInfo  # noqa: E402
 from webapp.dashboards import ALL_FINDINGS, table_height  # noqa: E402
 from webapp.database import engine_or_stop  # noqa: E402
@@ -25,7 +26,7 @@ engine_or_stop()
 st.title("Models & ROC")
 st.caption(
     "Every trained or imported model version, which one the app uses, and how they compare. Test-split "
-    "figures use each model's own operating thresholds (chosen on its validation split)."
+    "figures use operating thresholds chosen on the validation split, never on the split reported."
 )
 
 
@@ -56,15 +57,16 @@ def registry_section(versions: list[VersionInfo]) -> None:
         width="stretch",
         help="Make this the model the Predict page and the review queue use.",
     ):
-        model_registry.promote(version.id)
+        model_registry.ask_to_promote(version.id)
         st.rerun()
+    back = model_registry.rollback_target(versions)
     if buttons[1].button(
         "Roll back",
         key="rollback",
         icon=":material/undo:",
         width="stretch",
-        disabled=not model_registry.can_roll_back(versions),
-        help="Promote the version that was active before the current one.",
+        disabled=back is None,
+        help=f"Re-activate {plain(back.name)}, promoted before the current one." if back else None,
     ):
         model_registry.roll_back()
         st.rerun()
@@ -78,6 +80,9 @@ def registry_section(versions: list[VersionInfo]) -> None:
     ):
         model_registry.queue_evaluation(user.id, version)
         st.rerun()
+    candidate = model_registry.pending_promotion(versions)
+    if candidate is not None:
+        model_sections.promote_confirmation(candidate, next((v for v in versions if v.is_active), None))
     with st.expander(f"Details of {plain(version.name)}", icon=":material/info:"):
         st.markdown(model_registry.details_markdown(version))
         if version.notes:
@@ -86,7 +91,6 @@ def registry_section(versions: list[VersionInfo]) -> None:
 
 def dashboards_section(versions: list[VersionInfo]) -> None:
     st.subheader("Compare versions")
-    active = next((v for v in versions if v.is_active), None)
     controls = st.columns([4, 2, 2])
     picked = controls[0].multiselect(
         "Versions",
@@ -126,18 +130,11 @@ def dashboards_section(versions: list[VersionInfo]) -> None:
     if caption:
         st.caption(caption)
 
-    tab_roc, tab_table, tab_pr, tab_points = st.tabs(
-        [
-            ":material/show_chart: ROC curves",
-            ":material/table: AUROC table",
-            ":material/ssid_chart: PR curves",
-            ":material/tune: Operating thresholds",
-        ]
-    )
+    tab_roc, tab_table, tab_paired, tab_calibration, tab_groups, tab_pr, tab_points = st.tabs(dashboards.TABS)
     with tab_roc:
         curves(reports, "roc")
     with tab_table:
-        table = admin_data.auroc_table(chosen, active, labels, split)
+        table = admin_data.auroc_table(chosen, labels, split)
         st.dataframe(
             admin_data.style_auroc_table(table),
             hide_index=True,
@@ -146,9 +143,17 @@ def dashboards_section(versions: list[VersionInfo]) -> None:
             column_config={"finding": st.column_config.TextColumn("finding", width=135)},
         )
         st.caption(
-            "Δ: difference to the active version's AUROC (green better, red worse). CheXNet (published): "
-            "Rajpurkar et al. 2017, official test split, NLP labels."
+            "Positives: images with the finding in the split. Below 10 an AUROC is marked too few (greyed) "
+            "and left out of the mean. Differences between versions: the Paired comparison tab (DeLong's "
+            "test on the same images). CheXNet (published): Rajpurkar et al. 2017, official test split, NLP "
+            "labels."
         )
+    with tab_paired:
+        model_sections.paired_comparison(versions, labels, split)
+    with tab_calibration:
+        model_sections.calibration(reports)
+    with tab_groups:
+        model_sections.subgroups(reports)
     with tab_pr:
         curves(reports, "pr")
     with tab_points:

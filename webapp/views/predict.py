@@ -1,35 +1,50 @@
-"""Predict: upload a chest X-ray, see CheXNet's 14 probabilities and a class activation map."""
+"""Predict: upload a chest X-ray, see CheXNet's 14 probabilities and a class activation map.
+
+Outputs are called "findings" (with some above threshold) only for a validated model (core.card_verdict)
+on an image the out-of-distribution gate passed; otherwise they are scores, marked as such.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from core.cam import render_overlay
+from core.card_verdict import bar_text, judge_card
 from core.imaging import ImageRejected, read_xray
-from webapp import predict_data
+from webapp import predict_charts, predict_data
+from webapp.active_model import served_model
 from webapp.auth import current_user
-from webapp.charts import probability_bars
 from webapp.formatting import plain, pretty
-from webapp.model_loader import active_artifact, is_validated, load_active_predictor
 
 st.title("Predict")
 st.caption("Upload a frontal chest X-ray (PNG, JPEG or DICOM). Research use only — not for diagnosis.")
 
-predictor, problem = load_active_predictor()
-artifact = active_artifact()
+user = current_user()
+is_admin = user is not None and user.role == "admin"
+served = served_model()
+predictor, artifact = served.predictor, served.artifact
+verdict = judge_card(artifact.card) if artifact is not None else None
+
+
+def model_availability() -> None:
+    """A registry's active version that cannot be served is said first, loudly (paths for admins only)."""
+    if served.unavailable:
+        st.error(served.unavailable, icon=":material/error:")
+    if served.detail and is_admin:
+        st.caption(f"For admins: {plain(served.detail)}")
 
 
 def model_card() -> None:
     if artifact is None:
         return
-    with st.expander(f"Model card: {plain(artifact.card['name'])}", expanded=False):
+    # A weak or unvalidated model's card is open: its reason is part of reading the scores.
+    with st.expander(f"Model card: {plain(artifact.card['name'])}", expanded=not verdict.validated):
         st.markdown(predict_data.card_description(artifact.card))
         st.table(predict_data.card_table(artifact.card))
 
 
 def send_to_review(filename: str, data: bytes) -> None:
     """Logged-in readers may keep an upload for review; anonymous uploads are never stored."""
-    user = current_user()
     if user is None or user.role not in ("clinician", "admin"):
         return
     st.divider()
@@ -41,9 +56,73 @@ def send_to_review(filename: str, data: bytes) -> None:
             st.success(f"Stored for review as image #{image_id} (each file is stored once, by its content).")
 
 
+def scores_section(prediction, presented: bool) -> None:
+    """The bars and table: findings (above-threshold colour) for a validated model, scores otherwise."""
+    if presented:
+        st.subheader("Findings")
+    elif ood is not None and ood.flagged:
+        st.subheader("Scores shown on request (image flagged as unlike the training data)")
+    else:
+        st.subheader("Scores from a weak/unvalidated model")
+    figure = predict_charts.probability_bars(
+        prediction.probabilities, predictor.thresholds, findings=presented
+    )
+    st.plotly_chart(figure, width="stretch", key="probability_bars")
+    if presented:
+        st.markdown(f"**Above threshold:** {predict_data.positives_text(prediction.positive)}")
+    else:
+        st.caption("Nothing is listed as above threshold: these scores are not findings.")
+    st.caption(f"Thresholds: {plain(predict_data.threshold_origin_text(artifact.card))}")
+    with st.expander("Table: probability, threshold, precision and recall at it"):
+        table = predict_data.prediction_table(
+            prediction, predictor.thresholds, artifact.card, findings=presented
+        )
+        st.dataframe(table, hide_index=True, width="stretch")
+
+
+def cam_section(prediction, image) -> None:
+    st.subheader("Where the model looked (CAM)")
+    labels = sorted(predictor.labels, key=lambda k: -prediction.probabilities[k])
+    finding = st.selectbox(
+        "Finding",
+        labels,
+        index=0,
+        format_func=lambda k: f"{pretty(k)} ({prediction.probabilities[k]:.3f})",
+        key="cam_finding",
+    )
+    controls = st.columns(2)
+    opacity = controls[0].slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="cam_opacity")
+    fixed = controls[1].toggle(
+        "Same scale for every finding",
+        key="cam_fixed_scale",
+        help="Off: each finding's map is stretched to the full colour range. On: one scale for all 14 "
+        "findings of this image, so a weak map looks weak.",
+    )
+    cam = predict_charts.fixed_scale_cam(prediction, finding) if fixed else prediction.cam(finding)
+    overlay = render_overlay(image.pixels, cam, opacity)
+    original_col, overlay_col = st.columns(2)
+    original_col.image(
+        image.pixels, caption=f"Original ({image.format}, {image.width}×{image.height})", width="stretch"
+    )
+    overlay_col.image(overlay, caption=f"CAM: {pretty(finding)}", width="stretch")
+    st.image(predict_charts.colour_scale(), width="stretch")
+    scale = (
+        "lowest to highest activation of any finding" if fixed else f"lowest to highest of {pretty(finding)}"
+    )
+    st.caption(f"Colour scale, left to right: {scale} in this image (not a probability).")
+    st.download_button(
+        "Download overlay (PNG)",
+        predict_data.png_bytes(overlay),
+        file_name=f"cam-{finding}.png",
+        mime="image/png",
+    )
+    st.caption("The overlay covers the centre square the model saw; the rest of the image was not analysed.")
+
+
+model_availability()
 model_card()
 if predictor is None:
-    st.info(problem)
+    st.info(served.problem)
     st.stop()
 
 upload = st.file_uploader(
@@ -64,47 +143,29 @@ except ImageRejected as exc:
     st.stop()
 
 prediction = predict_data.cached_prediction(predictor, image, data)
-
-validated = artifact is not None and is_validated(artifact)
-if not validated:
+ood = predict_data.ood_verdict(prediction)  # the out-of-distribution gate's verdict, when it has one
+flagged = ood is not None and ood.flagged
+if flagged:
+    st.error(f"No findings for this image: {plain(ood.reason)}", icon=":material/block:")
+    show_anyway = st.toggle(
+        "Show scores anyway",
+        key="show_scores_anyway",
+        help="The model's scores for an image it was not made for.",
+    )
+elif not verdict.validated:
     st.warning(
-        "This model has no measured performance (its card records no AUROC). Its scores are shown for "
-        "testing the software only and are not findings."
+        f"Scores from a weak/unvalidated model, for testing the software only; they are not findings. "
+        f"{plain(verdict.reason)} Findings need a {bar_text()}."
     )
+presented = verdict.validated and not flagged
 
-left, right = st.columns([5, 6])
-with left:
-    st.subheader("Findings" if validated else "Scores (unvalidated model)")
-    st.plotly_chart(probability_bars(prediction.probabilities, predictor.thresholds), width="stretch")
-    if validated:
-        st.markdown(f"**Above threshold:** {predict_data.positives_text(prediction.positive)}")
-    with st.expander("Table"):
-        table = predict_data.prediction_table(prediction, predictor.thresholds)
-        st.dataframe(table, hide_index=True, width="stretch")
-
-with right:
-    st.subheader("Where the model looked (CAM)")
-    labels = sorted(predictor.labels, key=lambda k: -prediction.probabilities[k])
-    finding = st.selectbox(
-        "Finding",
-        labels,
-        index=0,
-        format_func=lambda k: f"{pretty(k)} ({prediction.probabilities[k]:.3f})",
-        key="cam_finding",
-    )
-    opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="cam_opacity")
-    overlay = render_overlay(image.pixels, prediction.cam(finding), opacity)
-    original_col, overlay_col = st.columns(2)
-    original_col.image(
-        image.pixels, caption=f"Original ({image.format}, {image.width}×{image.height})", width="stretch"
-    )
-    overlay_col.image(overlay, caption=f"CAM: {pretty(finding)}", width="stretch")
-    st.download_button(
-        "Download overlay (PNG)",
-        predict_data.png_bytes(overlay),
-        file_name=f"cam-{finding}.png",
-        mime="image/png",
-    )
-    st.caption("The overlay covers the centre square the model saw; the rest of the image was not analysed.")
+if flagged and not show_anyway:
+    st.image(image.pixels, caption=f"Upload ({image.format}, {image.width}×{image.height})", width=360)
+else:
+    left, right = st.columns([5, 6])
+    with left:
+        scores_section(prediction, presented)
+    with right:
+        cam_section(prediction, image)
 
 send_to_review(upload.name, data)

@@ -1,5 +1,6 @@
-"""Label quality: how the clinicians' review changed the NLP labels, how much readers agree, how the
-labels compare with Google's adjudicated ones; admins export the consensus labels here."""
+"""Label quality: how the clinicians' review changed the NLP labels, how much readers agree (blinded
+reads only, kappa with its 95 % interval and n), each reader's agreement and reading time, the readers'
+verdicts on the heat maps, how the labels compare with Google's; admins export the labels here."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ user = require_role("clinician", "admin")
 from webapp import quality_data  # noqa: E402
 from webapp.database import engine_or_stop  # noqa: E402
 from webapp.quality_charts import google_bars, kappa_bars, overturn_bars  # noqa: E402
-from webapp.quality_data import TABLE_HEIGHT  # noqa: E402
+from webapp.quality_data import MIN_POSITIVES, TABLE_HEIGHT  # noqa: E402
 
 st.title("Label quality")
 st.caption(
@@ -24,38 +25,59 @@ engine = engine_or_stop()
 quality = quality_data.load_quality()
 findings = quality.findings_frame()
 google = quality.google_frame()
+inter_reader, per_reader, reading = quality_data.load_reader_stats()
 
 counts = st.columns(3)
 counts[0].metric("Reviewed images", f"{quality.n_reviewed_images:,}")
 counts[1].metric("Adjudicated images", f"{quality.n_adjudicated_images:,}")
+blinded_multi = max((k.n for k in inter_reader.values()), default=0)
 counts[2].metric(
-    "Read by two or more",
-    f"{quality.n_multi_read_images:,}",
-    help="Images with at least two reviews that do not exclude the image: the basis of kappa.",
+    "Read blind by two or more",
+    f"{blinded_multi:,}",
+    help="Images with at least two blinded reviews that do not exclude the image: the basis of kappa.",
 )
 if quality.n_reviewed_images == 0 and quality.n_adjudicated_images == 0:
     st.info("No image has been reviewed yet; the statistics below fill in as clinicians review images.")
 
-overturns_tab, agreement_tab, google_tab = st.tabs(
-    ["NLP labels overturned", "Inter-reader agreement", "Google's adjudicated labels"]
+overturns_tab, agreement_tab, readers_tab, google_tab, cam_tab = st.tabs(
+    ["NLP labels overturned", "Inter-reader agreement", "Readers", "Google's adjudicated labels", "Heat maps"]
 )
 with overturns_tab:
     st.caption(
         "On reviewed images (consensus or adjudicated, not excluded): the share of NLP positives the review "
-        "made negative, and of NLP negatives it made positive."
+        "made negative, and of NLP negatives it made positive, with n. Rates from fewer than "
+        f"{MIN_POSITIVES} NLP labels say too few and are not drawn."
     )
     st.plotly_chart(overturn_bars(findings), key="quality_overturns", width="stretch")
     st.dataframe(quality_data.overturn_table(findings), hide_index=True, width="stretch", height=TABLE_HEIGHT)
 
 with agreement_tab:
     st.caption(
-        "Images read by two or more clinicians. Cohen's kappa when every such image was read by the same "
-        "two readers, Fleiss' kappa otherwise; empty where kappa is undefined (one answer from everybody)."
+        "Blinded reads only (a reader who saw another's answer is not independent). Fleiss' kappa over the "
+        "images read by two or more, each finding answered Present, Absent or Uncertain, with a 95% "
+        f"bootstrap interval; fewer than {MIN_POSITIVES} present answers: too few."
     )
-    st.plotly_chart(kappa_bars(findings), key="quality_kappa", width="stretch")
+    st.plotly_chart(kappa_bars(inter_reader), key="quality_kappa", width="stretch")
     st.dataframe(
-        quality_data.agreement_table(findings), hide_index=True, width="stretch", height=TABLE_HEIGHT
+        quality_data.inter_reader_table(inter_reader), hide_index=True, width="stretch", height=TABLE_HEIGHT
     )
+
+with readers_tab:
+    st.caption(
+        "Each reader's blinded answers against the reference: the admin's adjudication where there is one, "
+        "else the majority of the image's other blinded readers (no reference where they tie). Cohen's kappa "
+        f"with a 95% bootstrap interval; fewer than {MIN_POSITIVES} reference positives: too few."
+    )
+    st.dataframe(quality_data.reader_table(per_reader), hide_index=True, width="stretch")
+    st.caption("Reading time per image: from opening the image to saving its review.")
+    st.dataframe(quality_data.reading_time_table(reading), hide_index=True, width="stretch")
+
+with cam_tab:
+    st.caption(
+        "Readers' verdicts on the heat maps (CAM) of the image's positive findings: does it point at the "
+        "finding? Per model version and finding."
+    )
+    st.dataframe(quality_data.cam_feedback_table(), hide_index=True, width="stretch")
 
 with google_tab:
     st.caption(
@@ -68,8 +90,10 @@ with google_tab:
 if user.role == "admin":
     st.subheader("Export the consensus labels", anchor=False)
     st.caption(
-        "The effective label of every labelled image: an admin's adjudication, else the reviewers' "
-        "consensus, else the NLP label. The file is made when you click, from the labels as they are then."
+        "The effective label of every labelled image: an admin's adjudication, else the readers' agreement, "
+        "else the NLP label. Images whose readers disagree and that no admin adjudicated are marked disputed "
+        "(Label Status, Disputed Findings; `disputed` in the trainer table), Uncertain findings are listed. "
+        "The file is made when you click, from the labels as they are then."
     )
     downloads = st.columns(2)
     downloads[0].download_button(
@@ -91,5 +115,5 @@ if user.role == "admin":
         icon=":material/download:",
         key="export_trainer",
         width="stretch",
-        help="image_index, the 14 findings as 0/1, exclude: the table the fine-tuning takes.",
+        help="image_index, the 14 findings as 0/1, exclude, uncertain, disputed: what fine-tuning takes.",
     )

@@ -67,7 +67,8 @@ def _fill_reviewed_labels() -> None:
             "SELECT ids.image_id, CASE WHEN a.image_id IS NULL THEN 'consensus' ELSE 'adjudication' END, "
             f"COALESCE(v.n, 0), COALESCE(a.exclude, 2 * v.excluded > v.n), {findings}, :now "
             "FROM (SELECT image_id FROM reviews UNION SELECT image_id FROM adjudications) ids "
-            "LEFT JOIN (SELECT image_id, COUNT(*) AS n, SUM(CASE WHEN exclude THEN 1 ELSE 0 END) AS excluded, "
+            "LEFT JOIN (SELECT image_id, COUNT(*) AS n, "
+            "SUM(CASE WHEN exclude THEN 1 ELSE 0 END) AS excluded, "
             f"{votes} FROM reviews GROUP BY image_id) v ON v.image_id = ids.image_id "
             "LEFT JOIN adjudications a ON a.image_id = ids.image_id"
         ),
@@ -130,7 +131,7 @@ def upgrade() -> None:
     for finding in FINDINGS:
         where = sa.text(f"source = 'nlp' AND {finding}")
         op.create_index(
-            f"ix_nlp_labels_{finding}_positive", "nlp_labels", ["image_id"], unique=False,
+            f"ix_nlp_labels_{finding}_positive", "nlp_labels", ["source", "image_id"], unique=False,
             sqlite_where=where, postgresql_where=where,
         )  # fmt: skip
     op.create_index("ix_label_events_at", "label_events", ["at"], unique=False)

@@ -4,6 +4,7 @@
   blinded, study_mode, read_seconds. Reviews saved before this revision count as not blinded.
 - adjudications: uncertain_mask, reasons.
 - study_settings (db.study), assignments (db.assignments), cam_feedback: new tables.
+- ix_images_original_filename: an upload is found by its file name.
 - read_status (db.adjudication): filled here from the existing reviews and adjudications with the same
   rule: a dispute on a finding where the readers who did not exclude the image differ, on exclusion
   where the readers differ (bit 14); reviews before this revision have no Uncertain findings.
@@ -77,6 +78,7 @@ def upgrade() -> None:
     op.add_column("reviews", sa.Column("blinded", sa.Boolean(), server_default=sa.false(), nullable=False))
     op.add_column("reviews", sa.Column("study_mode", sa.String(length=16), server_default="", nullable=False))
     op.add_column("reviews", sa.Column("read_seconds", sa.Float(), nullable=True))
+    op.create_index("ix_images_original_filename", "images", ["original_filename"])
 
     op.create_table(
         "study_settings",
@@ -166,6 +168,7 @@ def downgrade() -> None:
     op.drop_index("ix_assignments_user_id_done_at_id", table_name="assignments")
     op.drop_table("assignments")
     op.drop_table("study_settings")
+    op.drop_index("ix_images_original_filename", table_name="images")
     # Plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35): no table rebuild (which would drop triggers).
     for column in ("read_seconds", "study_mode", "blinded", "reasons", "uncertain_mask"):
         op.execute(f"ALTER TABLE reviews DROP COLUMN {column}")

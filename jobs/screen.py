@@ -1,0 +1,138 @@
+"""The "screen" job: a version's (default: the active one's) out-of-distribution gate over every imported
+image; the flagged ones are stored as suggested exclusions (db.ood_suspects) for reviewers to judge.
+
+Nothing is dropped, excluded or relabelled: an image leaves training only when a reader or an admin
+excludes it in a review. A file the X-ray reader refuses is listed too ("unreadable", with the reader's
+sentence). The gate is the one in the version's model card (`python -m core ood fit`); a version without
+one gets the pixel checks only (blank, noise, document, colour), and the job says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.errors import Cancelled
+from db import registry
+from db.engine import session_scope
+from db.models import Image, TrainingJob
+from db.ood_suspects import UNREADABLE, Flag, record_screening
+from jobs.params import JobParamsError
+from jobs.progress import ImageCount
+from jobs.run import JobRun
+
+JOB_SCREEN = "screen_ood"
+BATCH = 16
+WRITE_EVERY = 512  # images whose verdicts are stored per transaction
+NO_GATE_NOTE = (
+    "{name} has no OOD gate fitted for its weights, so only the blank, noise, document and colour checks "
+    "ran (fit one with: python -m core ood fit MODEL_DIR)."
+)
+
+
+@dataclass(frozen=True)
+class ScreenParams:
+    """Screen every imported image with a version's gate (None: the active version)."""
+
+    version_id: int | None = None
+
+    def __post_init__(self) -> None:
+        value = self.version_id
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise JobParamsError(f"The version id must be a whole number, not {value!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version_id": self.version_id}
+
+    @classmethod
+    def from_dict(cls, values: Any) -> ScreenParams:
+        if not isinstance(values, dict):
+            raise JobParamsError("The parameters of a screening job must be a mapping.")
+        unknown = sorted(set(values) - {"version_id"})
+        if unknown:
+            raise JobParamsError(f"Unknown screening parameter(s): {', '.join(unknown)}.")
+        return cls(**values)
+
+
+def _images_with_files(session: Session) -> list[tuple[int, str]]:
+    statement = select(Image.id, Image.path).where(Image.path.is_not(None)).order_by(Image.id)
+    return [(image_id, path) for image_id, path in session.execute(statement)]
+
+
+def _read(path: str):
+    """(grey pixels, the file's bytes) of an X-ray file, or the sentence saying why it was refused."""
+    from pathlib import Path
+
+    from core.imaging import ImageRejected, read_xray
+
+    try:
+        data = Path(path).read_bytes()
+        return read_xray(data).pixels, data
+    except ImageRejected as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"The file could not be opened ({exc.strerror or exc})."
+
+
+def run_screen(run: JobRun, job: TrainingJob) -> None:
+    from core.predictor import Predictor
+    from core.prefetch import prefetch_map
+
+    params = ScreenParams.from_dict(job.params)
+    with session_scope(run.engine, read_only=True) as session:
+        version = registry.get_version(session, params.version_id) if params.version_id is not None else None
+        version = version or registry.get_active_version(session)
+        if version is None:
+            raise JobParamsError("No model version is active; promote one first.")
+        images = _images_with_files(session)
+        version_id, name, model_dir = version.id, version.name, version.path
+    device = None if run.settings.device == "auto" else run.settings.device
+    predictor = Predictor.from_path(model_dir, backend=run.settings.eval_backend, device=device)
+    if predictor.ood_gate is None:
+        run.message(NO_GATE_NOTE.format(name=name))
+    text = f"Screening with {name}'s OOD gate"
+    run.update(stage="predict", stage_text=text, version=name, force=True)
+    count = ImageCount(total=len(images))
+    n_flagged = 0
+    screened: list[int] = []
+    flagged: dict[int, Flag] = {}
+    decoded = prefetch_map(_read, [path for _, path in images], workers=2, depth=2 * BATCH, name="screen")
+    try:
+        for start in range(0, len(images), BATCH):
+            if run.should_cancel():
+                raise Cancelled(f"Cancelled after screening {count.done:,} of {len(images):,} images.")
+            ids, pixels, data = [], [], []
+            for image_id, _ in images[start : start + BATCH]:
+                item = next(decoded)
+                if isinstance(item, str):  # the reader's sentence: listed too, for a person to look at
+                    count.unreadable += 1
+                    flagged[image_id] = Flag(UNREADABLE, item, 0.0)
+                else:
+                    ids.append(image_id)
+                    pixels.append(item[0])
+                    data.append(item[1])
+            screened.extend(image_id for image_id, _ in images[start : start + BATCH])
+            predictions = predictor.predict(pixels, BATCH, file_bytes=data)
+            for image_id, verdict in zip(ids, (p.ood for p in predictions), strict=True):
+                if verdict.flagged:
+                    flagged[image_id] = Flag(verdict.check, verdict.reason, verdict.score)
+            count.done = min(start + BATCH, len(images))
+            if len(screened) >= WRITE_EVERY or count.done == len(images):
+                with session_scope(run.engine) as session:
+                    n_flagged += record_screening(session, version_id, screened, flagged, job_id=job.id)
+                count.stored = n_flagged
+                screened, flagged = [], {}
+            run.update(
+                stage="predict", stage_text=text, fraction=count.done / max(len(images), 1), predicted=count
+            )
+    finally:
+        decoded.close()
+    with session_scope(run.engine) as session:
+        run.succeed(
+            session,
+            f"Screened {count.done:,} images with {name}: {n_flagged:,} suggested exclusions "
+            f"({count.unreadable:,} unreadable), listed for review; no image was dropped.",
+        )
