@@ -385,7 +385,8 @@ def _predict_all(
             else:
                 pixels.append(image)
                 positions.append(start + offset)
-        predictions = predictor.predict(pixels, batch_size=batch_size) if pixels else []
+        # A known dataset: the out-of-distribution gate is not asked (core.ood_features fits it).
+        predictions = predictor.predict(pixels, batch_size=batch_size, check_ood=False) if pixels else []
         for position, prediction in zip(positions, predictions, strict=True):
             probabilities[position] = [prediction.probabilities[label] for label in labels]
             index = ids[position]

@@ -131,9 +131,11 @@ class Predictor:
         batch_size: int = 8,
         *,
         file_bytes: Sequence[bytes | None] | None = None,
+        check_ood: bool = True,
     ) -> list[Prediction]:
         """Predict for grey uint8 images of any size (each HxW); `file_bytes`: each image's original file
-        (same order), for the OOD gate's colour check."""
+        (same order), for the OOD gate's colour check. `check_ood=False` (an evaluation over a known
+        dataset) leaves `ood` None and saves the gate's few milliseconds per image."""
         if file_bytes is not None and len(file_bytes) != len(images):
             raise ValueError("file_bytes needs one entry (or None) per image.")
         sources = list(file_bytes) if file_bytes is not None else [None] * len(images)
@@ -159,7 +161,7 @@ class Predictor:
                         image_size=(width, height),
                         window=crop_window(width, height, self.resize, self.crop),
                         features=features,
-                        ood=self.check_ood(img, features, data),
+                        ood=self.check_ood(img, features, data) if check_ood else None,
                     )
                 )
         return results

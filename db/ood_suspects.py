@@ -15,33 +15,13 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Float, ForeignKey, Index, String, Text, UniqueConstraint, delete, func, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
-from db.models import Base, Image, ModelVersion, utcnow
+from db.models import Image, ModelVersion, OodSuspect
 
 UNREADABLE = "unreadable"
 DELETE_CHUNK = 500  # image ids per DELETE ... IN (...): well inside every backend's parameter limit
-
-
-class OodSuspect(Base):
-    """An imported image that a version's OOD gate flagged, listed for review as a suggested exclusion."""
-
-    __tablename__ = "ood_suspects"
-    __table_args__ = (
-        UniqueConstraint("image_id", "model_version_id"),
-        # The page lists one version's suspects, most suspicious first, and counts them per check.
-        Index("ix_ood_suspects_model_version_id_kind_score", "model_version_id", "kind", "score"),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
-    job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id", ondelete="SET NULL"))
-    kind: Mapped[str] = mapped_column(String(16))  # which check fired (`check` is an SQL keyword)
-    reason: Mapped[str] = mapped_column(Text)
-    score: Mapped[float] = mapped_column(Float)  # the gate's distance score (limit = 1); 0.0 without one
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 @dataclass(frozen=True)

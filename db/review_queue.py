@@ -21,7 +21,7 @@ from sqlalchemy import Select, and_, exists, func, literal, literal_column, sele
 from sqlalchemy.orm import Session
 
 from core.labels import FINDINGS
-from db.effective import NLP, disagreement_gaps, scored_gaps
+from db.effective import NLP, disagreement_gaps, gaps_table, scored_gaps
 from db.models import (
     SHUFFLE_KEY_SQL,
     SOURCE_NLP,
@@ -246,9 +246,8 @@ def _unscored(session: Session, user: User, version_id: int, limit: int) -> list
             Prediction.disagreement.is_(None),
             _not_reviewed_by(user, Prediction.image_id),
         )
-    ).subquery("gaps")
-    ranked = scored_gaps(
-        session.get_bind().dialect.name, gaps, "image_id", "image_index", "split", "n_reviews"
-    ).subquery("unscored")
+    )
+    keep = ("image_id", "image_index", "split", "n_reviews")
+    ranked = scored_gaps(session.get_bind().dialect.name, gaps_table(gaps), *keep).subquery("unscored")
     statement = select(ranked).order_by(ranked.c.score.desc(), ranked.c.image_id).limit(limit)
     return list(session.execute(statement))

@@ -20,7 +20,12 @@ from core.training import TrainSettings
 JOB_FINE_TUNE = "fine_tune"
 JOB_EVALUATE = "evaluate"
 JOB_PREDICT = "predict"
-JOB_KIND_TEXT = {JOB_FINE_TUNE: "Fine-tune", JOB_PREDICT: "Store predictions", JOB_EVALUATE: "Evaluate"}
+JOB_KIND_TEXT = {
+    JOB_FINE_TUNE: "Fine-tune",
+    JOB_PREDICT: "Store predictions",
+    JOB_EVALUATE: "Evaluate",
+    "screen_ood": "Screen for suggested exclusions",
+}
 
 LABEL_SOURCES: dict[str, str] = {
     "nlp": "Dataset labels (NLP-mined)",

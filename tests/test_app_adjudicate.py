@@ -23,6 +23,7 @@ from tests.review_helpers import (
     template_db,
     user_of,
 )
+from webapp.formatting import plain
 
 FIXTURES = (template_db, db_url)  # review_helpers' fixtures, used here by name
 
@@ -84,11 +85,13 @@ def test_adjudicate_a_dispute_with_a_reason_and_see_its_history(db_url):
     history = page(db_url, "root", HISTORY_PAGE)
     history.run()
     history.text_input(key="history_image").set_value(f"#{image_id}").run()
-    table = history.dataframe[0].value
+    table = history.table[0].value
     assert list(table["Who"]) == ["alice", "bob", "root"]
     assert list(table["What"]) == ["review", "review", "adjudication"]
-    assert table["Before → after"].iloc[2] == "created: Cardiomegaly present"
-    assert table["Reason"].iloc[2] == "cardiothoracic ratio 0.6"
+    assert table["Before → after"].iloc[2] == plain("created: Cardiomegaly present")
+    assert table["Reason"].iloc[2] == plain(
+        "cardiothoracic ratio 0.6"
+    )  # escaped: st.table cells are markdown
 
 
 def test_assignments_page_sets_the_study_and_assigns_double_reads(db_url):

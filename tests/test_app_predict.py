@@ -289,3 +289,24 @@ def test_an_unavailable_active_version_is_named_and_the_demo_served_loudly(monke
     assert any(str(gone) in unescaped(c.value) for c in at.caption)
     with pytest.raises(UserError, match="promoted model folder .* is missing"):
         require_active_model_dir()
+
+
+def test_a_blank_upload_is_flagged_by_the_real_gate_and_shows_no_findings(
+    monkeypatch, tmp_path, full_resolution_images
+) -> None:
+    """The predictor's own OOD verdict (core.ood's cheap checks, no stand-in) reaches the page's hook."""
+    import io
+
+    from PIL import Image as PILImage
+
+    validated = _carded(tmp_path, "validated-model", metrics={"test": _entry(0.82)})
+    buffer = io.BytesIO()
+    PILImage.new("L", (512, 512), 0).save(buffer, format="PNG")
+    at = _page(monkeypatch, validated, tmp_path)
+    at.run()
+    at.get("file_uploader")[0].set_value(("blank.png", buffer.getvalue(), "image/png"))
+    at.run()
+    assert not at.exception
+    assert at.session_state["prediction"].ood.flagged
+    assert any("No findings for this image" in e.value for e in at.error)
+    assert not at.get("plotly_chart") and not [m for m in at.markdown if "Above threshold" in m.value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -40,8 +41,14 @@ def test_upload_shows_fourteen_findings_and_overlay(new_page, app_url, full_reso
     for label in FINDINGS:
         assert label.replace("_", " ") in chart_text
     page.get_by_text("CAM:").first.wait_for()
-    assert page.locator("[data-testid='stImage'] img").count() >= 2
-    assert page.get_by_text("not findings").count() >= 1  # an unvalidated model is labelled as such
+    assert page.locator("[data-testid='stImage'] img").count() >= 3  # original, overlay, colour scale
+    # An unvalidated model: its scores are labelled as such, nothing is above threshold, the card is open.
+    assert page.get_by_text("not findings").count() >= 1
+    assert page.get_by_text("Scores from a weak/unvalidated model", exact=True).count() == 1
+    assert page.get_by_text(re.compile("^Above threshold:")).count() == 0  # case-sensitive
+    assert "score (not a finding)" in chart_text and "operating threshold" in chart_text  # the legend
+    assert page.get_by_text("Bar for findings").count() == 1  # the model card's table, expanded
+    assert page.get_by_text("Colour scale, left to right").count() == 1
     page.screenshot(path=os.environ.get("SCREENSHOT_PATH", str(tmp_path / "predict.png")), full_page=True)
 
 

@@ -1,11 +1,20 @@
-"""Browser: a clinician logs in, corrects a label on the Review page, and the change shows in the queue,
-the image's review count and (as the admin, on the Label quality page) the exported labels."""
+"""Browser: the review study end to end, in Debian's Chromium against `streamlit run`.
+
+An admin assigns one image to two clinicians for a double read; both read it blind and disagree (one
+with the keyboard alone); it appears under Adjudicate; the admin decides with a reason; the image's
+history shows all three events; the export and the fine-tune's labels table carry the decision. Then
+the time from Save & next to the next image being ready is measured over a run of keyboard reads
+(median written to $REVIEW_TIMING_PATH when set).
+"""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import statistics
+import time
 
 import pandas as pd
 import pytest
@@ -16,18 +25,20 @@ from core.models import create_model
 from db import accounts
 from db.engine import dispose_engine, get_engine, session_scope
 from db.importer import import_chestxray14
-from db.models import LabelEvent, Review
+from db.models import Image, LabelEvent, Review
+from jobs.labels import write_labels_table
 from tests.browser_fixtures import streamlit_server
 
 pytestmark = pytest.mark.browser
 
-CLINICIAN, ADMIN, PASSWORD = "dr-ames", "reviewer-admin", "browser test password"
-BOX_IMAGE = "00015649_000.png"  # a test-split image of the sample with an NIH box (Mass)
+READER_A, READER_B, ADMIN, PASSWORD = "dr-ames", "dr-banks", "study-admin", "browser test password"
+IMAGE_NAME = re.compile(r"\d{8}_\d{3}\.png")
+N_TIMED_READS = 10
 
 
 @pytest.fixture(scope="module")
 def review_app(tmp_path_factory, sample_dir):
-    """A server on a database with the real sample imported, one clinician and one admin."""
+    """A server on a database with the real sample imported, two clinicians and an admin, a model."""
     torch.manual_seed(0)
     model_dir = tmp_path_factory.mktemp("model") / "browser-review-model"
     save_artifact(create_model(), model_dir, new_card("browser-review-model"))
@@ -36,96 +47,189 @@ def review_app(tmp_path_factory, sample_dir):
     engine = get_engine(url)
     import_chestxray14(engine, sample_dir)
     with session_scope(engine) as session:
-        accounts.create_user(session, CLINICIAN, PASSWORD, role="clinician")
+        accounts.create_user(session, READER_A, PASSWORD, role="clinician")
+        accounts.create_user(session, READER_B, PASSWORD, role="clinician")
         accounts.create_user(session, ADMIN, PASSWORD, role="admin")
-    env = {"CHEXNET_HOME": str(home), "DATABASE_URL": url, "CHEXNET_MODEL": str(model_dir)}
+    env = {
+        "CHEXNET_HOME": str(home),
+        "DATABASE_URL": url,
+        "CHEXNET_MODEL": str(model_dir),
+        "OMP_NUM_THREADS": "1",
+    }
     with streamlit_server(env, home / "app.log") as app_url:
         yield app_url, engine
     dispose_engine(url)
 
 
 def log_in(page, app_url: str, username: str) -> None:
-    page.goto(app_url)
-    page.get_by_role("link", name="Log in").click()
+    page.goto(f"{app_url}/login")
+    # The server's first page run imports and migrates; on a busy 2-core machine that takes a while.
+    page.get_by_role("textbox", name="Username").wait_for(timeout=180_000)
     page.get_by_role("textbox", name="Username").fill(username)
     page.get_by_role("textbox", name="Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    # The navigation now offers the account's pages (the login page itself is gone from it).
     page.get_by_role("link", name=f"Log out ({username})").wait_for()
 
 
 def settle(page) -> None:
-    """Wait until the script run has finished (Streamlit marks the previous run's elements stale)."""
-    page.wait_for_timeout(300)
+    """Wait until the script run has finished and nothing on the page is stale."""
+    page.wait_for_timeout(200)
     page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0")
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"] button')")
 
 
-def remaining(page) -> int:
-    metric = page.get_by_test_id("stMetric").filter(has_text="Left in this queue")
-    return int(re.sub(r"\D", "", metric.get_by_test_id("stMetricValue").inner_text()))
+def heading(page):
+    return page.get_by_role("heading", name=IMAGE_NAME)
 
 
-def test_clinician_corrects_a_label_and_sees_it_in_queue_and_export(new_page, review_app, tmp_path):
-    app_url, engine = review_app
-    page = new_page()
-    log_in(page, app_url, CLINICIAN)
-    page.get_by_role("link", name="Review labels").click()
-    page.get_by_role("heading", name=re.compile(r"\d{8}_\d{3}\.png")).wait_for(timeout=120_000)
+def ready_for_keys(page) -> None:
+    """The review page drawn and idle, the keyboard focus on the page itself (not in a text box)."""
+    heading(page).wait_for(timeout=300_000)  # the first image also waits for the model to load
     page.locator(".js-plotly-plot").first.wait_for()
-    page.get_by_text("Not reviewed yet").wait_for()
-    image_name = page.get_by_role("heading", name=re.compile(r"\d{8}_\d{3}\.png")).inner_text().strip()
-    left_before = remaining(page)
-
-    # Correct the label: untick No Finding if the NLP said so, tick Effusion, comment, Save & next.
-    form = page.get_by_test_id("stForm")
-    no_finding = form.get_by_role("checkbox", name="No Finding")
-    if no_finding.is_checked():
-        form.get_by_text("No Finding", exact=True).click()
-    effusion = form.get_by_role("checkbox", name="Effusion")
-    if not effusion.is_checked():
-        form.get_by_text("Effusion", exact=True).click()
-    form.get_by_label("Comment").fill("effusion at the left base")
-    form.get_by_role("button", name="Save & next").click()
-
-    page.get_by_text(f"Saved your review of {image_name} (version 1). 1 review, consensus:").wait_for()
-    assert "Effusion" in page.get_by_test_id("stAlertContentSuccess").inner_text()
-    heading = page.get_by_role("heading", name=re.compile(r"\d{8}_\d{3}\.png"))
-    heading.filter(has_not_text=image_name).wait_for()  # the next image
-    assert remaining(page) == left_before - 1
-
-    # The viewer on an image with an NIH box, CAM on: the screenshot of the page.
-    page.get_by_role("button", name="Open an image").click()
-    page.get_by_role("textbox", name="Image index").fill(BOX_IMAGE)
-    page.get_by_role("textbox", name="Image index").press("Enter")
-    page.get_by_role("heading", name=BOX_IMAGE).wait_for()
     settle(page)
-    page.keyboard.press("Escape")
-    page.get_by_text("CAM overlay").click()
-    page.get_by_text("CAM of").wait_for()
-    page.get_by_text("Boxes: Mass (NIH).").wait_for()
-    assert page.locator(".js-plotly-plot .shapelayer path").count() >= 1  # the box is drawn
-    # The form shows this image's NLP label (Mass among them), not the previous image's input.
-    assert page.get_by_test_id("stForm").get_by_role("checkbox", name="Mass").is_checked()
-    page.set_viewport_size({"width": 1400, "height": 1450})  # Streamlit scrolls inside the page: grow it
-    page.wait_for_timeout(1000)
-    page.screenshot(path=os.environ.get("REVIEW_SCREENSHOT_PATH", str(tmp_path / "review.png")))
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
 
+
+def pressed(page, finding: str):
+    """The finding's button shown as Present (primary)."""
+    return page.locator(f".st-key-review_f_{finding} [data-testid='stBaseButton-primary']").first
+
+
+def test_blind_double_read_dispute_adjudication_history_and_export(
+    new_page, review_app, tmp_path, sample_dir
+):
+    app_url, engine = review_app
+
+    # The admin assigns one image to both clinicians: a 100 % double read.
+    admin = new_page()
+    log_in(admin, app_url, ADMIN)
+    admin.get_by_role("link", name="Assignments & study").click()
+    admin.get_by_text("Assign images").first.wait_for()
+    readers = admin.get_by_test_id("stMultiSelect")
+    for name in (READER_A, READER_B):
+        readers.click()
+        admin.get_by_role("option", name=name).click()
+    admin.keyboard.press("Escape")
+    images = admin.get_by_label("Images")
+    images.fill("1")
+    admin.get_by_role("slider").first.focus()
+    admin.keyboard.press("End")  # double-read share: 100 %
+    admin.get_by_role("button", name="Assign").click()
+    admin.get_by_text("Assigned 1 images, 1 of them twice").wait_for()
+
+    # Reader A, blind, with the keyboard alone: X (No Finding: clears every finding) unless it is on
+    # already, then G (Cardiomegaly, which clears No Finding), then Enter (save & next).
+    reader_a = new_page()
+    log_in(reader_a, app_url, READER_A)
+    ready_for_keys(reader_a)
+    assigned = heading(reader_a).inner_text().strip()
+    reader_a.get_by_text("0 of 1 assigned read").wait_for()
+    reader_a.get_by_text("Blinded read").wait_for()
+    keys = []
+    if not reader_a.locator(".st-key-review_no_finding [data-testid='stBaseButton-primary']").count():
+        keys.append("x")
+        reader_a.keyboard.press("x")
+        reader_a.locator(".st-key-review_no_finding [data-testid='stBaseButton-primary']").first.wait_for()
+        settle(reader_a)
+    keys.append("g")
+    reader_a.keyboard.press("g")
+    pressed(reader_a, "Cardiomegaly").wait_for()
+    settle(reader_a)
+    keys.append("Enter")
+    reader_a.keyboard.press("Enter")
+    reader_a.get_by_text("You have read every image assigned to you").wait_for()
+    reader_a.get_by_text(f"Saved your review of {assigned} (version 1).").wait_for()
+
+    # Reader B opens the same image from their assignments: nothing of A's read shows; B says No Finding.
+    reader_b = new_page()
+    log_in(reader_b, app_url, READER_B)
+    ready_for_keys(reader_b)
+    assert heading(reader_b).inner_text().strip() == assigned
+    body = reader_b.get_by_test_id("stMainBlockContainer").inner_text()
+    assert "1 review" not in body and "consensus" not in body and READER_A not in body
+    no_finding = reader_b.locator(".st-key-review_no_finding button").first
+    if not reader_b.locator(".st-key-review_no_finding [data-testid='stBaseButton-primary']").count():
+        no_finding.click()
+    reader_b.locator(".st-key-review_no_finding [data-testid='stBaseButton-primary']").first.wait_for()
+    settle(reader_b)
+    reader_b.get_by_role("button", name=re.compile("Save & next")).click()
+    reader_b.get_by_text("You have read every image assigned to you").wait_for()
+
+    # The admin finds it under Adjudicate, sees both answers, decides with a reason.
+    admin.get_by_role("link", name="Adjudicate").click()
+    admin.get_by_text("Readers differ on: Cardiomegaly.").wait_for()
+    admin.get_by_role("heading", name=assigned).wait_for()
+    decision = admin.locator("[class*='st-key-adjudicate_'][class*='_Cardiomegaly']").first
+    decision.get_by_text("Present", exact=True).click()
+    admin.get_by_label("Reason for the decision").fill("cardiothoracic ratio above 0.5")
+    admin.get_by_role("button", name="Record the decision").click()
+    admin.get_by_text(f"Recorded the decision on {assigned} (adjudication version 1).").wait_for()
+    admin.get_by_text("No image is disputed").wait_for()
+
+    # Its history: all three events, who and why.
+    admin.get_by_role("link", name="Image history").click()
+    admin.get_by_label("Image").fill(assigned)
+    admin.get_by_label("Image").press("Enter")
+    admin.get_by_text("3 event(s).").wait_for()
+    history = admin.get_by_test_id("stTable").inner_text()
+    for text in (READER_A, READER_B, ADMIN, "adjudication", "cardiothoracic ratio above 0.5",
+                 "created: Cardiomegaly present", "created: No Finding"):  # fmt: skip
+        assert text in history, text
+
+    # The export (downloaded as an admin does) and the fine-tune's labels carry the decision.
+    admin.get_by_role("link", name="Label quality").click()
+    admin.get_by_text("Export the consensus labels").wait_for()
+    with admin.expect_download() as download_info:
+        admin.get_by_role("button", name=re.compile("Trainer labels table")).click()
+    exported = pd.read_csv(io.BytesIO(open(download_info.value.path(), "rb").read()), keep_default_na=False)
+    row = exported.set_index("image_index").loc[assigned]
+    assert row["Cardiomegaly"] == 1 and row["exclude"] == 0 and row["disputed"] == ""
     with session_scope(engine, read_only=True) as session:
-        review = session.query(Review).one()
-        assert review.effusion and review.comment == "effusion at the left base"
-        assert session.query(LabelEvent).filter_by(image_id=review.image_id).count() == 1
+        write_labels_table(session, "effective", sample_dir, tmp_path / "labels.csv")
+        image_id = session.query(Image.id).filter_by(image_index=assigned).scalar()
+        reads = session.query(Review).filter_by(image_id=image_id).all()
+        assert len(reads) == 2 and all(read.blinded for read in reads)
+        assert session.query(LabelEvent).filter_by(image_id=image_id).count() == 3
+    fine_tune = pd.read_csv(tmp_path / "labels.csv", keep_default_na=False).set_index("image_index")
+    assert fine_tune.loc[assigned, "Cardiomegaly"] == 1 and fine_tune.loc[assigned, "exclude"] == 0
+    assert admin.locator("[data-testid='stException']").count() == 0
+    assert len(keys) <= 3  # the keyboard read: two or three keys, no click
+    print("keyboard read:", "+".join(keys))
 
-    # The admin downloads the Data_Entry-shaped export from the Label quality page.
-    page.get_by_role("link", name=re.compile("Log out")).click()
-    admin_page = new_page()
-    log_in(admin_page, app_url, ADMIN)
-    admin_page.get_by_role("link", name="Label quality").click()
-    admin_page.get_by_text("Export the consensus labels").wait_for()
-    with admin_page.expect_download() as download_info:
-        admin_page.get_by_role("button", name=re.compile("Data_Entry")).click()
-    table = pd.read_csv(io.BytesIO(open(download_info.value.path(), "rb").read()))
-    row = table.loc[table["Image Index"] == image_name].iloc[0]
-    assert "Effusion" in row["Finding Labels"].split("|")
-    assert row["Reviewer Count"] == 1
-    assert len(table) == 555
-    assert admin_page.locator("[data-testid='stException']").count() == 0
+
+def test_save_to_next_time_and_keys_per_image(new_page, review_app, tmp_path):
+    """Keyboard reads on the sample: E (Effusion) then Enter; the time from Enter to the next image and
+    its own answer drawn (nothing stale), in the real browser."""
+    app_url, _ = review_app
+    page = new_page()
+    page.set_viewport_size({"width": 1024, "height": 1000})
+    log_in(page, app_url, READER_A)
+    page.get_by_role("link", name="Review labels").click()
+    ready_for_keys(page)
+    page.get_by_test_id("stSelectbox").filter(has_text="Queue").click()
+    page.get_by_role("option", name="Unreviewed first").click()
+    ready_for_keys(page)
+    page.screenshot(
+        path=os.environ.get("REVIEW_SCREENSHOT_PATH", str(tmp_path / "review-1024.png")), full_page=True
+    )
+    timings = []
+    for _ in range(N_TIMED_READS):
+        ready_for_keys(page)
+        page.wait_for_timeout(300)  # a reader looks at the image; the page reads the next one ahead
+        name = heading(page).inner_text().strip()
+        if not pressed(page, "Effusion").count():
+            page.keyboard.press("e")
+            pressed(page, "Effusion").wait_for()
+            settle(page)
+        started = time.perf_counter()
+        page.keyboard.press("Enter")
+        heading(page).filter(has_not_text=name).wait_for()
+        page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0")
+        timings.append(time.perf_counter() - started)
+    median = statistics.median(timings)
+    result = {"median_s": round(median, 3), "timings_s": [round(t, 3) for t in timings], "keys_per_image": 2}
+    if os.environ.get("REVIEW_TIMING_PATH"):
+        with open(os.environ["REVIEW_TIMING_PATH"], "w") as handle:
+            json.dump(result, handle)
+    print("save -> next:", json.dumps(result))
+    assert median < 5.0, result  # the target is 0.5 s on a quiet machine; a loaded CI box is slower

@@ -260,6 +260,9 @@ def test_without_a_gate_only_the_pixel_checks_run(predictors, batched, images):
     blank = blank_probes()[0].data
     judged = predictors["torch"].predict_one(_probe_pixels(blank), file_bytes=blank).ood
     assert judged.to_dict() == {"flagged": True, "score": 0.0, "reason": UNIFORM_REASON}
+    unchecked = predictors["torch"].predict(images[:1], check_ood=False)[0]  # an evaluation's choice
+    assert unchecked.ood is None
+    assert unchecked.probabilities == pytest.approx(batched["torch"][0].probabilities, abs=1e-5)
 
 
 def test_the_colour_check_needs_the_file_bytes(predictors):

@@ -21,7 +21,7 @@ from db.errors import InvalidLabelError, NotFoundError
 from db.models import User
 from db.study import StudySettings
 from webapp.database import session
-from webapp.formatting import pretty, when_text
+from webapp.formatting import plain, pretty, when_text
 from webapp.review_data import ABSENT, PRESENT, UNCERTAIN, LabelValues, values_of
 
 STATE_TEXT = {PRESENT: "✓ present", ABSENT: "– absent", UNCERTAIN: "? uncertain"}
@@ -137,16 +137,18 @@ def adjudicate(
 
 
 def history(image_id: int) -> pd.DataFrame:
+    """The image's label events, oldest first. Its cells are markdown-escaped (webapp.formatting.plain):
+    the pages show it with st.table, whose cells are markdown, and a reason is free text."""
     with session(read_only=True) as db_session:
         entries = adjudication.image_history(db_session, image_id)
     return pd.DataFrame(
         {
             "When": [when_text(e.at) for e in entries],
-            "Who": [e.username for e in entries],
+            "Who": [plain(e.username) for e in entries],
             "What": [e.kind for e in entries],
             "Version": [e.version for e in entries],
-            "Before → after": [e.change for e in entries],
-            "Reason": [e.reason for e in entries],
+            "Before → after": [plain(e.change) for e in entries],
+            "Reason": [plain(e.reason) for e in entries],
         }
     )
 

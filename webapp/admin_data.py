@@ -239,7 +239,7 @@ THRESHOLD_SOURCES = {
 
 def threshold_source_text(report: dict[str, Any]) -> str:
     source = report.get("thresholds_source") or "the model card"
-    return THRESHOLD_SOURCES.get(source, source)
+    return THRESHOLD_SOURCES.get(source, source).rstrip(".")
 
 
 def operating_points_frame(report: dict[str, Any]) -> pd.DataFrame:

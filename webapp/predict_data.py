@@ -33,7 +33,8 @@ def cached_prediction(predictor: Predictor, image: XrayImage, data: bytes) -> Pr
     key = (hashlib.sha256(data).hexdigest(), predictor.name, id(predictor))
     if state.get("prediction_key") != key:
         with st.spinner("Running CheXNet…"):
-            state["prediction"] = predictor.predict_one(image.pixels)
+            # The file's bytes too: the out-of-distribution gate's colour check reads them.
+            state["prediction"] = predictor.predict_one(image.pixels, file_bytes=data)
         state["prediction_key"] = key
     return state["prediction"]
 

@@ -122,4 +122,4 @@ if submitted:
         st.rerun()
 
 with st.expander("History of this image (who, what, when, before → after)", expanded=True):
-    st.dataframe(data.history(case.image_id), hide_index=True, width="stretch")
+    st.table(data.history(case.image_id), hide_index=True)

@@ -38,4 +38,4 @@ if table.empty:
     st.info("Nobody has reviewed or adjudicated this image yet.")
 else:
     st.caption(f"{len(table)} event(s).")
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.table(table, hide_index=True)

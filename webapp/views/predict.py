@@ -72,7 +72,7 @@ def scores_section(prediction, presented: bool) -> None:
         st.markdown(f"**Above threshold:** {predict_data.positives_text(prediction.positive)}")
     else:
         st.caption("Nothing is listed as above threshold: these scores are not findings.")
-    st.caption(f"Thresholds: {plain(predict_data.threshold_origin_text(artifact.card))}")
+    st.caption(f"Where the thresholds come from: {plain(predict_data.threshold_origin_text(artifact.card))}")
     with st.expander("Table: probability, threshold, precision and recall at it"):
         table = predict_data.prediction_table(
             prediction, predictor.thresholds, artifact.card, findings=presented
