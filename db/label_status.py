@@ -44,22 +44,19 @@ class LabelStatus:
 
 
 def label_status(session: Session) -> LabelStatus:
-    """Every figure aggregated in SQL (about ten statements, none returning more than a few rows)."""
+    """Every figure aggregated in SQL: about eight statements, none returning more than a few rows.
+
+    The dataset's own counts (images by source and split, NLP positives: full passes over the images)
+    change only when images or NLP labels are added, so they are kept per database and recounted
+    only then; the rest reads the reviewed labels (one row per reviewed image).
+    """
     status = LabelStatus()
-    groups = session.execute(
-        select(Image.source, Image.split, func.count()).group_by(Image.source, Image.split)
-    )
-    for source, split, count in groups:  # one pass over the images for all three counts
-        status.n_images += int(count)
-        if source == "upload":
-            status.n_uploads += int(count)
-        else:
-            status.n_dataset += int(count)
-        key = str(split or "none")
-        status.by_split[key] = status.by_split.get(key, 0) + int(count)
+    dataset = _dataset_counts(session)
+    status.n_images, status.n_dataset, status.n_uploads, n_with_nlp, nlp_positive = dataset[:5]
+    status.by_split = dict(dataset[5])
     if not status.n_images:
         return status
-    status.by_split = dict(sorted(status.by_split.items()))
+    status.n_with_nlp = n_with_nlp
     status.n_adjudicated = int(session.scalar(select(func.count()).select_from(Adjudication)) or 0)
 
     active = get_active_version(session)
@@ -75,14 +72,6 @@ def label_status(session: Session) -> LabelStatus:
         recent = recent.where(false())
     changed_recently = recent.subquery("changed_recently")
     since = changed_recently.c.image_id.is_not(None)
-
-    nlp_columns = [getattr(NlpLabel, c) for c in FINDING_COLUMNS]
-    n_with_nlp, *nlp_positive = session.execute(
-        select(func.count(), *(_count_if(column) for column in nlp_columns)).where(
-            NlpLabel.source == SOURCE_NLP
-        )
-    ).one()
-    status.n_with_nlp = int(n_with_nlp)
 
     # Reviewed labels (adjudication or consensus) against the NLP label of the same image.
     has_nlp = NLP.id.is_not(None)
@@ -115,6 +104,42 @@ def label_status(session: Session) -> LabelStatus:
             FindingStatus(finding, int(nlp_positive[c]), effective_positive, changed, changed_since)
         )
     return status
+
+
+_DatasetCounts = tuple[int, int, int, int, tuple[int, ...], tuple[tuple[str, int], ...]]
+_dataset_cache: dict[tuple[Any, ...], _DatasetCounts] = {}
+
+
+def _dataset_counts(session: Session) -> _DatasetCounts:
+    """(images, dataset images, uploads, images with NLP labels, NLP positives per finding, by split)."""
+    newest = select(func.max(Image.id)).scalar_subquery(), select(func.max(NlpLabel.id)).scalar_subquery()
+    key = (str(session.get_bind().engine.url), *session.execute(select(*newest)).one())
+    if key in _dataset_cache:
+        return _dataset_cache[key]
+    n_images = n_dataset = n_uploads = 0
+    by_split: dict[str, int] = {}
+    groups = select(Image.source, Image.split, func.count()).group_by(Image.source, Image.split)
+    for source, split, count in session.execute(groups):  # one pass over the images for all three counts
+        n_images += int(count)
+        if source == "upload":
+            n_uploads += int(count)
+        else:
+            n_dataset += int(count)
+        by_split[str(split or "none")] = by_split.get(str(split or "none"), 0) + int(count)
+    nlp_columns = [getattr(NlpLabel, c) for c in FINDING_COLUMNS]
+    n_with_nlp, *positives = session.execute(
+        select(func.count(), *(_count_if(column) for column in nlp_columns)).where(
+            NlpLabel.source == SOURCE_NLP
+        )
+    ).one()
+    counts = (
+        n_images, n_dataset, n_uploads, int(n_with_nlp), tuple(int(p) for p in positives),
+        tuple(sorted(by_split.items())),
+    )  # fmt: skip
+    if len(_dataset_cache) > 8:
+        _dataset_cache.clear()
+    _dataset_cache[key] = counts
+    return counts
 
 
 def _count_if(condition: Any) -> Any:

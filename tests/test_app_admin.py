@@ -116,6 +116,7 @@ def test_admin_queues_a_fine_tune_sees_its_result_then_promotes_and_rolls_back(s
     models.run()
     button(models, "Promote").click()
     models.run()
+    models.button(key="confirm_promote").click().run()  # the confirm step with the paired comparison
     assert not models.exception
     assert "apptest-ft is now the active model" in texts(models)
     with session_scope(studio.engine, read_only=True) as session:

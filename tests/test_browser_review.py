@@ -168,8 +168,9 @@ def test_blind_double_read_dispute_adjudication_history_and_export(
 
     # Its history: all three events, who and why.
     admin.get_by_role("link", name="Image history").click()
-    admin.get_by_label("Image").fill(assigned)
-    admin.get_by_label("Image").press("Enter")
+    image_box = admin.get_by_role("textbox", name="Image")
+    image_box.fill(assigned)
+    image_box.press("Enter")
     admin.get_by_text("3 event(s).").wait_for()
     history = admin.get_by_test_id("stTable").inner_text()
     for text in (READER_A, READER_B, ADMIN, "adjudication", "cardiothoracic ratio above 0.5",
