@@ -104,7 +104,8 @@ def test_admin_fine_tunes_promotes_and_predict_uses_the_new_model(new_page, admi
     page.get_by_text("Compare versions").wait_for()
     page.get_by_test_id("stSelectbox").filter(has_text="Version").first.click()
     page.get_by_role("option", name="browser-ft").click()
-    page.get_by_role("button", name="Promote").click()
+    page.get_by_role("button", name="Promote", exact=True).click()
+    page.get_by_role("button", name="Confirm promotion").click()  # after the paired comparison
     page.get_by_text("browser-ft is now the active model").wait_for()
     with session_scope(studio.engine, read_only=True) as session:
         assert get_active_version(session).name == "browser-ft"
