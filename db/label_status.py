@@ -73,42 +73,24 @@ def label_status(session: Session) -> LabelStatus:
     changed_recently = recent.subquery("changed_recently")
     since = changed_recently.c.image_id.is_not(None)
 
-    # Reviewed labels (adjudication or consensus) against the NLP label of the same image: 0/1 columns
-    # per reviewed image first (a materialized CTE, so each comparison is made once), then their sums.
-    def flag(condition: Any) -> Any:
-        return case((condition, 1), else_=0)
-
+    # Reviewed labels (adjudication or consensus) against the NLP label of the same image.
     has_nlp = NLP.id.is_not(None)
-    row_columns = [
-        flag(ReviewedLabel.n_reviews > 0).label("reviewed"),
-        flag(ReviewedLabel.exclude).label("excluded"),
-        flag(since).label("since"),
-    ]
+    kept = ~ReviewedLabel.exclude
+    columns: list[Any] = [_count_if(ReviewedLabel.n_reviews > 0), _count_if(ReviewedLabel.exclude)]
+    differs = []
     for column in FINDING_COLUMNS:
         reviewed, nlp = getattr(ReviewedLabel, column), func.coalesce(getattr(NLP, column), false())
-        row_columns += [
-            flag(and_(has_nlp, nlp)).label(f"nlp_{column}"),
-            flag(and_(~ReviewedLabel.exclude, reviewed)).label(f"kept_{column}"),
-            flag(and_(has_nlp, reviewed != nlp)).label(f"differs_{column}"),
-        ]
-    rows = (
-        select(*row_columns)
+        differ = and_(has_nlp, reviewed != nlp)
+        differs.append(differ)
+        columns += [_count_if(and_(has_nlp, nlp)), _count_if(and_(kept, reviewed)), _count_if(differ)]
+        columns.append(_count_if(and_(differ, since)))
+    columns += [_count_if(or_(*differs)), _count_if(and_(or_(*differs), since))]
+    statement = (
+        select(*columns)
         .select_from(ReviewedLabel)
         .outerjoin(NLP, and_(NLP.image_id == ReviewedLabel.image_id, NLP.source == SOURCE_NLP))
         .outerjoin(changed_recently, changed_recently.c.image_id == ReviewedLabel.image_id)
-        .cte("reviewed_rows")
-        .prefix_with("MATERIALIZED")
     )
-    c = rows.c
-    columns: list[Any] = [func.sum(c.reviewed), func.sum(c.excluded)]
-    for column in FINDING_COLUMNS:
-        differs = c[f"differs_{column}"]
-        columns += [func.sum(c[f"nlp_{column}"]), func.sum(c[f"kept_{column}"]), func.sum(differs)]
-        columns.append(func.sum(differs * c.since))
-    differing = [c[f"differs_{column}"] for column in FINDING_COLUMNS]
-    changed_any = flag(sum(differing[1:], differing[0]) > 0)  # differs on some finding
-    columns += [func.sum(changed_any), func.sum(changed_any * c.since)]
-    statement = select(*(func.coalesce(column, 0) for column in columns)).select_from(rows)
     n_reviewed, n_excluded, *per_finding, n_changed, n_changed_since = (
         int(v) for v in session.execute(statement).one()
     )

@@ -205,9 +205,10 @@ def test_save_to_next_time_and_keys_per_image(new_page, review_app, tmp_path):
     page = new_page()
     page.set_viewport_size({"width": 1024, "height": 1000})
     log_in(page, app_url, READER_A)
-    page.get_by_role("link", name="Review labels").click()
-    ready_for_keys(page)
-    page.get_by_test_id("stSelectbox").filter(has_text="Queue").click()
+    queue = page.get_by_test_id("stSelectbox").filter(has_text="Queue")
+    queue.wait_for(timeout=180_000)
+    settle(page)
+    queue.click()
     page.get_by_role("option", name="Unreviewed first").click()
     ready_for_keys(page)
     page.screenshot(
