@@ -141,9 +141,10 @@ def study_settings() -> StudySettings:
         return study.study_settings(db_session)
 
 
-def has_assignments(user_id: int) -> bool:
+def has_open_assignments(user_id: int) -> bool:
     with session(read_only=True) as db_session:
-        return assignments.progress(db_session, user_id)[1] > 0
+        done, total = assignments.progress(db_session, user_id)
+        return done < total
 
 
 def load_queue(

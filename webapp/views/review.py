@@ -47,8 +47,8 @@ if review_data.image_count() == 0:
 
 state.setdefault("review_seed", random.randrange(1_000_000))
 state.setdefault("review_skipped", [])
-if "review_strategy" not in state:  # readers with assignments start there
-    has_work = review_data.has_assignments(user.id)
+if "review_strategy" not in state:  # readers with open assignments start there
+    has_work = review_data.has_open_assignments(user.id)
     state["review_strategy"] = "My assignments" if has_work else "Model disagrees most"
 
 queue_bar = st.columns([3, 3, 2, 3], vertical_alignment="bottom")
