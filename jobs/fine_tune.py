@@ -103,7 +103,9 @@ def _labels_for(run: JobRun, params: FineTuneParams, data_dir: Path) -> dict[str
     if params.resume and table.is_file() and snapshot_path.is_file():
         return json.loads(snapshot_path.read_text())
     with session_scope(run.engine, read_only=True) as session:
-        snapshot = write_labels_table(session, params.label_source, data_dir, table)
+        snapshot = write_labels_table(
+            session, params.label_source, data_dir, table, disputed_policy=params.disputed_policy
+        )
     snapshot["taken_at"] = utcnow().isoformat()
     snapshot_path.write_text(json.dumps(snapshot, indent=2))
     run.message(
