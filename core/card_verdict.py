@@ -75,13 +75,16 @@ def judge_card(card: dict[str, Any]) -> CardVerdict:
         if mean < MIN_MEAN_AUROC:
             return CardVerdict(False, f"Its {figures} is below the bar of {MIN_MEAN_AUROC:.2f}.", **common)
         return CardVerdict(True, f"Its {figures} meets the bar of {MIN_MEAN_AUROC:.2f}.", **common)
-    best = max(entries, key=lambda entry: (_entry_figures(entry)[2], int(entry.get("n_images") or 0)))
+    measured = [entry for entry in entries if isinstance(entry.get("mean_auroc"), int | float)]
+    best = max(measured, key=lambda entry: (_entry_figures(entry)[2], int(entry.get("n_images") or 0)))
     mean = best.get("mean_auroc")
-    recorded = f" (it records mean AUROC {mean:.3f} on {best.get('split')}, {best.get('n_images')} images)"
+    recorded = ""
+    if isinstance(mean, int | float):
+        recorded = f" (it records mean AUROC {mean:.3f} on {best.get('split')}, {best.get('n_images')} images)"
     return CardVerdict(
         False,
         f"No evaluation in its model card has at least {MIN_POSITIVES} positives for {needed} of its "
-        f"{n_labels} findings{recorded if mean is not None else ''}.",
+        f"{n_labels} findings{recorded}.",
         best.get("split"),
         mean,
         n_findings_enough=_entry_figures(best)[2],

@@ -81,6 +81,13 @@ def streamlit_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
                 raise RuntimeError(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
         yield url
+        # The app turns a bug into one sentence on the page; the server log still fails the test.
+        from webapp.database import UNEXPECTED_LOG_MESSAGE
+
+        log_text = log_path.read_text(errors="replace")
+        if UNEXPECTED_LOG_MESSAGE in log_text:
+            start = log_text.index(UNEXPECTED_LOG_MESSAGE)
+            raise AssertionError(f"A page hit an unexpected error:\n{log_text[start : start + 3000]}")
     finally:
         process.terminate()
         try:

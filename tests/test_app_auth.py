@@ -4,6 +4,8 @@ pages, the first-start admin account, and a database outage shown as one sentenc
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import select, text
 from streamlit.testing.v1 import AppTest
@@ -287,6 +289,29 @@ def test_database_failures_in_a_page_are_one_sentence(tmp_path):
         database.DISK_FULL_SENTENCE,
     ]
     assert at.markdown[-1].value == "the rest of the page still runs"
+
+
+def _a_page_with_a_bug() -> None:
+    import streamlit as st
+
+    from webapp.database import outage_guard
+
+    with outage_guard():
+        st.write("before the bug")
+        {}["missing"]  # noqa: B018 - the bug
+    st.write("after the guarded block")
+
+
+def test_a_bug_in_a_page_is_one_sentence_with_a_logged_reference(caplog):
+    at = AppTest.from_function(_a_page_with_a_bug, default_timeout=60)
+    at.run()
+    assert not at.exception  # no traceback on screen
+    [error] = at.error
+    reference = re.search(r"the reference ([0-9a-f]{8})", error.value).group(1)
+    assert at.markdown[-1].value == "after the guarded block"
+    [record] = [r for r in caplog.records if r.getMessage().startswith(database.UNEXPECTED_LOG_MESSAGE)]
+    assert reference in record.getMessage() and "KeyError" in caplog.text  # the traceback is logged
+    caplog.clear()  # expected here: the suite-wide check (tests/conftest.py) fails on any other such record
 
 
 def _terminate_and_rename(admin, old: str, new: str) -> None:

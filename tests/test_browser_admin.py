@@ -113,7 +113,10 @@ def test_admin_fine_tunes_promotes_and_predict_uses_the_new_model(new_page, admi
     screenshot(page, "models.png", tmp_path)
 
     page.get_by_role("link", name="Predict").click()
-    page.get_by_text("Model card: browser-ft").wait_for()
+    try:
+        page.get_by_text("Model card: browser-ft").wait_for()
+    except Exception:
+        raise AssertionError(f"Predict does not serve browser-ft:\n{page.inner_text('body')[:3000]}") from None
     page.get_by_text("Model card: browser-ft").click()
     page.get_by_text("Measured mean AUROC").wait_for()
     assert page.locator("[data-testid='stException']").count() == 0

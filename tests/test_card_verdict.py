@@ -45,6 +45,12 @@ def test_the_shipped_demo_model_is_not_validated() -> None:
         # A test split too small to judge, a validation split that is large enough: judged on val.
         ({"test": entry(0.95, enough=0), "val": entry(0.80, split="val")}, True, "validation split"),
         ({"test": {"split": "test", "mean_auroc": 0.9, "mean_auroc_ci": [0.8, 0.95]}}, False, "positives"),
+        # A split measured on no positives next to a small measured one (a short fine-tune's card).
+        (
+            {"test": {**entry(0.9), "mean_auroc": None, "mean_auroc_enough": None}, "val": entry(0.6, split="val", enough=3)},
+            False,
+            "records mean AUROC 0.600 on val",
+        ),
     ],
 )
 def test_verdicts(metrics: dict, validated: bool, why: str) -> None:

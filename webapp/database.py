@@ -3,12 +3,13 @@
 Pages call `engine()` (or `session()`), never `db.engine.get_engine` directly, so that the first page a
 process serves also creates the initial admin account (its password goes to a private file under
 CHEXNET_HOME; the console says where). `outage_guard()` turns a database outage during a page run into
-one sentence.
+one sentence, and any other unexpected error into a sentence with a reference to the logged traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 UNREACHABLE_SENTENCE = (
     "The database cannot be reached right now ({detail}); try again in a moment or ask an admin."
 )
+UNEXPECTED_SENTENCE = (
+    "This page stopped on an unexpected problem. Reload to try again; if it happens again, tell an admin "
+    "the reference {reference} (the details are in the server log)."
+)
+UNEXPECTED_LOG_MESSAGE = "Unexpected error during a page run"
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -146,3 +152,7 @@ def outage_guard() -> Iterator[None]:
         st.error(unreachable_sentence(exc), icon=":material/cloud_off:")
     except UserError as exc:  # a sentence meant for people that no page caught (e.g. a bad setting)
         st.error(str(exc))
+    except Exception:  # a bug: the traceback goes to the server log, the page says one sentence
+        reference = uuid.uuid4().hex[:8]
+        log.exception("%s (reference %s)", UNEXPECTED_LOG_MESSAGE, reference)
+        st.error(UNEXPECTED_SENTENCE.format(reference=reference), icon=":material/bug_report:")
