@@ -80,6 +80,10 @@ def colorize(cam01: np.ndarray) -> np.ndarray:
     return _LUT[np.clip((cam01 * 255).round(), 0, 255).astype(np.uint8)]
 
 
+# Rows blended at a time: the float32 temporaries stay a few MB even for a 50-megapixel image.
+_OVERLAY_STRIP_ROWS = 256
+
+
 def render_overlay(grey: np.ndarray, cam01: np.ndarray, opacity: float = 0.45) -> np.ndarray:
     """Blend the coloured CAM over the grey X-ray at the X-ray's own resolution (RGB uint8).
 
@@ -88,10 +92,14 @@ def render_overlay(grey: np.ndarray, cam01: np.ndarray, opacity: float = 0.45) -
     if grey.shape != cam01.shape:
         raise ValueError("The CAM and the image must have the same size.")
     opacity = float(np.clip(opacity, 0.0, 1.0))
-    base = np.repeat(grey[:, :, None].astype(np.float32), 3, axis=2)
-    alpha = (opacity * np.clip(cam01, 0, 1))[:, :, None]
-    blended = base * (1 - alpha) + colorize(cam01).astype(np.float32) * alpha
-    return blended.round().astype(np.uint8)
+    out = np.empty((*grey.shape, 3), dtype=np.uint8)
+    for top in range(0, grey.shape[0], _OVERLAY_STRIP_ROWS):
+        rows = slice(top, top + _OVERLAY_STRIP_ROWS)
+        cam = cam01[rows]
+        alpha = (opacity * np.clip(cam, 0, 1))[:, :, None]
+        base = grey[rows, :, None].astype(np.float32)
+        out[rows] = (base * (1 - alpha) + colorize(cam).astype(np.float32) * alpha).round()
+    return out
 
 
 def peak_location(cam01: np.ndarray) -> tuple[int, int]:

@@ -80,7 +80,8 @@ def judge_card(card: dict[str, Any]) -> CardVerdict:
     mean = best.get("mean_auroc")
     recorded = ""
     if isinstance(mean, int | float):
-        recorded = f" (it records mean AUROC {mean:.3f} on {best.get('split')}, {best.get('n_images')} images)"
+        where = f"{best.get('split')}, {best.get('n_images')} images"
+        recorded = f" (it records mean AUROC {mean:.3f} on {where})"
     return CardVerdict(
         False,
         f"No evaluation in its model card has at least {MIN_POSITIVES} positives for {needed} of its "

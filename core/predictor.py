@@ -46,10 +46,18 @@ class Prediction:
     features: np.ndarray | None = None  # float32 [D]: the pooled features the classifier read
     ood: OodResult | None = None  # the OOD gate's verdict: .flagged, .score, .reason (to_dict for JSON)
 
-    def cam(self, label: str) -> np.ndarray:
-        """The CAM for `label` as float32 [height, width] in [0, 1] over the original image."""
-        width, height = self.image_size
-        return cam_to_image(self.cams[self.labels.index(label)], width, height, self.window)
+    def cam(self, label: str, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The CAM for `label` as float32 [height, width] in [0, 1] over the original image, or over a
+        resized copy of it when `size` (width, height) is given (a screen-size view)."""
+        width, height = size or self.image_size
+        return cam_to_image(self.cams[self.labels.index(label)], width, height, self.window_at(size))
+
+    def window_at(self, size: tuple[int, int] | None = None) -> CropWindow:
+        """The model's crop window in a copy of the image resized to `size` (the original's when None)."""
+        if size is None or tuple(size) == tuple(self.image_size):
+            return self.window
+        scale_x, scale_y = size[0] / self.image_size[0], size[1] / self.image_size[1]
+        return CropWindow(self.window.left * scale_x, self.window.top * scale_y, self.window.side * scale_x)
 
     def most_probable(self) -> str:
         return max(self.probabilities, key=self.probabilities.__getitem__)

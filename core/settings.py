@@ -43,6 +43,11 @@ CHEXNET_BIND = EnvVar(
     "127.0.0.1",
     "Address `make run` serves on; 0.0.0.0 opens it to the network (as the Procfile does).",
 )
+CHEXNET_UPLOAD_SLOTS = EnvVar(
+    "CHEXNET_UPLOAD_SLOTS",
+    "2",
+    "Uploads the web server decodes and predicts at once; more wait their turn (bounds its memory).",
+)
 # Set by torchrun for each rank; read, never set, by the app.
 RANK = EnvVar("RANK", "", "torchrun: this process's rank (set by torchrun, not by hand).")
 WORLD_SIZE = EnvVar("WORLD_SIZE", "1", "torchrun: number of processes (set by torchrun).")
@@ -58,6 +63,7 @@ ALL = (
     CHEXNET_WORKER_DEVICE,
     CHEXNET_WORKER_GPUS,
     CHEXNET_BIND,
+    CHEXNET_UPLOAD_SLOTS,
     RANK,
     WORLD_SIZE,
     LOCAL_RANK,
@@ -101,6 +107,13 @@ def worker_gpus() -> int:
         return max(1, int(read(CHEXNET_WORKER_GPUS)))
     except ValueError:
         return 1
+
+
+def upload_slots() -> int:
+    try:
+        return max(1, int(read(CHEXNET_UPLOAD_SLOTS)))
+    except ValueError:
+        return 2
 
 
 def bind_address() -> str:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.artifact import new_card, save_artifact, update_card
+from core.display import DISPLAY_MAX_SIDE
 from core.errors import UserError
 from core.labels import FINDINGS
 from core.models import create_model
 from core.paths import REPO_ROOT
+from webapp import predict_data
 
 PAGE = str(REPO_ROOT / "webapp" / "views" / "predict.py")
 
@@ -87,6 +92,27 @@ def test_real_image_gives_fourteen_probabilities_and_a_cam(
     assert not at.exception
     assert at.session_state["prediction"] is prediction  # moving a control does not re-run the network
     assert any("lowest to highest activation of any finding" in c.value for c in at.caption)
+
+
+def test_a_large_upload_is_kept_and_drawn_at_screen_size_and_downloaded_at_its_own(
+    monkeypatch, model_dir, tmp_path, full_resolution_images
+):
+    """Bounded memory per upload: the page keeps a screen copy and the small prediction, never the full
+    pixels; the full-resolution overlay is rendered only when the download asks for it."""
+    big = tmp_path / "big.png"
+    Image.open(full_resolution_images[3]).convert("L").resize((3000, 2600)).save(big)
+    at = _page(monkeypatch, model_dir, tmp_path)
+    _upload(at, big)
+    view, prediction = at.session_state["upload_view"], at.session_state["prediction"]
+    assert (view.width, view.height) == (3000, 2600)
+    assert view.display.shape == (round(2600 * DISPLAY_MAX_SIDE / 3000), DISPLAY_MAX_SIDE)
+    assert prediction.image_size == (3000, 2600) and prediction.cams.nbytes < 10_000
+    [download] = at.get("download_button")
+    assert download.proto.label == "Download overlay (PNG, 3000×2600)"
+
+    render = predict_data.full_resolution_overlay(big.read_bytes(), prediction, "Effusion", 0.45, False)
+    with Image.open(io.BytesIO(render())) as overlay:
+        assert overlay.size == (3000, 2600) and overlay.mode == "RGB"
 
 
 def test_validated_model_shows_findings_with_measured_precision(

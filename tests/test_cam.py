@@ -9,6 +9,7 @@ from PIL import Image
 
 from core.artifact import new_card, save_artifact
 from core.cam import cam_to_image, colorize, normalise, peak_location, render_overlay
+from core.display import DISPLAY_MAX_SIDE, display_copy, display_size
 from core.imaging import read_xray_file
 from core.labels import FINDINGS
 from core.models import create_model
@@ -203,3 +204,44 @@ def test_overlay_refuses_a_cam_of_another_size(xray):
 def test_colormap_runs_from_dark_blue_to_dark_red():
     ends = colorize(np.array([[0.0, 1.0]], dtype=np.float32))[0]
     assert ends.tolist() == [[0, 0, 128], [128, 0, 0]]
+
+
+# ------------------------------------------------------------------------------------ screen-size copies
+
+
+def test_a_screen_size_cam_is_the_full_cam_shrunk(probe, xray):
+    """The Predict page draws the CAM over a screen copy (core.display): the map over the copy must be
+    the full-resolution map at that size, its cold sides included."""
+    prediction = Predictor(probe["artifact"], backend="torch", device="cpu").predict_one(xray)
+    height, width = xray.shape  # 700 x 1024
+    size = display_size(width, height, max_side=512)
+    assert size == (512, 350)
+    small = prediction.cam("Effusion", size)
+    assert small.shape == (350, 512)
+    full = prediction.cam("Effusion")
+    shrunk = np.asarray(Image.fromarray(full).resize(size, Image.Resampling.BOX))
+    assert np.abs(small - shrunk).max() < 0.05
+    assert peak_location(small) == pytest.approx(np.array(peak_location(full)) / 2, abs=3)
+    window = prediction.window_at(size)
+    assert window.side == pytest.approx(prediction.window.side / 2)
+    assert not small[:, : int(window.left) - 1].any()
+    assert prediction.cam("Effusion", (width, height)).tobytes() == full.tobytes()
+
+
+def test_display_copy_fits_the_screen_and_leaves_small_images_alone(xray):
+    assert display_copy(xray) is xray  # 1024 x 700 already fits
+    tall = np.repeat(xray, 3, axis=0)  # 1024 wide, 2100 high
+    copy = display_copy(tall)
+    assert copy.shape == (DISPLAY_MAX_SIDE, round(1024 * DISPLAY_MAX_SIDE / 2100)) and copy.dtype == np.uint8
+    assert abs(float(copy.mean()) - float(tall.mean())) < 1.0  # area averaging keeps the brightness
+
+
+def test_overlay_in_strips_equals_the_whole_image_formula(xray):
+    """render_overlay blends a few hundred rows at a time; the result is the one-shot blend exactly."""
+    tall = np.ascontiguousarray(np.concatenate([xray, xray[::-1]])[:1000])  # several strips, a partial last
+    rng = np.random.default_rng(0)
+    cam01 = rng.random(tall.shape, dtype=np.float32)
+    alpha = (0.6 * cam01)[:, :, None]
+    expected = (np.repeat(tall[:, :, None].astype(np.float32), 3, axis=2) * (1 - alpha)
+                + colorize(cam01).astype(np.float32) * alpha).round().astype(np.uint8)  # fmt: skip
+    assert np.array_equal(render_overlay(tall, cam01, 0.6), expected)

@@ -47,7 +47,10 @@ def test_the_shipped_demo_model_is_not_validated() -> None:
         ({"test": {"split": "test", "mean_auroc": 0.9, "mean_auroc_ci": [0.8, 0.95]}}, False, "positives"),
         # A split measured on no positives next to a small measured one (a short fine-tune's card).
         (
-            {"test": {**entry(0.9), "mean_auroc": None, "mean_auroc_enough": None}, "val": entry(0.6, split="val", enough=3)},
+            {
+                "test": {**entry(0.9), "mean_auroc": None, "mean_auroc_enough": None},
+                "val": entry(0.6, split="val", enough=3),
+            },
             False,
             "records mean AUROC 0.600 on val",
         ),

@@ -75,19 +75,20 @@ def probability_bars(
     return fig
 
 
-def fixed_scale_cam(prediction: Prediction, label: str) -> np.ndarray:
+def fixed_scale_cam(prediction: Prediction, label: str, size: tuple[int, int] | None = None) -> np.ndarray:
     """The CAM of `label` on one scale shared by every finding of this image (0 = the lowest activation
-    of any finding, 1 = the highest), so a weak finding's map looks weak instead of stretched to full."""
+    of any finding, 1 = the highest), so a weak finding's map looks weak instead of stretched to full.
+    Over the original image, or over a copy resized to `size` (width, height)."""
     raw = np.asarray(prediction.cams, dtype=np.float32)
     low, high = float(raw.min()), float(raw.max())
     own = raw[prediction.labels.index(label)]
+    stretched = prediction.cam(label, size)
     if high - low < 1e-12:
-        return np.zeros_like(prediction.cam(label))
+        return np.zeros_like(stretched)
     # cam() min-max scales this finding's map; upsampling is linear, so rescaling after it is exact.
     a, b = (float(own.min()) - low) / (high - low), (float(own.max()) - float(own.min())) / (high - low)
-    stretched = prediction.cam(label)
     out = np.zeros_like(stretched)
-    window = prediction.window
+    window = prediction.window_at(size)
     top, left, side = round(window.top), round(window.left), max(1, round(window.side))
     y0, x0 = max(top, 0), max(left, 0)
     seen = out[y0 : top + side, x0 : left + side]

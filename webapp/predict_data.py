@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,28 +16,68 @@ import streamlit as st
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.cam import render_overlay
 from core.card_verdict import bar_text, judge_card
+from core.display import display_copy
 from core.errors import UserError
-from core.imaging import XrayImage
+from core.imaging import read_xray
 from core.predictor import Prediction, Predictor
 from db.importer import store_upload
 from db.reviews import account_by_id
 from webapp.database import session
 from webapp.formatting import plain, pretty
+from webapp.predict_charts import fixed_scale_cam
+from webapp.upload_slots import upload_slot, upload_slot_for_later
 
 INTENDED_USE = "Research use only — not for diagnosis."
 
 
-def cached_prediction(predictor: Predictor, image: XrayImage, data: bytes) -> Prediction:
-    """The prediction of this file by this model; moving a slider does not run the network again."""
+@dataclass(frozen=True)
+class UploadView:
+    """What the page keeps of an upload between reruns: a screen-size copy, never the full pixels."""
+
+    format: str
+    width: int  # of the original
+    height: int
+    display: np.ndarray  # grey uint8, at most core.display.DISPLAY_MAX_SIDE a side
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        return self.display.shape[1], self.display.shape[0]
+
+
+def analysed_upload(predictor: Predictor, data: bytes) -> tuple[UploadView, Prediction]:
+    """The upload's screen copy and its prediction by this model, computed once per file and model (moving
+    a slider does not decode or run the network again). Decoding and the network hold an upload slot,
+    and the full-resolution pixels are dropped before the page draws. Raises ImageRejected."""
     state = st.session_state
     key = (hashlib.sha256(data).hexdigest(), predictor.name, id(predictor))
     if state.get("prediction_key") != key:
-        with st.spinner("Running CheXNet…"):
+        for stale in ("prediction_key", "prediction", "upload_view"):
+            state.pop(stale, None)  # the previous upload's arrays go before the next is decoded
+        with upload_slot(), st.spinner("Running CheXNet…"):
+            image = read_xray(data)
             # The file's bytes too: the out-of-distribution gate's colour check reads them.
-            state["prediction"] = predictor.predict_one(image.pixels, file_bytes=data)
-        state["prediction_key"] = key
-    return state["prediction"]
+            prediction = predictor.predict_one(image.pixels, file_bytes=data)
+            view = UploadView(image.format, image.width, image.height, display_copy(image.pixels))
+            del image
+        state["prediction"], state["upload_view"], state["prediction_key"] = prediction, view, key
+    return state["upload_view"], state["prediction"]
+
+
+def full_resolution_overlay(data: bytes, prediction: Prediction, finding: str, opacity: float,
+                            fixed_scale: bool) -> Callable[[], bytes]:  # fmt: skip
+    """A download's data: the overlay at the upload's own resolution as PNG, rendered only when asked
+    for (on its own thread, holding an upload slot)."""
+    slot = upload_slot_for_later()
+
+    def render() -> bytes:
+        with slot():
+            pixels = read_xray(data).pixels
+            cam = fixed_scale_cam(prediction, finding) if fixed_scale else prediction.cam(finding)
+            return png_bytes(render_overlay(pixels, cam, opacity))
+
+    return render
 
 
 def card_description(card: dict[str, Any]) -> str:
@@ -160,7 +201,8 @@ def ood_verdict(prediction: Any) -> OodView | None:
 
 def png_bytes(picture: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
+    # Fast compression: a 50-megapixel overlay is written in seconds, not a minute.
+    Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.cam import render_overlay
 from core.card_verdict import bar_text, judge_card
-from core.imaging import ImageRejected, read_xray
+from core.imaging import ImageRejected
 from webapp import predict_charts, predict_data
 from webapp.active_model import served_model
 from webapp.auth import current_user
@@ -80,7 +80,7 @@ def scores_section(prediction, presented: bool) -> None:
         st.dataframe(table, hide_index=True, width="stretch")
 
 
-def cam_section(prediction, image) -> None:
+def cam_section(prediction, view: predict_data.UploadView, data: bytes) -> None:
     st.subheader("Where the model looked (CAM)")
     labels = sorted(predictor.labels, key=lambda k: -prediction.probabilities[k])
     finding = st.selectbox(
@@ -98,11 +98,16 @@ def cam_section(prediction, image) -> None:
         help="Off: each finding's map is stretched to the full colour range. On: one scale for all 14 "
         "findings of this image, so a weak map looks weak.",
     )
-    cam = predict_charts.fixed_scale_cam(prediction, finding) if fixed else prediction.cam(finding)
-    overlay = render_overlay(image.pixels, cam, opacity)
+    # Drawn at screen size (core.display): the full-resolution overlay is rendered only for the download.
+    size = view.display_size
+    if fixed:
+        cam = predict_charts.fixed_scale_cam(prediction, finding, size)
+    else:
+        cam = prediction.cam(finding, size)
+    overlay = render_overlay(view.display, cam, opacity)
     original_col, overlay_col = st.columns(2)
     original_col.image(
-        image.pixels, caption=f"Original ({image.format}, {image.width}×{image.height})", width="stretch"
+        view.display, caption=f"Original ({view.format}, {view.width}×{view.height})", width="stretch"
     )
     overlay_col.image(overlay, caption=f"CAM: {pretty(finding)}", width="stretch")
     st.image(predict_charts.colour_scale(), width="stretch")
@@ -111,8 +116,8 @@ def cam_section(prediction, image) -> None:
     )
     st.caption(f"Colour scale, left to right: {scale} in this image (not a probability).")
     st.download_button(
-        "Download overlay (PNG)",
-        predict_data.png_bytes(overlay),
+        f"Download overlay (PNG, {view.width}×{view.height})",
+        predict_data.full_resolution_overlay(data, prediction, finding, opacity, fixed),
         file_name=f"cam-{finding}.png",
         mime="image/png",
     )
@@ -137,12 +142,11 @@ if upload is None:
 
 data = upload.getvalue()
 try:
-    image = read_xray(data)
+    view, prediction = predict_data.analysed_upload(predictor, data)
 except ImageRejected as exc:
     st.error(str(exc))
     st.stop()
 
-prediction = predict_data.cached_prediction(predictor, image, data)
 ood = predict_data.ood_verdict(prediction)  # the out-of-distribution gate's verdict, when it has one
 flagged = ood is not None and ood.flagged
 if flagged:
@@ -160,12 +164,12 @@ elif not verdict.validated:
 presented = verdict.validated and not flagged
 
 if flagged and not show_anyway:
-    st.image(image.pixels, caption=f"Upload ({image.format}, {image.width}×{image.height})", width=360)
+    st.image(view.display, caption=f"Upload ({view.format}, {view.width}×{view.height})", width=360)
 else:
     left, right = st.columns([5, 6])
     with left:
         scores_section(prediction, presented)
     with right:
-        cam_section(prediction, image)
+        cam_section(prediction, view, data)
 
 send_to_review(upload.name, data)
