@@ -103,8 +103,9 @@ def start_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
         "CHEXNET_ADMIN_PASSWORD": "bench-admin-password-not-used",
         "PYTHONPATH": str(REPO_ROOT),
     }
-    command = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "webapp" / "app.py"),
-               "--server.port", str(port), "--server.headless", "true", "--server.fileWatcherType", "none"]  # fmt: skip
+    app = str(REPO_ROOT / "webapp" / "app.py")
+    command = [sys.executable, "-m", "streamlit", "run", app, "--server.port", str(port),
+               "--server.headless", "true", "--server.fileWatcherType", "none"]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -151,8 +152,9 @@ async def drive(url: str, pid: int, files: dict[str, Path], kinds: list[str], ta
             baseline = rss_mb(pid)
             sampler = RssSampler(pid)
             sampler.start()
-            print(f"{kind}: {tabs} tabs upload {files[kind].name} "
-                  f"({files[kind].stat().st_size / 1e6:.1f} MB) at once…", file=sys.stderr, flush=True)  # fmt: skip
+            size_mb = files[kind].stat().st_size / 1e6
+            print(f"{kind}: {tabs} tabs upload {files[kind].name} ({size_mb:.1f} MB) at once…",
+                  file=sys.stderr, flush=True)  # fmt: skip
             started = time.perf_counter()
             times = await asyncio.gather(
                 *(upload_and_wait(browser, url, files[kind], timeout_s) for _ in range(tabs))
