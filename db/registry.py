@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from core import paths
 from core.artifact import ArtifactError, read_artifact
 from core.labels import FINDINGS, NUM_FINDINGS
+from db import effective
 from db.bulk import bulk_insert
 from db.errors import DbUserError, NotFoundError
 from db.models import ModelVersion, Prediction, User, utcnow
@@ -316,7 +317,8 @@ def save_predictions(
     probabilities: Mapping[int, Sequence[float] | Mapping[str, float]],
 ) -> int:
     """Store a version's probabilities per image id (14 in FINDINGS order, or a {finding: p} dict),
-    replacing earlier ones of the same version and image. Returns the number stored."""
+    replacing earlier ones of the same version and image, and score their disagreement with the labels
+    (the review queue's "model disagrees most" order reads it). Returns the number stored."""
     rows = []
     for image_id, values in probabilities.items():
         if isinstance(values, Mapping):
@@ -336,7 +338,9 @@ def save_predictions(
             )
         )
     constants = {"model_version_id": model_version_id, "created_at": utcnow()}
-    return bulk_insert(session, Prediction.__table__, ["image_id", "probabilities"], rows, constants)
+    stored = bulk_insert(session, Prediction.__table__, ["image_id", "probabilities"], rows, constants)
+    effective.refresh_disagreement(session, model_version_id, ids)
+    return stored
 
 
 def predictions_for(

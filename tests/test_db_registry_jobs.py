@@ -23,7 +23,7 @@ from db.jobs import (
     request_cancel,
     update_progress,
 )
-from db.models import ModelVersion, TrainingJob, utcnow
+from db.models import ModelVersion, Prediction, TrainingJob, utcnow
 from db.registry import (
     ModelNameTakenError,
     ModelUnavailableError,
@@ -112,6 +112,9 @@ def test_predictions_are_stored_and_replaced(engine: Engine, make_images) -> Non
         stored = predictions_for(session, version.id)
         assert stored == {images[0]: [0.9] * 14, images[1]: [0.5] * 14}
         assert predictions_for(session, version.id, [images[1]]) == {images[1]: [0.5] * 14}
+        # Stored scored: the "model disagrees most" queue needs no separate refresh (labels: no finding).
+        scores = dict(session.execute(select(Prediction.image_id, Prediction.disagreement)).all())
+        assert scores == {images[0]: pytest.approx(0.9), images[1]: pytest.approx(0.5)}
 
 
 def test_job_lifecycle(engine: Engine, make_user) -> None:

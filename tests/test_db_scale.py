@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, create_engine, event, select, text, update
 from sqlalchemy.engine import make_url
 
 from core.labels import FINDINGS
@@ -162,13 +162,17 @@ def _build(engine: Engine) -> ScaleDb:
             exclude = image_id % 2 == 0
             findings = {"Mass": not exclude}
             adjudicate(session, image_id, people[admin], findings, False, exclude, "", current)
-        # A second version whose predictions are only half scored (as after a save_predictions that
-        # nothing scored): its queue merges stored scores with scores computed in the query.
+        # A second version whose predictions are only half scored (rows written before save_predictions
+        # scored them, or by hand): its queue merges stored scores with scores computed in the query.
         partial = register_model_version(session, "partly-scored", "/nowhere")
         save_predictions(
             session, partial.id, {i: probabilities[n][::-1].tolist() for n, i in enumerate(ids[:6000])}
         )
-        effective.refresh_disagreement(session, partial.id, ids[:3000])
+        session.execute(
+            update(Prediction)
+            .where(Prediction.model_version_id == partial.id, Prediction.image_id.in_(ids[3000:6000]))
+            .values(disagreement=None, disagreement_finding=None)
+        )
     with engine.begin() as connection:
         connection.exec_driver_sql("ANALYZE")
     with session_scope(engine, read_only=True) as session:

@@ -13,12 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
-from sqlalchemy import func, select
 
 from core.labels import FINDINGS, PUBLISHED_CHEXNET_AUROC
 from core.paths import chexnet_home
 from db.label_status import LabelStatus, label_status
-from db.models import Image, LabelEvent, ModelVersion
 from db.registry import list_versions
 from jobs.listing import JobSummary, current_and_recent
 from webapp.database import session
@@ -266,24 +264,20 @@ def operating_points_frame(report: dict[str, Any]) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _cached_status(
-    url_key: str, n_images: int, n_events: int, last_event: Any, active_id: int | None
-) -> LabelStatus:
-    # Keyed on counts that change whenever labels or the active version do: a full recount is needed
-    # only then (it reads every label of the dataset).
+def _cached_status(url_key: str, token: tuple) -> LabelStatus:
+    # A full recount reads every label of the dataset: only when labels, images or the active version
+    # changed (db.changes.change_token), not on every rerun.
     with session(read_only=True) as db:
         return label_status(db)
 
 
 def dataset_status() -> LabelStatus:
+    from db.changes import change_token
     from db.engine import default_url
 
     with session(read_only=True) as db:
-        n_images = int(db.scalar(select(func.count()).select_from(Image)) or 0)
-        n_events = int(db.scalar(select(func.count()).select_from(LabelEvent)) or 0)
-        last_event = db.scalar(select(func.max(LabelEvent.id)))
-        active_id = db.scalar(select(ModelVersion.id).where(ModelVersion.is_active))
-    return _cached_status(default_url(), n_images, n_events, last_event, active_id)
+        token = change_token(db)
+    return _cached_status(default_url(), token)
 
 
 def finding_frame(status: LabelStatus) -> pd.DataFrame:

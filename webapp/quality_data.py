@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pandas as pd
+import streamlit as st
 from sqlalchemy import Engine
 
 from core.labels import FINDINGS
-from db import cam_feedback, reader_stats
-from db.engine import session_scope
+from db import cam_feedback, changes, reader_stats
+from db.engine import default_url, session_scope
 from db.export import ExportFormat, export_labels_dataframe
 from db.quality import LabelQuality, label_quality
 from db.reader_stats import MIN_POSITIVES, Kappa
@@ -23,6 +24,15 @@ TABLE_HEIGHT = (len(FINDINGS) + 1) * 35 + 3  # every finding without scrolling
 
 
 def load_quality() -> LabelQuality:
+    """The label statistics, recomputed only when a label or an image changed (db.changes.labels_token:
+    one millisecond statement), not on every rerun: they aggregate every label of the dataset."""
+    with session(read_only=True) as db_session:
+        token = changes.labels_token(db_session)
+    return _quality(default_url(), token)
+
+
+@st.cache_data(show_spinner="Counting labels…", max_entries=4)
+def _quality(url_key: str, token: tuple) -> LabelQuality:
     with session(read_only=True) as db_session:
         return label_quality(db_session)
 

@@ -107,7 +107,8 @@ def job_buttons(job: JobSummary, cancel_column, resume_column) -> None:
     ):
         with session() as db:
             request_cancel(db, job.id)
-        st.rerun(scope="fragment")
+        # The whole page: the click may arrive in a full run (scope="fragment" fails outside a fragment's).
+        st.rerun()
     if job.resumable and resume_column.button(
         "Resume",
         key=f"resume_{job.id}",
