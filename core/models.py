@@ -2,7 +2,9 @@
 
 CheXNet (Rajpurkar et al. 2017) is torchvision's DenseNet-121 with its classifier replaced by
 Linear(1024, 14). Parameter names are torchvision's own (`features.*`, `classifier.*`), so a
-plain torchvision DenseNet-121 state dict loads unchanged.
+plain torchvision DenseNet-121 state dict loads unchanged. The trunk is built by core.densenet (the same
+network without importing torchvision, which is slow to import); torchvision is imported only to fetch
+ImageNet weights.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import DenseNet121_Weights, densenet121
 
+from core.densenet import densenet121_features
 from core.errors import UserError
 from core.labels import NUM_FINDINGS
 
@@ -32,9 +34,8 @@ class CheXNet(nn.Module):
 
     def __init__(self, num_classes: int = NUM_FINDINGS):
         super().__init__()
-        trunk = densenet121(weights=None)
-        self.features = trunk.features
-        self.classifier = nn.Linear(trunk.classifier.in_features, num_classes)
+        self.features, n_features = densenet121_features()
+        self.classifier = nn.Linear(n_features, num_classes)
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         # After the last norm (norm5), as in torchvision's DenseNet.forward: the maps CAM weighs.
@@ -56,6 +57,8 @@ def _densenet121(num_classes: int, init: str) -> CheXNet:
     model = CheXNet(num_classes)
     if init == "imagenet":
         try:
+            from torchvision.models import DenseNet121_Weights
+
             weights = DenseNet121_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
         except Exception as exc:  # offline machines: urllib raises several different errors
             raise ModelInitError(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torchvision.models import densenet121
 
 from core.labels import FINDINGS, NUM_FINDINGS, PUBLISHED_CHEXNET_AUROC
 from core.models import CheXNet, ModelInitError, create_model
+from core.paths import REPO_ROOT
 
 # The spec: the output order of CheXNet (Rajpurkar et al. 2017) and of its public reproduction's
 # CLASS_NAMES. A model imported from that reproduction is only right if our order is exactly this.
@@ -94,3 +98,26 @@ def test_create_model_errors_are_sentences():
     with pytest.raises(ModelInitError, match="Unknown initialisation 'zeros'") as info:
         create_model(init="zeros")
     assert "\n" not in str(info.value) and str(info.value).endswith(".")
+
+
+def test_serving_a_model_does_not_import_torchvision():
+    """torchvision pulls in torch._dynamo (seconds at every start): the web process and CLIs never need it."""
+    code = (
+        "import sys, core.predictor, core.models; core.models.create_model(); "
+        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_training_mode_matches_torchvision_too(model: CheXNet, batch: torch.Tensor):
+    """Batch-norm statistics and gradients flow the same way as in torchvision's DenseNet-121."""
+    reference = densenet121(weights=None, num_classes=NUM_FINDINGS)
+    reference.load_state_dict(model.state_dict())
+    ours = CheXNet()
+    ours.load_state_dict(model.state_dict())
+    ours.train(), reference.train()
+    torch.testing.assert_close(ours(batch), reference(batch), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.features.norm5.running_mean, reference.features.norm5.running_mean)
