@@ -4,12 +4,15 @@ Per finding:
 - NLP overturns: on images with a reviewed label (source "adjudication" or "consensus", not excluded)
   and an NLP label, how many NLP positives the review made negative (pos_to_neg) and how many NLP
   negatives it made positive (neg_to_pos); the rates divide by the NLP positives / negatives.
-- Inter-reader agreement on images with two or more reviews that do not exclude the image: when all
-  of them were read by the same two readers, Cohen's kappa (sklearn); otherwise Fleiss' kappa,
+- Inter-reader agreement from blinded reads only (`Review.blinded`: a reader who saw another's answer
+  is not independent and would inflate agreement), on images with two or more blinded reviews that do
+  not exclude the image: when all of them were read by the same two readers, Cohen's kappa (sklearn);
+  otherwise Fleiss' kappa,
   in its form for a varying number of readers per image (Fleiss, Levin & Paik 2003: per-image
   agreement P_i = sum_j n_ij (n_ij - 1) / (n_i (n_i - 1)), category shares over all ratings). Kappa
   is None when it is undefined (every rating in one category) or when there are no such images.
-  `percent_agreement` is the share of those images on which all readers agree.
+  `percent_agreement` is the share of those images on which all readers agree. `n_multi_read` and
+  `n_blinded_reads` are the images and the reads it rests on.
 
 Against Google's adjudicated labels (Majkowska et al. 2019), on images with both, for the reviewed
 labels and, as a baseline, the NLP labels. Google's findings map to ChestX-ray14 findings as follows
@@ -64,7 +67,8 @@ class FindingQuality:
     neg_to_pos: int
     pos_to_neg_rate: float | None
     neg_to_pos_rate: float | None
-    n_multi_read: int  # images with >= 2 non-excluding reviews
+    n_multi_read: int  # images with >= 2 blinded, non-excluding reviews (what kappa rests on)
+    n_blinded_reads: int  # those images' blinded, non-excluding reviews
     kappa: float | None
     kappa_method: str | None  # "cohen" | "fleiss"
     percent_agreement: float | None
@@ -86,7 +90,8 @@ class GoogleAgreement:
 class LabelQuality:
     n_reviewed_images: int
     n_adjudicated_images: int
-    n_multi_read_images: int
+    n_multi_read_images: int  # images with >= 2 blinded, non-excluding reviews
+    n_blinded_reads: int = 0  # their blinded, non-excluding reviews
     findings: list[FindingQuality] = field(default_factory=list)
     google: list[GoogleAgreement] = field(default_factory=list)
 
@@ -141,7 +146,7 @@ def label_quality(session: Session) -> LabelQuality:
     reviewed_images, adjudicated_images = session.execute(select(n_reviewed, n_adjudicated)).one()
     overturns = _overturns(session)
     multi = _multi_reads(session)
-    quality = LabelQuality(int(reviewed_images), int(adjudicated_images), multi.n_images)
+    quality = LabelQuality(int(reviewed_images), int(adjudicated_images), multi.n_images, multi.ratings)
     for finding in FINDINGS:
         n_pairs, nlp_pos, pos_to_neg, neg_to_pos = overturns[finding]
         nlp_neg = n_pairs - nlp_pos
@@ -164,6 +169,7 @@ def label_quality(session: Session) -> LabelQuality:
                 pos_to_neg_rate=pos_to_neg / nlp_pos if nlp_pos else None,
                 neg_to_pos_rate=neg_to_pos / nlp_neg if nlp_neg else None,
                 n_multi_read=multi.n_images,
+                n_blinded_reads=multi.ratings,
                 kappa=kappa,
                 kappa_method=method,
                 percent_agreement=percent,
@@ -199,8 +205,8 @@ def _overturns(session: Session) -> dict[str, tuple[int, int, int, int]]:
 
 @dataclass(frozen=True)
 class _MultiReads:
-    """Sums over the images with two or more reviews that do not exclude them (a = readers marking the
-    finding, n = readers): what Fleiss' kappa, Cohen's kappa and the share of agreement need."""
+    """Sums over the images with two or more blinded reviews that do not exclude them (a = readers marking
+    the finding, n = readers): what Fleiss' kappa, Cohen's kappa and the share of agreement need."""
 
     n_images: int
     same_two_readers: bool  # every such image read by the same two readers
@@ -241,7 +247,10 @@ def _multi_reads(session: Session) -> _MultiReads:
             func.coalesce(func.sum(case((marked, Review.user_id), else_=0)), 0).label(f"u_{column}")
         )
     reads = (
-        select(*per_image).where(~Review.exclude).group_by(Review.image_id).having(func.count() >= 2)
+        select(*per_image)
+        .where(Review.blinded, ~Review.exclude)
+        .group_by(Review.image_id)
+        .having(func.count() >= 2)
     ).subquery("reads")
     n = reads.c.n
     columns = [func.count(), func.coalesce(func.sum(n), 0), func.min(n), func.max(n)]

@@ -10,6 +10,10 @@ rolling back takes the active version off (its `promoted_at` is cleared) and re-
 it, whose stamp is kept. So A -> B -> C, roll back -> B, roll back -> A, and a third roll back has
 nowhere to go: it never toggles between two versions.
 
+Every promotion and roll back also appends a `registry_events` row: the version made active, the one it
+replaced, who (None: the command line, e.g. `python -m db init-admin` seeding the registry) and why;
+`registry_events` / `latest_events` read them back with the usernames.
+
 `promote_version` / `rollback_version` also rewrite the ACTIVE pointer (core.paths) that the Predict
 page and the CLIs read, once the transaction has committed (a rolled-back promotion leaves it as it
 was), and refuse a version whose folder is unusable; `register_existing_model` records a model folder
@@ -19,13 +23,15 @@ empty registry (`python -m db init-admin`, which `make run` calls).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, event, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from core import paths
 from core.artifact import ArtifactError, read_artifact
@@ -33,7 +39,7 @@ from core.labels import FINDINGS, NUM_FINDINGS
 from db import effective
 from db.bulk import bulk_insert
 from db.errors import DbUserError, NotFoundError
-from db.models import ModelVersion, Prediction, User, utcnow
+from db.models import ModelVersion, Prediction, RegistryEvent, User, utcnow
 
 
 class ModelNameTakenError(DbUserError, ValueError):
@@ -102,14 +108,17 @@ def get_active_version(session: Session) -> ModelVersion | None:
     return session.scalars(select(ModelVersion).where(ModelVersion.is_active)).one_or_none()
 
 
-def promote(session: Session, version: int | str) -> ModelVersion:
-    """Make `version` the active one (on top of the promotion history); the previous one is "retired"."""
+def promote(
+    session: Session, version: int | str, *, by: User | None = None, reason: str = ""
+) -> ModelVersion:
+    """Make `version` the active one (on top of the promotion history); the previous one is "retired".
+    `by` (None: the command line) and `reason` are recorded with it."""
     target = get_version(session, version)
     _lock_registry(session)
     session.refresh(target)
     if target.is_active:
         return target
-    return _activate(session, target, stamp=True)
+    return _activate(session, target, stamp=True, by=by, reason=reason)
 
 
 def _lock_registry(session: Session) -> None:
@@ -118,7 +127,9 @@ def _lock_registry(session: Session) -> None:
         session.execute(select(ModelVersion.id).order_by(ModelVersion.id).with_for_update())
 
 
-def _activate(session: Session, target: ModelVersion, *, stamp: bool) -> ModelVersion:
+def _activate(
+    session: Session, target: ModelVersion, *, stamp: bool, by: User | None, reason: str
+) -> ModelVersion:
     # populate_existing: objects cached in this session before the lock may hold old values.
     active = session.scalars(
         select(ModelVersion).where(ModelVersion.is_active).execution_options(populate_existing=True)
@@ -132,8 +143,19 @@ def _activate(session: Session, target: ModelVersion, *, stamp: bool) -> ModelVe
     session.flush()
     target.is_active = True
     target.status = "active"
+    now = utcnow()
     if stamp:
-        target.promoted_at = utcnow()
+        target.promoted_at = now
+    session.add(
+        RegistryEvent(
+            model_version_id=target.id,
+            previous_version_id=active[0].id if active else None,
+            action="promote" if stamp else "rollback",
+            by_id=by.id if by is not None else None,
+            at=now,
+            reason=reason or "",
+        )
+    )
     session.flush()
     return target
 
@@ -156,16 +178,18 @@ def rollback_target(session: Session) -> ModelVersion | None:
     return history[-1] if history else None
 
 
-def rollback(session: Session, to_version: int | str | None = None) -> ModelVersion:
+def rollback(
+    session: Session, to_version: int | str | None = None, *, by: User | None = None, reason: str = ""
+) -> ModelVersion:
     """Go back one step in the promotion history (or promote `to_version`, which is a promotion)."""
     if to_version is not None:
-        return promote(session, to_version)
+        return promote(session, to_version, by=by, reason=reason)
     _lock_registry(session)
     target = rollback_target(session)
     if target is None:
         raise NotFoundError("No earlier active model version to roll back to.")
     session.refresh(target)
-    return _activate(session, target, stamp=False)
+    return _activate(session, target, stamp=False, by=by, reason=reason)
 
 
 def retire(session: Session, version: int | str) -> ModelVersion:
@@ -185,6 +209,64 @@ def version_names(session: Session) -> dict[int, str]:
 
 def name_taken(session: Session, name: str) -> bool:
     return session.scalar(select(ModelVersion.id).where(ModelVersion.name == name)) is not None
+
+
+@dataclass(frozen=True)
+class RegistryEventView:
+    """A promotion or roll back as pages show it."""
+
+    version_id: int
+    version: str
+    previous: str | None  # the version it replaced as active
+    action: str  # "promote" | "rollback"
+    by: str | None  # the username; None: the command line
+    at: dt.datetime
+    reason: str
+
+    @property
+    def by_text(self) -> str:
+        return self.by or "command line"
+
+
+def _events_statement() -> Any:
+    version, previous = aliased(ModelVersion), aliased(ModelVersion)
+    event = RegistryEvent
+    return (
+        select(
+            event.model_version_id,
+            version.name,
+            previous.name,
+            event.action,
+            User.username,
+            event.at,
+            event.reason,
+        )
+        .join(version, version.id == event.model_version_id)
+        .outerjoin(previous, previous.id == event.previous_version_id)
+        .outerjoin(User, User.id == event.by_id)
+        .order_by(event.id.desc())
+    )
+
+
+def registry_events(
+    session: Session, version_id: int | None = None, limit: int = 200
+) -> list[RegistryEventView]:
+    """Promotions and roll backs, newest first (of one version when `version_id`), in one query."""
+    statement = _events_statement().limit(limit)
+    if version_id is not None:
+        statement = statement.where(RegistryEvent.model_version_id == version_id)
+    return [RegistryEventView(*row) for row in session.execute(statement)]
+
+
+def latest_events(session: Session, version_id: int) -> dict[str, RegistryEventView]:
+    """{action: the version's latest event of that action} ("promote", "rollback"), in one query."""
+    latest = (
+        select(func.max(RegistryEvent.id))
+        .where(RegistryEvent.model_version_id == version_id)
+        .group_by(RegistryEvent.action)
+    )
+    rows = session.execute(_events_statement().where(RegistryEvent.id.in_(latest)))
+    return {view.action: view for view in (RegistryEventView(*row) for row in rows)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -227,8 +309,11 @@ def _drop_pending_pointer(session: Session, previous_transaction: Any) -> None:
         session.info.pop("_pending_pointer", None)
 
 
-def promote_version(session: Session, version: int | str) -> ModelVersion:
-    """Make `version` active in the registry and point the app's ACTIVE model at its folder."""
+def promote_version(
+    session: Session, version: int | str, *, by: User | None = None, reason: str = ""
+) -> ModelVersion:
+    """Make `version` active in the registry and point the app's ACTIVE model at its folder; `by`
+    (None: the command line) and `reason` are recorded in the registry events."""
     target = get_version(session, version)
     try:
         read_artifact(target.path)
@@ -236,15 +321,18 @@ def promote_version(session: Session, version: int | str) -> ModelVersion:
         raise DbUserError(
             f"{target.name!r} cannot be promoted: its model folder is unreadable ({exc})."
         ) from exc
-    promoted = promote(session, target.id)
+    promoted = promote(session, target.id, by=by, reason=reason)
     _point_after_commit(session, Path(promoted.path))
     return promoted
 
 
-def rollback_version(session: Session, to_version: int | str | None = None) -> ModelVersion:
-    """Go back one step in the promotion history (or promote `to_version`), pointer included."""
+def rollback_version(
+    session: Session, to_version: int | str | None = None, *, by: User | None = None, reason: str = ""
+) -> ModelVersion:
+    """Go back one step in the promotion history (or promote `to_version`), pointer included; `by` and
+    `reason` are recorded as with promote_version."""
     if to_version is not None:
-        return promote_version(session, to_version)
+        return promote_version(session, to_version, by=by, reason=reason)
     target = rollback_target(session)
     if target is not None:
         try:
@@ -253,7 +341,7 @@ def rollback_version(session: Session, to_version: int | str | None = None) -> M
             raise DbUserError(
                 f"Cannot roll back to {target.name!r}: its model folder is unreadable ({exc})."
             ) from exc
-    back = rollback(session)
+    back = rollback(session, by=by, reason=reason)
     _point_after_commit(session, Path(back.path))
     return back
 
@@ -301,7 +389,7 @@ def seed_registry(session: Session) -> ModelVersion | None:
             continue
         except ModelNameTakenError:
             return None  # another process seeded it at the same moment
-        promote(session, version.id)
+        promote(session, version.id, reason="Registered and activated on first start.")
         session.flush()
         return get_version(session, version.id)
     return None

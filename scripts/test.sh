@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/system-deps.sh
 export CHEXNET_HOME="${CHEXNET_HOME:-$(mktemp -d -t chexnet-test-XXXXXX)}"
-exec .venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist): the browser and worker tests spend much of their time waiting on other
+# processes, so two keep both cores busy. TEST_WORKERS=0 runs everything in this one process.
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" "$@"

@@ -17,7 +17,7 @@ from db.engine import dispose_engine, session_scope
 from db.jobs import claim_next_job, enqueue_job, list_jobs, update_progress
 from db.models import TrainingJob
 from db.registry import get_active_version, list_versions
-from jobs.params import JOB_FINE_TUNE, FineTuneParams
+from jobs.params import DISPUTED_POLICIES, JOB_FINE_TUNE, FineTuneParams
 from jobs.progress import EpochRecord, JobProgress
 from jobs.worker import Worker
 from tests.admin_helpers import (
@@ -131,6 +131,24 @@ def test_admin_queues_a_fine_tune_sees_its_result_then_promotes_and_rolls_back(s
         assert get_active_version(session).name == "tiny-base"
         assert len(list_versions(session)) == 2  # nothing deleted
     assert active_model_dir().name == "tiny-base"
+
+
+def test_the_disputed_image_policy_chosen_on_the_form_is_stored_with_the_job(studio) -> None:
+    at = page(ADMIN_PAGE, SessionUser(studio.admin_id, "boss", "admin"))
+    policy = at.selectbox(key="ft_disputed")
+    assert policy.value == FineTuneParams().disputed_policy == "exclude"  # the params' default
+    assert policy.options == list(DISPUTED_POLICIES.values())  # shown by their readable labels
+    assert all(label in policy.help for label in DISPUTED_POLICIES.values())  # each one explained
+    at.radio(key="ft_labels").set_value("effective")
+    policy.set_value("uncertain")
+    button(at, "Queue fine-tune").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    with session_scope(studio.engine, read_only=True) as session:
+        [job] = list_jobs(session)
+    assert job.params["disputed_policy"] == "uncertain"
+    params = FineTuneParams.from_dict(job.params)  # what the worker hands to the labels table
+    assert (params.label_source, params.disputed_policy) == ("effective", "uncertain")
 
 
 def test_live_progress_panel_shows_a_running_job_and_cancels_it(studio) -> None:

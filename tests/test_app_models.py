@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from core.labels import FINDINGS
 from core.paths import REPO_ROOT, active_model_dir, chexnet_home
 from core.prediction_store import load_stored
+from db.cam_feedback import save_cam_feedback
 from db.engine import dispose_engine, session_scope
 from db.jobs import list_jobs
+from db.models import Image, User
 from db.references import list_references
 from db.registry import get_active_version, list_versions, register_existing_model
 from jobs.worker import Worker
@@ -196,3 +199,38 @@ def test_dashboards_show_positives_calibration_subgroups_and_a_reference(studio)
     at.button(key="add_reference").click().run()
     assert any("has no 'Image Index' column" in e.value.replace("\\", "") for e in at.error)
     assert len(list_references()) == 1
+
+
+def test_heat_map_feedback_per_model_and_finding_with_too_few_marked(studio) -> None:
+    """Readers' saved verdicts (the Review page's path) as counted per version and finding; names plain."""
+    with session_scope(studio.engine) as session:
+        image_ids = session.scalars(select(Image.id).order_by(Image.id).limit(12)).all()
+        reader, admin = session.get(User, studio.reader_id), session.get(User, studio.admin_id)
+        for k, image_id in enumerate(image_ids):  # 12 marks, 9 "points at it": 75.0 %
+            save_cam_feedback(session, image_id, reader, "tiny-base", "Effusion", k < 9)
+        save_cam_feedback(session, image_ids[0], admin, "tiny-base", "Mass", True)
+        save_cam_feedback(session, image_ids[0], reader, "tiny-base", "Mass", False)
+        for image_id in image_ids[:3]:  # 3 marks: a share of 100 % that means nothing
+            save_cam_feedback(session, image_id, reader, IMPORTED_NAME, "Nodule", True)
+        save_cam_feedback(session, image_ids[1], reader, IMPORTED_NAME, "Nodule", True)  # changes nothing
+    at = open_page(studio)
+    frames = [d.value for d in at.dataframe if "Points at the finding" in d.value.columns]
+    assert len(frames) == 2  # AppTest's dataframes carry no key: found by their columns
+    per_model, per_finding = frames
+    assert per_model.to_dict("records") == [
+        {"Model": "tiny-base", "Status": "active", "Marks": 14, "Points at the finding": "71.4%"},
+        {"Model": IMPORTED_NAME, "Status": "registered", "Marks": 3, "Points at the finding": "too few"},
+    ]  # the hostile name is a plain cell, verbatim
+    assert per_finding.to_dict("records") == [
+        {"Model": "tiny-base", "Finding": "Effusion", "Marks": 12, "Points at the finding": "75.0%"},
+        {"Model": "tiny-base", "Finding": "Mass", "Marks": 2, "Points at the finding": "too few"},
+        {"Model": IMPORTED_NAME, "Finding": "Nodule", "Marks": 3, "Points at the finding": "too few"},
+    ]
+    assert any("Fewer than 10 marks: too few" in c.value for c in at.caption)
+    assert not [text for text in markdown_texts(at) if UNESCAPED_LINK.search(text)]
+
+
+def test_heat_map_feedback_says_when_nobody_has_marked_one(studio) -> None:
+    at = open_page(studio)
+    assert any("No reader has marked a heat map yet" in i.value for i in at.info)
+    assert not [d for d in at.dataframe if "Points at the finding" in d.value.columns]

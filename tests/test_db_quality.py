@@ -12,11 +12,10 @@ from db.quality import cohen_kappa, fleiss_kappa, label_quality
 from db.reviews import save_review
 
 
-def _review(engine: Engine, image_id: int, user: User, *positive: str) -> None:
+def _review(engine: Engine, image_id: int, user: User, *positive: str, blinded: bool = True) -> None:
     with session_scope(engine) as session:
-        save_review(
-            session, image_id, user, {f: f in positive for f in FINDINGS}, not positive, False, "", None
-        )
+        findings = {f: f in positive for f in FINDINGS}
+        save_review(session, image_id, user, findings, not positive, False, "", None, blinded=blinded)
 
 
 def test_fleiss_kappa_matches_the_textbook_example() -> None:
@@ -53,6 +52,33 @@ def test_two_readers_use_cohen(engine: Engine, make_user, make_images) -> None:
     assert effusion.percent_agreement == pytest.approx(4 / 6)
     mass = next(row for row in quality.findings if row.finding == "Mass")
     assert mass.kappa is None and mass.percent_agreement == 1.0  # nobody ever marked Mass
+
+
+def test_kappa_counts_blinded_reads_only(engine: Engine, make_user, make_images) -> None:
+    """A reader who saw the others' answers (unblinded) is not independent: their reads change neither
+    kappa nor its n, even where they would make a third reader or a second read of an image."""
+    r1, r2, peeker = make_user("r1"), make_user("r2"), make_user("peeker")
+    images = make_images(8)
+    first, second = [1, 1, 0, 0, 1, 0], [1, 0, 0, 0, 1, 1]  # Cohen's kappa 1/3 (see above)
+    for image_id, a, b in zip(images[:6], first, second, strict=True):
+        _review(engine, image_id, r1, *(["Effusion"] if a else []))
+        _review(engine, image_id, r2, *(["Effusion"] if b else []))
+        _review(engine, image_id, peeker, *(["Effusion"] if a else []), blinded=False)  # copies r1
+    lone = images[6:]  # one blinded read each, plus an unblinded one: not a multi-read image
+    for image_id in lone:
+        _review(engine, image_id, r1, "Effusion")
+        _review(engine, image_id, peeker, blinded=False)
+    # Counted, the peeker would make a 3-reader Fleiss' kappa over all 8 images instead.
+    all_reads = [[2 * a + b, 3 - 2 * a - b] for a, b in zip(first, second, strict=True)] + [[1, 1]] * 2
+    assert fleiss_kappa(all_reads) != pytest.approx(1 / 3)
+    with session_scope(engine, read_only=True) as session:
+        quality = label_quality(session)
+    assert (quality.n_multi_read_images, quality.n_blinded_reads) == (6, 12)
+    effusion = next(row for row in quality.findings if row.finding == "Effusion")
+    assert (effusion.n_multi_read, effusion.n_blinded_reads, effusion.kappa_method) == (6, 12, "cohen")
+    assert effusion.kappa == pytest.approx(1 / 3)
+    assert effusion.percent_agreement == pytest.approx(4 / 6)
+    assert quality.n_reviewed_images == 8  # every review still counts towards the labels
 
 
 def test_three_readers_use_fleiss(engine: Engine, make_user, make_images) -> None:

@@ -12,7 +12,7 @@ import streamlit as st
 
 from core.training import TrainSettings
 from jobs.listing import JobSummary
-from jobs.params import JOB_FINE_TUNE, LABEL_SOURCES
+from jobs.params import DISPUTED_POLICIES, JOB_FINE_TUNE, LABEL_SOURCES, FineTuneParams
 from jobs.worker_status import read_worker_statuses
 from webapp.admin_data import VersionInfo
 from webapp.formatting import code, duration_text, number_text, plain
@@ -26,6 +26,13 @@ STATUS_BADGES = {
     "failed": ":red-badge[:material/error: failed]",
     "cancelled": ":orange-badge[:material/cancel: cancelled]",
     "interrupted": ":violet-badge[:material/pause_circle: interrupted]",
+}
+# What each disputed-image policy does to an image (jobs.labels.apply_disputed_policy), for the form's help.
+DISPUTED_POLICY_EFFECTS = {
+    "exclude": "the image is left out of the fine-tune.",
+    "majority": "each finding takes the readers' strict majority; a tie counts as absent.",
+    "nlp": "the findings the readers dispute take the NLP-mined label; those they agree on keep theirs.",
+    "uncertain": "the disputed findings train as Uncertain, as the *Uncertain findings* setting says.",
 }
 
 
@@ -96,11 +103,28 @@ def settings_inputs(defaults: TrainSettings) -> dict[str, Any]:
     return values
 
 
+def _disputed_policy_input() -> str:
+    default = FineTuneParams().disputed_policy
+    effects = "\n".join(
+        f"- **{DISPUTED_POLICIES[k]}**: {DISPUTED_POLICY_EFFECTS[k]}" for k in DISPUTED_POLICIES
+    )
+    return st.selectbox(
+        "Disputed images",
+        list(DISPUTED_POLICIES),
+        index=list(DISPUTED_POLICIES).index(default),
+        key="ft_disputed",
+        format_func=DISPUTED_POLICIES.get,
+        help="With reviewed labels: what to do with an image whose readers disagree and that no admin has "
+        f"adjudicated yet.\n{effects}\n\nWhere they disagree on excluding it, every choice but the first "
+        "follows their majority. Dataset labels ignore this.",
+    )
+
+
 def fine_tune_inputs(
     versions: list[VersionInfo], defaults: TrainSettings, data_dir: Path, n_reviewed: int
 ) -> dict[str, Any] | None:
     """The fine-tune form; once submitted, the FineTuneParams fields it sets (name, base version, labels,
-    settings)."""
+    disputed-image policy, settings)."""
     choices = {v.id: v for v in sorted(versions, key=lambda v: (not v.is_active, -v.id))}
     with st.form("fine_tune", border=True):
         left, right = st.columns(2)
@@ -128,6 +152,7 @@ def fine_tune_inputs(
                 "adjudication) where an image was reviewed and the NLP label elsewhere, and leave excluded "
                 "images out.",
             )
+            disputed_policy = _disputed_policy_input()
         with right:
             settings = settings_inputs(defaults)
         st.caption(
@@ -137,7 +162,13 @@ def fine_tune_inputs(
         submitted = st.form_submit_button("Queue fine-tune", type="primary", icon=":material/model_training:")
     if not submitted:
         return None
-    return {"name": name, "base_version_id": base_id, "label_source": label_source, "settings": settings}
+    return {
+        "name": name,
+        "base_version_id": base_id,
+        "label_source": label_source,
+        "disputed_policy": disputed_policy,
+        "settings": settings,
+    }
 
 
 def job_panel(job: JobSummary) -> None:

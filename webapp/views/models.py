@@ -212,3 +212,6 @@ if not all_versions:
 registry_section(all_versions)
 st.divider()
 dashboards_section(all_versions)
+from webapp.cam_agreement_section import cam_agreement_section  # noqa: E402
+
+cam_agreement_section(all_versions)
