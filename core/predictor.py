@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import settings
 from core.artifact import ArtifactError, ModelArtifact, read_artifact
 from core.cam import cam_to_image
 from core.ood import OodError, OodGate, OodResult, check_image, colourfulness
@@ -93,7 +94,9 @@ def openvino_available() -> bool:
 
 
 class Predictor:
-    def __init__(self, artifact: ModelArtifact, *, backend: str = "auto", device: str | None = None):
+    def __init__(self, artifact: ModelArtifact, *, backend: str | None = None, device: str | None = None):
+        # backend None: the server's setting (CHEXNET_INFERENCE_BACKEND, "auto" unless set).
+        backend = backend or settings.inference_backend()
         self.artifact = artifact
         self.labels = artifact.labels
         self.thresholds = artifact.thresholds

@@ -43,6 +43,11 @@ CHEXNET_BIND = EnvVar(
     "127.0.0.1",
     "Address `make run` serves on; 0.0.0.0 opens it to the network (as the Procfile does).",
 )
+CHEXNET_INFERENCE_BACKEND = EnvVar(
+    "CHEXNET_INFERENCE_BACKEND",
+    "auto",
+    "Backend of the web app's predictions: auto (OpenVINO on CPU when installed), torch or openvino.",
+)
 CHEXNET_UPLOAD_SLOTS = EnvVar(
     "CHEXNET_UPLOAD_SLOTS",
     "2",
@@ -63,6 +68,7 @@ ALL = (
     CHEXNET_WORKER_DEVICE,
     CHEXNET_WORKER_GPUS,
     CHEXNET_BIND,
+    CHEXNET_INFERENCE_BACKEND,
     CHEXNET_UPLOAD_SLOTS,
     RANK,
     WORLD_SIZE,
@@ -107,6 +113,10 @@ def worker_gpus() -> int:
         return max(1, int(read(CHEXNET_WORKER_GPUS)))
     except ValueError:
         return 1
+
+
+def inference_backend() -> str:
+    return read(CHEXNET_INFERENCE_BACKEND).strip().lower() or "auto"
 
 
 def upload_slots() -> int:

@@ -17,6 +17,10 @@ pytest_plugins = ["tests.browser_fixtures", "tests.db_fixtures"]
 os.environ.setdefault(
     "CHEXNET_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"chexnet-test-{os.getpid()}")
 )
+# Pages predict with PyTorch in the tests: OpenVINO compiles each new model for seconds, and nearly every
+# test makes a new one. The backends' agreement is tested directly (tests/test_predictor.py) and the
+# browser Predict test serves with the default (tests/test_browser_predict.py).
+os.environ.setdefault("CHEXNET_INFERENCE_BACKEND", "torch")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["CHEXNET_HOME"] = str(Path(os.environ["CHEXNET_HOME"]) / os.environ["PYTEST_XDIST_WORKER"])
 

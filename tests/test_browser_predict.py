@@ -22,9 +22,9 @@ def app_url(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("model") / "browser-model"
     save_artifact(create_model(), model_dir, new_card("browser-test-model"))
     home = tmp_path_factory.mktemp("home")
-    with streamlit_server(
-        {"CHEXNET_HOME": str(home), "CHEXNET_MODEL": str(model_dir)}, home / "app.log"
-    ) as url:
+    # The server's default backend (OpenVINO on CPU): the other app tests run PyTorch to save compiling.
+    env = {"CHEXNET_HOME": str(home), "CHEXNET_MODEL": str(model_dir), "CHEXNET_INFERENCE_BACKEND": "auto"}
+    with streamlit_server(env, home / "app.log") as url:
         yield url
 
 

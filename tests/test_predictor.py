@@ -326,6 +326,16 @@ def test_auto_picks_openvino_on_cpu_and_reuses_the_compiled_cache(artifact, pred
     assert not leftovers(cache_dir() / "openvino")
 
 
+def test_without_a_backend_the_server_setting_decides(artifact, predictors, monkeypatch):
+    monkeypatch.setenv("CHEXNET_INFERENCE_BACKEND", "torch")
+    assert isinstance(Predictor(artifact, device="cpu").backend, TorchBackend)
+    monkeypatch.setenv("CHEXNET_INFERENCE_BACKEND", "OpenVINO")  # compiled already: read from the cache
+    assert isinstance(Predictor(artifact, device="cpu").backend, OpenVinoBackend)
+    monkeypatch.setenv("CHEXNET_INFERENCE_BACKEND", "tensorrt")
+    with pytest.raises(ValueError, match="Unknown inference backend 'tensorrt'"):
+        Predictor(artifact, device="cpu")
+
+
 @pytest.mark.slow
 def test_the_precision_is_chosen_by_measurement_on_this_machine(predictors):
     info = predictors["openvino"].backend_info
