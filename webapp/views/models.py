@@ -16,6 +16,7 @@ user = require_role("admin")
 from core.labels import FINDINGS  # noqa: E402
 from webapp import admin_data, dashboards, model_registry, model_sections  # noqa: E402
 from webapp.admin_data import LABEL_CHOICES, SPLIT_CHOICES, VersionInfo  # noqa: E402
+from webapp.cam_agreement_section import cam_agreement_section  # noqa: E402
 from webapp.dashboards import ALL_FINDINGS, table_height  # noqa: E402
 from webapp.database import engine_or_stop  # noqa: E402
 from webapp.formatting import plain, show_flash  # noqa: E402
@@ -212,6 +213,4 @@ if not all_versions:
 registry_section(all_versions)
 st.divider()
 dashboards_section(all_versions)
-from webapp.cam_agreement_section import cam_agreement_section  # noqa: E402
-
 cam_agreement_section(all_versions)
