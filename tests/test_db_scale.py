@@ -135,11 +135,12 @@ def _build(engine: Engine) -> ScaleDb:
                 if key in seen:
                     continue
                 seen.add(key)
-                review_rows.append((*key, *values, not any(values), exclude, "", 1, now, now))
+                blinded = bool(rng.random() < 0.8)  # agreement statistics count blinded reads only
+                review_rows.append((*key, *values, not any(values), exclude, "", 1, now, now, blinded))
         label_columns = ["image_id", "user_id", *FINDING_COLUMNS, "no_finding", "exclude", "comment",
                          "version",
                          "created_at", "updated_at"]  # fmt: skip
-        bulk_insert(session, Review.__table__, label_columns, review_rows)
+        bulk_insert(session, Review.__table__, [*label_columns, "blinded"], review_rows)
         adjudicated = [
             (i, admin, *[f == 2 for f in range(14)], False, False, "", 1, now, now) for i in ids[:30:3]
         ]
@@ -420,7 +421,7 @@ def test_label_statistics_equal_the_reference(scale: ScaleDb) -> None:
         reads: dict[int, list] = defaultdict(list)
         review_cols = [getattr(Review, c) for c in FINDING_COLUMNS]
         for image_id, *values in session.execute(
-            select(Review.image_id, *review_cols).where(~Review.exclude)
+            select(Review.image_id, *review_cols).where(~Review.exclude, Review.blinded)
         ):
             reads[image_id].append(values)
         multi = [rows for rows in reads.values() if len(rows) >= 2]
