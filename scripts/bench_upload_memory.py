@@ -130,8 +130,8 @@ async def upload_and_wait(browser, url: str, file: Path, timeout_s: float) -> fl
         await page.get_by_text("Upload a frontal chest X-ray").wait_for(timeout=60_000)
         started = time.perf_counter()
         await page.locator("input[type=file]").set_input_files(str(file))
-        pattern = "|".join(DONE_TEXTS)
-        await page.locator(f"text=/{pattern}/").first.wait_for(timeout=timeout_s * 1000)
+        done = page.get_by_text(DONE_TEXTS[0]).or_(page.get_by_text(DONE_TEXTS[1]))
+        await done.first.wait_for(timeout=timeout_s * 1000)
         return time.perf_counter() - started
     finally:
         await context.close()
