@@ -32,8 +32,10 @@ def run_predict(run: JobRun, job: TrainingJob) -> None:
         version = version or registry.get_active_version(session)
         if version is None:
             raise JobParamsError("No model version is active; promote one first.")
+        # A missing or unreadable folder fails the job with the registry's sentence naming the version.
+        model_dir = registry.usable_model_dir(version)
         images = _images_with_files(session)
-        version_id, name, model_dir = version.id, version.name, version.path
+        version_id, name = version.id, version.name
     device = None if run.settings.device == "auto" else run.settings.device
     predictor = Predictor.from_path(model_dir, backend=run.settings.eval_backend, device=device)
     text = f"Predicting with {name}"

@@ -234,3 +234,69 @@ def test_heat_map_feedback_says_when_nobody_has_marked_one(studio) -> None:
     at = open_page(studio)
     assert any("No reader has marked a heat map yet" in i.value for i in at.info)
     assert not [d for d in at.dataframe if "Points at the finding" in d.value.columns]
+
+
+def _frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The one dataframe with `column` (AppTest's dataframes carry no key)."""
+    [frame] = [d.value for d in at.dataframe if column in d.value.columns]
+    return frame
+
+
+def test_an_admin_sets_an_operating_point_with_a_reason_and_sees_it_in_use(studio) -> None:
+    at = open_page(studio)
+    at.selectbox(key="registry_version").set_value(studio.base_id).run()
+    thresholds = _frame_with(at, "threshold in use").set_index("finding")
+    assert thresholds.loc["Effusion", "threshold in use"] == 0.5
+    assert thresholds.loc["Effusion", "from"].startswith("model card")
+
+    at.text_input(key="op_reason").set_value("   ")  # a reason is required
+    at.button(key="op_submit").click().run()
+    assert any("the reason is required" in e.value for e in at.error)
+    reason = "Screening [policy](https:evil.example): fewer misses"
+    at.selectbox(key="op_finding").set_value("Effusion")
+    at.number_input(key="op_threshold").set_value(0.25)
+    at.text_input(key="op_reason").set_value(reason)
+    at.button(key="op_submit").click().run()
+    assert not at.exception and not at.error
+    assert "Effusion of tiny-base now uses threshold 0.250" in at.success[0].value
+    thresholds = _frame_with(at, "threshold in use").set_index("finding")
+    assert thresholds.loc["Effusion", "threshold in use"] == 0.25
+    assert thresholds.loc["Effusion", "from"].startswith("set by boss on ")
+    assert thresholds.loc["Effusion", "from"].endswith(f": {reason}")  # a plain cell, verbatim
+    assert thresholds.loc["Effusion", "model card threshold"] == 0.5
+    assert thresholds.loc["Mass", "threshold in use"] == 0.5
+    history = _frame_with(at, "set by")
+    assert history[["finding", "threshold", "set by", "reason"]].values.tolist() == [
+        ["Effusion", 0.25, "boss", reason]
+    ]
+    assert any("1 of 14 thresholds set by an admin" in c.value for c in at.caption)
+    assert not [text for text in markdown_texts(at) if UNESCAPED_LINK.search(text)]
+
+
+def test_promote_and_roll_back_record_who_and_why(studio) -> None:
+    at = open_page(studio)
+    imported = version_id(studio, IMPORTED_NAME)
+    at.selectbox(key="registry_version").set_value(imported).run()
+    reason = "Better on [effusion](https:evil.example)"
+    at.text_input(key="registry_action_reason").set_value(reason)
+    at.button(key="promote").click().run()
+    at.button(key="confirm_promote").click().run()
+    assert not at.exception and not at.error
+    assert at.text_input(key="registry_action_reason").value == ""  # used once, then cleared
+    at.button(key="rollback").click().run()
+    assert "tiny-base is active again (rolled back)" in at.success[0].value
+
+    events = _frame_with(at, "replacing")
+    assert events[["action", "version", "replacing", "by", "reason"]].values.tolist() == [
+        ["rolled back to", "tiny-base", IMPORTED_NAME, "boss", "—"],
+        ["promoted", IMPORTED_NAME, "tiny-base", "boss", reason],
+        ["promoted", "tiny-base", "—", "command line", "—"],  # the studio's set-up, outside the page
+    ]
+    at.selectbox(key="registry_version").set_value(studio.base_id).run()
+    [details] = [line for m in at.markdown for line in m.value.splitlines() if "**Promoted:**" in line]
+    assert re.search(
+        r"\*\*Promoted:\*\* \S+ \S+ UTC from the command line; "
+        r"active again by a roll back at \S+ \S+ UTC by boss$",
+        details,
+    )
+    assert not [text for text in markdown_texts(at) if UNESCAPED_LINK.search(text)]

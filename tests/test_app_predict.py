@@ -336,3 +336,59 @@ def test_a_blank_upload_is_flagged_by_the_real_gate_and_shows_no_findings(
     assert at.session_state["prediction"].ood.flagged
     assert any("No findings for this image" in e.value for e in at.error)
     assert not at.get("plotly_chart") and not [m for m in at.markdown if "Above threshold" in m.value]
+
+
+def test_an_admins_operating_points_of_the_served_version_set_the_thresholds_and_findings(
+    monkeypatch, tmp_path, full_resolution_images
+) -> None:
+    """Operating points an admin set on the active version (db.operating_points) are what the page uses:
+    the bars' threshold marks, the findings above threshold, the table and where the thresholds come
+    from; the reason is shown as plain text."""
+    import json
+
+    from db.accounts import create_user
+    from db.engine import get_engine, session_scope
+    from db.operating_points import set_operating_point
+    from db.registry import promote_version, register_existing_model
+
+    at = _page(monkeypatch, None, tmp_path)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'points.db'}")
+    validated = _carded(tmp_path / "models", "validated-model", metrics={"test": _entry(0.82)})
+    reason = "Screening [policy](https:evil.example): never miss one"
+    with session_scope(get_engine()) as session:
+        version = register_existing_model(session, validated)
+        promote_version(session, version.id)
+        admin = create_user(session, "boss", "correct horse battery", "admin")
+        set_operating_point(session, version.id, "Effusion", 0.9, "a first try", admin)
+        set_operating_point(session, version.id, "Effusion", 0.0, reason, admin)  # the latest is in use
+        set_operating_point(session, version.id, "Hernia", 1.0, "Off for now.", admin)
+    _upload(at, full_resolution_images[0])
+    assert [h.value for h in at.subheader][0] == "Findings"
+
+    prediction = at.session_state["prediction"]
+    assert "Effusion" in prediction.positive and "Hernia" not in prediction.positive
+    [above] = [m.value for m in at.markdown if "Above threshold" in m.value]
+    assert "Effusion" in above and "Hernia" not in above
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    [marks] = [trace for trace in spec["data"] if trace.get("name") == "operating threshold"]
+    by_finding = dict(zip(marks["y"], marks["x"], strict=True))
+    assert (by_finding["Effusion"], by_finding["Hernia"], by_finding["Mass"]) == (0.0, 1.0, 0.5)
+
+    table = at.dataframe[-1].value.set_index("finding")
+    assert (table.loc["Effusion", "threshold"], table.loc["Hernia", "threshold"]) == (0.0, 1.0)
+    assert table.loc["Effusion", "threshold from"] == "admin, by boss"
+    assert table.loc["Mass", "threshold from"] == "model card" and table.loc["Mass", "threshold"] == 0.5
+    assert bool(table.loc["Effusion", "above threshold"]) and not bool(table.loc["Hernia", "above threshold"])
+    [origin] = [c.value for c in at.caption if c.value.startswith("Where the thresholds come from")]
+    assert "Set by an admin on Models & ROC for 2 finding(s)" in unescaped(origin)
+    assert "Effusion 0.000, set by boss on " in unescaped(origin) and reason in unescaped(origin)
+    assert "[policy](" not in origin  # the reason is escaped, never a link
+    assert "a first try" not in unescaped(origin)
+
+    # The Review page's model (webapp.model_loader) is the one served here, thresholds included.
+    from webapp.model_loader import is_validated, load_active_predictor
+
+    review_predictor, problem = load_active_predictor()
+    assert problem is None and review_predictor.name == "validated-model"
+    assert review_predictor.thresholds == {**dict.fromkeys(FINDINGS, 0.5), "Effusion": 0.0, "Hernia": 1.0}
+    assert is_validated(review_predictor.artifact)

@@ -254,3 +254,23 @@ def test_the_active_pointer_follows_commits_and_unusable_folders_are_refused(
     assert paths.active_model_dir() == folders["two"].resolve()
     with pytest.raises(paths.ActiveModelUnavailable, match="missing or is not a model folder"):
         paths.require_active_model_dir()
+
+
+def test_a_predict_job_for_a_version_without_its_folder_fails_with_that_sentence(
+    engine: Engine, tmp_path, monkeypatch
+) -> None:
+    from jobs.params import JOB_PREDICT, PredictParams
+    from jobs.worker import Worker
+    from tests.admin_helpers import fast_settings
+
+    monkeypatch.setenv("CHEXNET_HOME", str(tmp_path / "home"))  # the worker's status file goes there
+    with session_scope(engine) as session:
+        version = register_model_version(session, "gone", str(tmp_path / "no-such-model"))
+        job_id = enqueue_job(session, PredictParams(version_id=version.id).to_dict(), kind=JOB_PREDICT).id
+    assert Worker(engine, settings=fast_settings()).run_once() == job_id
+    with session_scope(engine, read_only=True) as session:
+        job = get_job(session, job_id)
+        assert job.status == "failed"
+        assert job.error.startswith("Model version 'gone' is unavailable: ")
+        assert job.error.endswith("Restore its folder or promote another version.")
+        assert not session.scalars(select(Prediction)).all()

@@ -5,12 +5,18 @@ the CLIs read and is rewritten on every promotion. This page serves the registry
 the server's CHEXNET_MODEL override). When that version's folder is missing or unreadable it serves the
 bundled demo model instead and says so on the page, naming both; it never swaps models silently.
 Anonymous visitors are never shown server paths; admins see the folder and the error.
+
+The thresholds are applied here, once: when the served registry version has operating points set by an
+admin (db.operating_points), the predictor served carries them in `thresholds`, so its predictions'
+`positive`, the page's threshold marks and tables, and the Review page (webapp.model_loader serves this
+same model) all use them; `ServedModel.operating_points` says which findings they are and who set them.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
@@ -20,6 +26,7 @@ from core import paths, settings
 from core.artifact import CARD_FILE, ArtifactError, ModelArtifact
 from core.errors import UserError
 from core.predictor import Predictor
+from db.operating_points import OperatingPoint
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,9 @@ class ServedModel:
     unavailable: str | None = None  # the active version cannot be served: what is served instead
     problem: str | None = None  # nothing can be served
     detail: str | None = None  # for admins only: folders and the error
+    version_id: int | None = None  # the registry version served (None: an override, a fallback, the pointer)
+    # The admin-set operating points in the predictor's thresholds, {finding: point}; empty: the card's.
+    operating_points: dict[str, OperatingPoint] = field(default_factory=dict)
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=3)
@@ -40,22 +50,49 @@ def _load(model_dir: str, card_mtime: float) -> Predictor:
     return Predictor.from_path(model_dir)
 
 
-def _try_load(model_dir: Path) -> Predictor:
-    """The predictor of a folder; ArtifactError or OSError when it is missing or not a model."""
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _with_thresholds(
+    model_dir: str, card_mtime: float, thresholds: tuple[tuple[str, float], ...]
+) -> Predictor:
+    # A shallow copy: it shares the loaded network (one model in memory) and Predictor.predict reads
+    # `self.thresholds`. Cached, so it stays the same object while the points do (per-upload caches
+    # are keyed on it).
+    served = copy.copy(_load(model_dir, card_mtime))
+    served.thresholds = {**served.thresholds, **dict(thresholds)}
+    return served
+
+
+def _try_load(model_dir: Path, thresholds: dict[str, float] | None = None) -> Predictor:
+    """The predictor of a folder (with `thresholds` replacing the card's for those findings); ArtifactError
+    or OSError when it is missing or not a model."""
     mtime = (Path(model_dir) / CARD_FILE).stat().st_mtime
+    if thresholds:
+        return _with_thresholds(str(model_dir), mtime, tuple(thresholds.items()))
     return _load(str(model_dir), mtime)
 
 
-def _registry_active() -> tuple[str, Path] | None:
-    """(name, folder) of the registry's active version; None when none is active or the database cannot
-    be read (the pointer file is then the only record of the promotion)."""
+@dataclass(frozen=True)
+class _ActiveVersion:
+    id: int
+    name: str
+    path: Path
+    operating_points: dict[str, OperatingPoint]
+
+
+def _registry_active() -> _ActiveVersion | None:
+    """The registry's active version and its admin-set operating points; None when none is active or
+    the database cannot be read (the pointer file is then the only record of the promotion)."""
+    from db.operating_points import current_operating_points
     from db.registry import get_active_version
     from webapp.database import session
 
     try:
         with session(read_only=True) as db_session:
             active = get_active_version(db_session)
-            return (active.name, Path(active.path)) if active is not None else None
+            if active is None:
+                return None
+            points = current_operating_points(db_session, active.id)
+            return _ActiveVersion(active.id, active.name, Path(active.path), points)
     except (SQLAlchemyError, UserError) as exc:
         log.warning("Predict: the registry cannot be read (%s); using the ACTIVE pointer.", exc)
         return None
@@ -92,14 +129,21 @@ def served_model() -> ServedModel:
             )
             return ServedModel(None, None, problem=problem)
     else:
-        name, target = active
+        name, target = active.name, active.path
     try:
         predictor = _try_load(target)
     except (ArtifactError, OSError) as exc:
         return _fallback(name, target, exc)
-    if active is not None:
-        _agree_pointer(target)
-    return ServedModel(predictor, predictor.artifact, active_name=name)
+    if active is None:
+        return ServedModel(predictor, predictor.artifact)
+    _agree_pointer(target)
+    # Only this version's points, and only for findings the model has (never for a fallback model).
+    points = {f: point for f, point in active.operating_points.items() if f in predictor.labels}
+    if points:
+        predictor = _try_load(target, {f: point.threshold for f, point in points.items()})
+    return ServedModel(
+        predictor, predictor.artifact, active_name=name, version_id=active.id, operating_points=points
+    )
 
 
 def _fallback(name: str | None, target: Path, exc: Exception) -> ServedModel:

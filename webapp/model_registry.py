@@ -2,7 +2,11 @@
 the promotion history, queue an evaluation, add a reference comparator) and how it describes one version.
 Each action ends in a flash message for the rerun that follows its button.
 
-Version names, paths and notes are shown escaped: they come from people and model folders.
+Promote and Roll back record the admin who clicked and the optional reason typed in `reason_input`
+(db.registry's registry events); a version's details say who promoted it, when and why.
+
+Version names, paths, notes, usernames and reasons are shown escaped: they come from people and model
+folders.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from typing import Any
 import streamlit as st
 
 from core.errors import UserError
+from db.models import User
 from db.references import add_reference, add_reference_file
-from db.registry import promote_version, rollback_version
+from db.registry import RegistryEventView, latest_events, promote_version, rollback_version
 from db.reviews import account_by_id
 from jobs.queue import enqueue_evaluate
 from webapp.admin_data import VersionInfo
+from webapp.auth import current_user
 from webapp.database import session
 from webapp.formatting import code, flash, plain, when_text
 
@@ -31,14 +37,32 @@ TRAINING_SETTINGS = [
 ]
 
 
-def _switch(action: Callable[[Any], Any], done: str) -> None:
-    """Run a registry action that returns the version now active, and say which one it is."""
+ACTION_REASON = "registry_action_reason"  # session key: the optional reason for Promote / Roll back
+
+
+def reason_input() -> None:
+    """The optional reason recorded with the next Promote or Roll back (cleared once one succeeds)."""
+    st.text_input(
+        "Reason for the next Promote or Roll back (optional)",
+        key=ACTION_REASON,
+        max_chars=500,
+        help="Recorded with your name and the time in the promotion history below.",
+    )
+
+
+def _switch(action: Callable[[Any, User | None, str], Any], done: str) -> None:
+    """Run a registry action (session, acting user, reason) that returns the version now active, and say
+    which one it is."""
+    reason = str(st.session_state.get(ACTION_REASON) or "")
+    acting = current_user()
     try:
         with session() as db_session:
-            name = action(db_session).name
+            by = account_by_id(db_session, acting.id) if acting is not None else None
+            name = action(db_session, by, reason if reason.strip() else "").name
     except UserError as exc:
         flash("error", plain(exc))
     else:
+        st.session_state.pop(ACTION_REASON, None)  # before the input is drawn in this run: allowed
         flash("success", f"{plain(name)} {done}. The Predict page uses it from its next run.")
 
 
@@ -62,12 +86,18 @@ def cancel_promotion() -> None:
 def promote(version_id: int) -> None:
     """The confirmed promotion."""
     cancel_promotion()
-    _switch(lambda db_session: promote_version(db_session, version_id), "is now the active model")
+    _switch(
+        lambda db_session, by, reason: promote_version(db_session, version_id, by=by, reason=reason),
+        "is now the active model",
+    )
 
 
 def roll_back() -> None:
     cancel_promotion()
-    _switch(rollback_version, "is active again (rolled back)")
+    _switch(
+        lambda db_session, by, reason: rollback_version(db_session, by=by, reason=reason),
+        "is active again (rolled back)",
+    )
 
 
 def rollback_target(versions: list[VersionInfo]) -> VersionInfo | None:
@@ -132,6 +162,29 @@ def registry_columns() -> dict:
     }
 
 
+def promotion_text(version: VersionInfo) -> str:
+    """When the version was promoted, by whom and why, and a later roll back to it (markdown-safe)."""
+    if not version.promoted_at:
+        return "— (not in the promotion history)"
+    with session(read_only=True) as db_session:
+        events = latest_events(db_session, version.id)
+
+    def who_and_why(event: RegistryEventView) -> str:
+        who = f"by {plain(event.by)}" if event.by else "from the command line"
+        return f"{who}: {plain(' '.join(event.reason.split()))}" if event.reason.strip() else who
+
+    text = when_text(version.promoted_at)
+    promoted = events.get("promote")
+    if promoted is None:
+        text += " (who and why not recorded: promoted before promotions were recorded)"
+    else:
+        text += f" {who_and_why(promoted)}"
+    back = events.get("rollback")
+    if back is not None and back.at >= version.promoted_at:
+        text += f"; active again by a roll back at {when_text(back.at)} {who_and_why(back)}"
+    return text
+
+
 def details_markdown(version: VersionInfo) -> str:
     """The version's folder, lineage, dates, labels and training settings as a markdown list."""
     snapshot = version.label_snapshot
@@ -139,9 +192,7 @@ def details_markdown(version: VersionInfo) -> str:
         "Folder": code(version.path),
         "Parent": plain(version.parent or "—"),
         "Created": when_text(version.created_at),
-        "Promoted": when_text(version.promoted_at)
-        if version.promoted_at
-        else "— (not in the promotion history)",
+        "Promoted": promotion_text(version),
         "Labels": plain(version.label_source),
     }
     if snapshot.get("sha256"):

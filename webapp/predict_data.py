@@ -23,13 +23,15 @@ from core.errors import UserError
 from core.imaging import read_xray
 from core.predictor import Prediction, Predictor
 from db.importer import store_upload
+from db.operating_points import OperatingPoint
 from db.reviews import account_by_id
 from webapp.database import session
-from webapp.formatting import plain, pretty
+from webapp.formatting import plain, pretty, when_text
 from webapp.predict_charts import fixed_scale_cam
 from webapp.upload_slots import upload_slot, upload_slot_for_later
 
 INTENDED_USE = "Research use only — not for diagnosis."
+AdminPoints = dict[str, OperatingPoint]  # the thresholds an admin set for the served version, by finding
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def card_description(card: dict[str, Any]) -> str:
     return plain(description) if description else "_No description._"
 
 
-def card_rows(card: dict[str, Any]) -> dict[str, str]:
+def card_rows(card: dict[str, Any], operating_points: AdminPoints | None = None) -> dict[str, str]:
     provenance = card.get("provenance") or {}
     data = provenance.get("data") or {}
     verdict = judge_card(card)
@@ -97,14 +99,14 @@ def card_rows(card: dict[str, Any]) -> dict[str, str]:
         "Measured mean AUROC": mean_auroc_text(card.get("metrics") or {}),
         "Validated": ("yes: " if verdict.validated else "no: ") + verdict.reason,
         "Bar for findings": bar_text(),
-        "Thresholds": threshold_origin_text(card),
+        "Thresholds": threshold_origin_text(card, operating_points),
         "Created": card.get("created_at", "unknown"),
         "Intended use": card.get("intended_use", INTENDED_USE),
     }
 
 
-def card_table(card: dict[str, Any]) -> pd.DataFrame:
-    rows = card_rows(card)
+def card_table(card: dict[str, Any], operating_points: AdminPoints | None = None) -> pd.DataFrame:
+    rows = card_rows(card, operating_points)
     return pd.DataFrame({"": list(rows.values())}, index=list(rows.keys()))
 
 
@@ -127,8 +129,29 @@ def mean_auroc_text(metrics: dict[str, Any]) -> str:
     return "; ".join(found) or "not measured"
 
 
-def threshold_origin_text(card: dict[str, Any]) -> str:
-    """Where the operating thresholds came from and where their precision/recall were measured."""
+def threshold_origin_text(card: dict[str, Any], operating_points: AdminPoints | None = None) -> str:
+    """Where the operating thresholds came from and where their precision/recall were measured; first
+    the ones an admin set for the served version (`operating_points`, webapp.active_model), if any.
+    Plain text (the admin's reason as typed): escape it for markdown."""
+    card_text = _card_threshold_origin(card)
+    if not operating_points:
+        return card_text
+    set_text = "; ".join(
+        f"{pretty(finding)} {point.threshold:.3f}, set {_by(point)} on {when_text(point.created_at)}: "
+        f"{' '.join(point.reason.split())}"
+        for finding, point in operating_points.items()
+    )
+    return (
+        f"Set by an admin on Models & ROC for {len(operating_points)} finding(s) ({set_text}); their "
+        f"precision and recall at these thresholds have not been measured. The other thresholds: {card_text}"
+    )
+
+
+def _by(point: OperatingPoint) -> str:
+    return f"by {point.set_by}" if point.set_by else "from the command line"
+
+
+def _card_threshold_origin(card: dict[str, Any]) -> str:
     points = card.get("operating_points")
     if points:
         reported = points.get("reported_on") or {}
@@ -152,13 +175,16 @@ def positives_text(positives: list[str]) -> str:
 
 def prediction_table(
     prediction: Prediction, thresholds: dict[str, float], card: dict[str, Any] | None = None, *,
-    findings: bool = True,
+    findings: bool = True, operating_points: AdminPoints | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """Per finding, most probable first: probability, threshold, the precision and recall measured at it
     (from the card, on a split other than the one it was chosen on), and whether it is above (findings
-    only: a weak model's scores are never called above threshold)."""
+    only: a weak model's scores are never called above threshold). A threshold an admin set
+    (`operating_points`) has no measured figures, and a "threshold from" column says who set it."""
     probabilities = prediction.probabilities
+    admin_set = operating_points or {}
     measured = ((card or {}).get("operating_points") or {}).get("classes") or {}
+    measured = {k: v for k, v in measured.items() if k not in admin_set}
     table = pd.DataFrame(
         {
             "finding": [pretty(k) for k in probabilities],
@@ -169,6 +195,10 @@ def prediction_table(
             "positives measured on": [(measured.get(k) or {}).get("n_pos") for k in probabilities],
         }
     )
+    if admin_set:
+        table["threshold from"] = [
+            f"admin, {_by(admin_set[k])}" if k in admin_set else "model card" for k in probabilities
+        ]
     if findings:
         table["above threshold"] = [k in prediction.positive for k in probabilities]
     return table.sort_values("probability", ascending=False)

@@ -6,12 +6,14 @@ Sentences returned here are markdown-safe: the image's name (an upload's file na
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core.cam import render_overlay
-from core.imaging import ImageRejected, read_xray_file
+from core.imaging import ImageRejected, read_xray, read_xray_file
 from core.labels import FINDINGS
 from core.predictor import Prediction, Predictor
 from webapp.formatting import plain, pretty
@@ -62,7 +64,8 @@ def read_ahead(image_id: int, path: str | None, with_model: bool) -> None:
     if not path or (image_id, path) in _pixel_cache():
         return
     try:
-        pixels = read_xray_file(path).pixels
+        data = Path(path).read_bytes()
+        pixels = read_xray(data).pixels
     except (OSError, ImageRejected):
         return
     _remember(_pixel_cache(), (image_id, path), pixels, CACHED_PIXELS)
@@ -71,8 +74,8 @@ def read_ahead(image_id: int, path: str | None, with_model: bool) -> None:
         if predictor is not None:
             cache: dict = st.session_state.setdefault("review_predictions", {})
             key = (image_id, predictor.name, id(predictor))
-            if key not in cache:
-                _remember(cache, key, predictor.predict_one(pixels), CACHED_PREDICTIONS)
+            if key not in cache:  # the file's bytes too: the OOD gate's colour check reads them
+                _remember(cache, key, predictor.predict_one(pixels, file_bytes=data), CACHED_PREDICTIONS)
 
 
 def model_prediction(
@@ -86,8 +89,18 @@ def model_prediction(
     cache: dict = st.session_state.setdefault("review_predictions", {})
     key = (target.image_id, predictor.name, id(predictor))
     if key not in cache:
-        _remember(cache, key, predictor.predict_one(pixels), CACHED_PREDICTIONS)
+        prediction = predictor.predict_one(pixels, file_bytes=_file_bytes(target.path))
+        _remember(cache, key, prediction, CACHED_PREDICTIONS)
     return cache[key], predictor, None
+
+
+def _file_bytes(path: str | None) -> bytes | None:
+    """The image file's bytes for the OOD gate's colour check (read again: the pixel cache keeps pixels
+    only); None when it cannot be read, and the gate then judges the pixels alone."""
+    try:
+        return Path(path).read_bytes() if path else None
+    except OSError:
+        return None
 
 
 def cam_choice_text(prediction: Prediction, choice: str) -> str:

@@ -88,6 +88,9 @@ def registry_section(versions: list[VersionInfo]) -> None:
         st.markdown(model_registry.details_markdown(version))
         if version.notes:
             st.caption(plain(version.notes))
+    from webapp.operating_points_section import operating_points_section  # thresholds, promotion records
+
+    operating_points_section(version, user)
 
 
 def dashboards_section(versions: list[VersionInfo]) -> None:

@@ -23,6 +23,7 @@ user = current_user()
 is_admin = user is not None and user.role == "admin"
 served = served_model()
 predictor, artifact = served.predictor, served.artifact
+admin_points = served.operating_points  # thresholds an admin set: already in predictor.thresholds
 verdict = judge_card(artifact.card) if artifact is not None else None
 
 
@@ -40,7 +41,7 @@ def model_card() -> None:
     # A weak or unvalidated model's card is open: its reason is part of reading the scores.
     with st.expander(f"Model card: {plain(artifact.card['name'])}", expanded=not verdict.validated):
         st.markdown(predict_data.card_description(artifact.card))
-        st.table(predict_data.card_table(artifact.card))
+        st.table(predict_data.card_table(artifact.card, admin_points))
 
 
 def send_to_review(filename: str, data: bytes) -> None:
@@ -72,10 +73,11 @@ def scores_section(prediction, presented: bool) -> None:
         st.markdown(f"**Above threshold:** {predict_data.positives_text(prediction.positive)}")
     else:
         st.caption("Nothing is listed as above threshold: these scores are not findings.")
-    st.caption(f"Where the thresholds come from: {plain(predict_data.threshold_origin_text(artifact.card))}")
+    origin = predict_data.threshold_origin_text(artifact.card, admin_points)
+    st.caption(f"Where the thresholds come from: {plain(origin)}")
     with st.expander("Table: probability, threshold, precision and recall at it"):
         table = predict_data.prediction_table(
-            prediction, predictor.thresholds, artifact.card, findings=presented
+            prediction, predictor.thresholds, artifact.card, findings=presented, operating_points=admin_points
         )
         st.dataframe(table, hide_index=True, width="stretch")
 
