@@ -16,11 +16,12 @@ When numba is not installed the fast path is off (`available()` is False).
 from __future__ import annotations
 
 import struct
-import threading
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from core.jit import LazyKernel
 
 __all__ = ["PngDamaged", "PngHeader", "available", "decode", "read_header"]
 
@@ -177,75 +178,59 @@ def _inflate(stream: bytes, expected: int) -> np.ndarray | None:
     return buffer[: len(out)]
 
 
-_KERNEL: list = []  # [compiled kernel or None], filled on first use: numba is imported lazily
-_KERNEL_LOCK = threading.Lock()
+def _unfilter(raw: np.ndarray, out: np.ndarray) -> int:
+    """PNG filter types 0-4 undone for 1 byte per pixel; -1, or the first row with an unknown type."""
+    height, width = out.shape
+    zero_row = np.zeros(width, dtype=np.uint8)  # the row "above" the first one
+    for y in range(height):
+        row, above, filtered = out[y], (out[y - 1] if y > 0 else zero_row), raw[y, 1:]
+        kind = raw[y, 0]
+        if kind == 0:
+            row[:] = filtered
+        elif kind == 1:  # Sub
+            left = np.int32(0)
+            for x in range(width):
+                left = (np.int32(filtered[x]) + left) & 0xFF
+                row[x] = left
+        elif kind == 2:  # Up (uint8 arithmetic wraps, as PNG's modulo 256 does)
+            for x in range(width):
+                row[x] = filtered[x] + above[x]
+        elif kind == 3:  # Average
+            left = np.int32(0)
+            for x in range(width):
+                left = (np.int32(filtered[x]) + ((left + np.int32(above[x])) >> 1)) & 0xFF
+                row[x] = left
+        elif kind == 4:  # Paeth, with its three distances written as differences from the corner
+            left = np.int32(0)
+            corner = np.int32(0)
+            for x in range(width):
+                up = np.int32(above[x])
+                from_left, from_up = left - corner, up - corner
+                to_left, to_up, to_corner = abs(from_up), abs(from_left), abs(from_left + from_up)
+                if to_left <= to_up and to_left <= to_corner:
+                    predicted = left
+                elif to_up <= to_corner:
+                    predicted = up
+                else:
+                    predicted = corner
+                left = (np.int32(filtered[x]) + predicted) & 0xFF
+                row[x] = left
+                corner = up
+        else:
+            return y
+    return -1
 
 
-def _unfilter_kernel():
-    if not _KERNEL:
-        with _KERNEL_LOCK:
-            if not _KERNEL:
-                _KERNEL.append(_compile())
-    return _KERNEL[0]
-
-
-def _compile():
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    def unfilter(raw: np.ndarray, out: np.ndarray) -> int:
-        """PNG filter types 0-4 undone for 1 byte per pixel; -1, or the first row with an unknown type."""
-        height, width = out.shape
-        zero_row = np.zeros(width, dtype=np.uint8)  # the row "above" the first one
-        for y in range(height):
-            row, above, filtered = out[y], (out[y - 1] if y > 0 else zero_row), raw[y, 1:]
-            kind = raw[y, 0]
-            if kind == 0:
-                row[:] = filtered
-            elif kind == 1:  # Sub
-                left = np.int32(0)
-                for x in range(width):
-                    left = (np.int32(filtered[x]) + left) & 0xFF
-                    row[x] = left
-            elif kind == 2:  # Up (uint8 arithmetic wraps, as PNG's modulo 256 does)
-                for x in range(width):
-                    row[x] = filtered[x] + above[x]
-            elif kind == 3:  # Average
-                left = np.int32(0)
-                for x in range(width):
-                    left = (np.int32(filtered[x]) + ((left + np.int32(above[x])) >> 1)) & 0xFF
-                    row[x] = left
-            elif kind == 4:  # Paeth, with its three distances written as differences from the corner
-                left = np.int32(0)
-                corner = np.int32(0)
-                for x in range(width):
-                    up = np.int32(above[x])
-                    from_left, from_up = left - corner, up - corner
-                    to_left, to_up, to_corner = abs(from_up), abs(from_left), abs(from_left + from_up)
-                    if to_left <= to_up and to_left <= to_corner:
-                        predicted = left
-                    elif to_up <= to_corner:
-                        predicted = up
-                    else:
-                        predicted = corner
-                    left = (np.int32(filtered[x]) + predicted) & 0xFF
-                    row[x] = left
-                    corner = up
-            else:
-                return y
-        return -1
-
+def _unfilter_works(kernel) -> bool:
     # Every filter type once, with its expected result: a kernel that compiles wrongly is not used.
     probe = np.array([[0, 9, 8], [1, 1, 2], [2, 1, 1], [3, 4, 4], [4, 1, 255]], dtype=np.uint8)
     expected = np.array([[9, 8], [1, 3], [2, 4], [5, 8], [6, 7]], dtype=np.uint8)
-    for cache in (True, False):  # cache=True keeps the compiled code in __pycache__ across processes
-        try:
-            kernel = numba.njit(cache=cache, nogil=True)(unfilter)
-            out = np.empty((5, 2), dtype=np.uint8)
-            if kernel(probe, out) == -1 and np.array_equal(out, expected):
-                return kernel
-        except Exception:  # noqa: BLE001 - e.g. no writable cache folder; then no numba at all
-            continue
-    return None
+    out = np.empty((5, 2), dtype=np.uint8)
+    return kernel(probe, out) == -1 and np.array_equal(out, expected)
+
+
+_UNFILTER = LazyKernel(_unfilter, _unfilter_works)
+
+
+def _unfilter_kernel():
+    return _UNFILTER.get()

@@ -9,11 +9,12 @@ for the rows and columns of the window, in a numba-compiled kernel. Without numb
 
 from __future__ import annotations
 
-import threading
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image
+
+from core.jit import LazyKernel
 
 __all__ = ["bilinear_resize_window"]
 
@@ -74,61 +75,46 @@ def bilinear_resize_window(square: np.ndarray, size: int, first: int, last: int)
     return out
 
 
-_KERNEL: list = []  # [compiled kernel or None], filled on first use: numba is imported lazily
-_KERNEL_LOCK = threading.Lock()
+def _resample(source: np.ndarray, bounds: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
+    """Both passes of Pillow's 8-bit resample; the same bounds and weights serve rows and columns."""
+    n = out.shape[0]
+    half = np.int32(1 << (_PRECISION_BITS - 1))
+    top = bounds[0, 0]
+    bottom = bounds[n - 1, 0] + bounds[n - 1, 1]
+    # Horizontal pass over only the source rows the vertical pass reads, rounded to 8 bits as Pillow does.
+    across = np.empty((bottom - top, n), dtype=np.uint8)
+    for y in range(top, bottom):
+        for j in range(n):
+            low, count = bounds[j, 0], bounds[j, 1]
+            total = half
+            for t in range(count):
+                total += np.int32(source[y, low + t]) * weights[j, t]
+            across[y - top, j] = min(max(total >> _PRECISION_BITS, 0), 255)
+    # Vertical pass, a row of accumulators at a time so that the inner loop runs along memory.
+    accumulator = np.empty(n, dtype=np.int32)
+    for i in range(n):
+        low, count = bounds[i, 0] - top, bounds[i, 1]
+        accumulator[:] = half
+        for t in range(count):
+            weight = weights[i, t]
+            for j in range(n):
+                accumulator[j] += np.int32(across[low + t, j]) * weight
+        for j in range(n):
+            out[i, j] = min(max(accumulator[j] >> _PRECISION_BITS, 0), 255)
+
+
+def _resample_works(kernel) -> bool:
+    # A kernel that compiles wrongly is not used: it must give Pillow's answer on a small probe.
+    probe = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+    expected = np.asarray(Image.fromarray(probe).resize((4, 4), Image.Resampling.BILINEAR))[1:3, 1:3]
+    bounds, weights = _coefficients(8, 4, 1, 3)
+    out = np.empty((2, 2), dtype=np.uint8)
+    kernel(probe, bounds, weights, out)
+    return bool(np.array_equal(out, expected))
+
+
+_RESAMPLE = LazyKernel(_resample, _resample_works)
 
 
 def _kernel():
-    if not _KERNEL:
-        with _KERNEL_LOCK:
-            if not _KERNEL:
-                _KERNEL.append(_compile())
-    return _KERNEL[0]
-
-
-def _compile():
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    def resample(source: np.ndarray, bounds: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
-        """Both passes of Pillow's 8-bit resample; the same bounds and weights serve rows and columns."""
-        n = out.shape[0]
-        half = np.int32(1 << (_PRECISION_BITS - 1))
-        top = bounds[0, 0]
-        bottom = bounds[n - 1, 0] + bounds[n - 1, 1]
-        # Horizontal pass over only the source rows the vertical pass reads, rounded to 8 bits as Pillow does.
-        across = np.empty((bottom - top, n), dtype=np.uint8)
-        for y in range(top, bottom):
-            for j in range(n):
-                low, count = bounds[j, 0], bounds[j, 1]
-                total = half
-                for t in range(count):
-                    total += np.int32(source[y, low + t]) * weights[j, t]
-                across[y - top, j] = min(max(total >> _PRECISION_BITS, 0), 255)
-        # Vertical pass, a row of accumulators at a time so that the inner loop runs along memory.
-        accumulator = np.empty(n, dtype=np.int32)
-        for i in range(n):
-            low, count = bounds[i, 0] - top, bounds[i, 1]
-            accumulator[:] = half
-            for t in range(count):
-                weight = weights[i, t]
-                for j in range(n):
-                    accumulator[j] += np.int32(across[low + t, j]) * weight
-            for j in range(n):
-                out[i, j] = min(max(accumulator[j] >> _PRECISION_BITS, 0), 255)
-
-    probe = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
-    expected = np.asarray(Image.fromarray(probe).resize((4, 4), Image.Resampling.BILINEAR))[1:3, 1:3]
-    for cache in (True, False):  # cache=True keeps the compiled code in __pycache__ across processes
-        try:
-            kernel = numba.njit(cache=cache, nogil=True)(resample)
-            bounds, weights = _coefficients(8, 4, 1, 3)
-            out = np.empty((2, 2), dtype=np.uint8)
-            kernel(probe, bounds, weights, out)
-            if np.array_equal(out, expected):  # a kernel that compiles wrongly is not used
-                return kernel
-        except Exception:  # noqa: BLE001 - e.g. no writable cache folder; then no numba at all
-            continue
-    return None
+    return _RESAMPLE.get()
