@@ -20,17 +20,15 @@ Choices made here (and why):
 from __future__ import annotations
 
 import io
-import math
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from core import png_fast
-from core.errors import UserError
+from core.dicom_reader import read_dicom
+from core.xray_image import GENERIC_SENTENCE, ImageRejected, XrayImage, check_size, finish, stretch_to_uint8
 
 __all__ = ["ImageRejected", "XrayImage", "read_xray", "read_xray_file"]
 
@@ -38,46 +36,9 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 64
 
 
-class ImageRejected(UserError, ValueError):
-    """The upload cannot be used as an X-ray; `str(e)` is one human sentence saying why."""
-
-    def __init__(self, sentence: str) -> None:
-        super().__init__(sentence)
-        self.sentence = sentence
-
-    def __str__(self) -> str:
-        return self.sentence
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: comparing ndarrays field by field is ambiguous
-class XrayImage:
-    """A decoded X-ray: 8-bit grey pixels plus what we learnt about the source file."""
-
-    pixels: np.ndarray  # uint8, (height, width), C-contiguous, read-only
-    format: str  # "PNG" | "JPEG" | "DICOM" | "TIFF" | "BMP" | "WEBP" | "GIF"
-    original_size: tuple[int, int]  # (width, height) of the decoded image, before any model resizing
-    bits_stored: int | None  # significant bits per sample in the source (8, 12, 16 ...)
-    photometric: str | None  # DICOM Photometric Interpretation (e.g. "MONOCHROME1"); None for raster files
-    window: tuple[float, float] | None = None  # DICOM (center, width) applied; None when min..max was used
-    source_mode: str | None = None  # Pillow mode of a raster source ("L", "I;16", "RGBA", "CMYK" ...)
-    frame_count: int = 1  # frames in the source; only the first is read
-    modality: str | None = None  # DICOM Modality ("CR", "DX" ...)
-    pixel_spacing_mm: tuple[float, float] | None = None  # DICOM (row, column) spacing when present
-
-    @property
-    def width(self) -> int:
-        return int(self.pixels.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.pixels.shape[0])
-
-
 # Raster formats handed to Pillow. An explicit list keeps Pillow away from plugins that shell out
 # (EPS runs Ghostscript) or that nobody should upload as an X-ray.
 _PILLOW_FORMATS = ("PNG", "JPEG", "MPO", "TIFF", "BMP", "WEBP", "GIF")
-
-_GENERIC_SENTENCE = "The file could not be read as an image; please upload a PNG, JPEG or DICOM chest X-ray."
 
 
 def read_xray_file(
@@ -118,13 +79,13 @@ def read_xray(
     except MemoryError:
         raise ImageRejected("The image is too large to decode with the memory available.") from None
     except Exception as error:  # noqa: BLE001 - the contract: only ImageRejected leaves read_xray
-        raise ImageRejected(_GENERIC_SENTENCE) from error
+        raise ImageRejected(GENERIC_SENTENCE) from error
 
 
 def _read(data: bytes, *, max_pixels: int, min_side: int) -> XrayImage:
     # DICOM first: its 128-byte preamble may itself hold a TIFF header (dual-personality files).
     if data[128:132] == b"DICM":
-        return _read_dicom(data, max_pixels=max_pixels, min_side=min_side, sniffed=True)
+        return read_dicom(data, max_pixels=max_pixels, min_side=min_side, sniffed=True)
     raster_format = _sniff_raster(data)
     if raster_format == "PNG":
         fast = _read_grey_png(data, max_pixels=max_pixels, min_side=min_side)
@@ -136,7 +97,7 @@ def _read(data: bytes, *, max_pixels: int, min_side: int) -> XrayImage:
     if not_an_image is not None:
         raise ImageRejected(f"This file is not an image: it looks like {not_an_image}.")
     if _looks_like_raw_dicom(data):
-        return _read_dicom(data, max_pixels=max_pixels, min_side=min_side, sniffed=False)
+        return read_dicom(data, max_pixels=max_pixels, min_side=min_side, sniffed=False)
     raise ImageRejected(
         "This file is not a recognised image; please upload a PNG, JPEG or DICOM chest X-ray."
     )
@@ -235,20 +196,6 @@ def _looks_like_raw_dicom(data: bytes) -> bool:
     return len(data) >= 8 and int.from_bytes(data[:2], "little") in _RAW_DICOM_FIRST_GROUPS
 
 
-def _check_size(width: int, height: int, *, max_pixels: int, min_side: int) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageRejected("The image header declares no pixels (a width or height of 0).")
-    if width * height > max_pixels:
-        raise ImageRejected(
-            f"The image is {width}x{height} pixels ({width * height / 1e6:,.0f} megapixels), more than the "
-            f"{max_pixels / 1e6:,.0f}-megapixel limit; it may be a 'decompression bomb'."
-        )
-    if width < min_side or height < min_side:
-        raise ImageRejected(
-            f"The image is only {width}x{height} pixels; at least {min_side} pixels on each side are needed."
-        )
-
-
 # ---------------------------------------------------------------------------------------- raster images
 
 
@@ -285,13 +232,13 @@ def _read_grey_png(data: bytes, *, max_pixels: int, min_side: int) -> XrayImage 
         width, height = header.width, header.height
         if Image.MAX_IMAGE_PIXELS and width * height > 2 * Image.MAX_IMAGE_PIXELS:
             raise _pillow_bomb_refusal(max_pixels)  # where Pillow's open raises DecompressionBombError
-        _check_size(width, height, max_pixels=max_pixels, min_side=min_side)
+        check_size(width, height, max_pixels=max_pixels, min_side=min_side)
         pixels = png_fast.decode(data, header)
     except png_fast.PngDamaged as damage:
         raise (_header_damaged("PNG") if damage.in_header else _data_damaged("PNG")) from None
     if pixels is None:
         return None
-    return XrayImage(pixels=_finish(pixels), format="PNG", original_size=(width, height), bits_stored=8,
+    return XrayImage(pixels=finish(pixels), format="PNG", original_size=(width, height), bits_stored=8,
                      photometric=None, source_mode="L", frame_count=1)  # fmt: skip
 
 
@@ -306,7 +253,7 @@ def _read_raster(data: bytes, sniffed: str, *, max_pixels: int, min_side: int) -
         raise _header_damaged(label) from None
     with image:
         label = _FORMAT_NAMES.get(image.format or sniffed, image.format or sniffed)
-        _check_size(image.width, image.height, max_pixels=max_pixels, min_side=min_side)
+        check_size(image.width, image.height, max_pixels=max_pixels, min_side=min_side)
         try:
             frame_count = int(getattr(image, "n_frames", 1) or 1)  # may walk the file (TIFF), so guarded
             image.load()  # full decode now, so truncated or corrupt files fail here and not later
@@ -319,7 +266,7 @@ def _read_raster(data: bytes, sniffed: str, *, max_pixels: int, min_side: int) -
         oriented = _apply_exif_orientation(image)
         pixels = _raster_to_grey(oriented)
     return XrayImage(
-        pixels=_finish(pixels),
+        pixels=finish(pixels),
         format=label,
         original_size=(int(pixels.shape[1]), int(pixels.shape[0])),
         bits_stored=bits,
@@ -351,7 +298,7 @@ def _raster_to_grey(image: Image.Image) -> np.ndarray:
     if mode == "L":
         return np.asarray(image, dtype=np.uint8)
     if mode.startswith("I;16") or mode in ("I", "F"):
-        return _stretch_to_uint8(np.asarray(image).astype(np.float64))
+        return stretch_to_uint8(np.asarray(image).astype(np.float64))
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
         mode = "RGBA"
@@ -364,240 +311,3 @@ def _raster_to_grey(image: Image.Image) -> np.ndarray:
         return np.asarray(image.convert("L"), dtype=np.uint8)
     # CMYK, YCbCr, LAB, HSV ...: go through RGB, which Pillow knows how to reach from each of them.
     return np.asarray(image.convert("RGB").convert("L"), dtype=np.uint8)
-
-
-def _stretch_to_uint8(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Linearly map the real min..max of `values` (over `mask` when given) to 0..255."""
-    finite = np.isfinite(values)
-    sample = values[finite & mask] if mask is not None else values[finite]
-    if sample.size == 0:
-        sample = values[finite]
-    if sample.size == 0:
-        return np.zeros(values.shape, dtype=np.uint8)
-    low, high = float(sample.min()), float(sample.max())
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (np.nan_to_num(values, nan=low) - low) * (255.0 / (high - low))
-    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
-
-
-def _finish(pixels: np.ndarray) -> np.ndarray:
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    if pixels.ndim != 2:
-        raise ImageRejected(_GENERIC_SENTENCE)
-    pixels.setflags(write=False)  # XrayImage is frozen; keep shared/cached pixels from being edited
-    return pixels
-
-
-# ------------------------------------------------------------------------------------------------- DICOM
-
-
-def _read_dicom(data: bytes, *, max_pixels: int, min_side: int, sniffed: bool) -> XrayImage:
-    import pydicom  # imported lazily: most uploads are PNG/JPEG
-
-    def damaged() -> ImageRejected:
-        if sniffed:
-            return ImageRejected("The DICOM file is damaged and could not be read.")
-        return ImageRejected(
-            "This file is not a recognised image; please upload a PNG, JPEG or DICOM chest X-ray."
-        )
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception:
-        raise damaged() from None
-    try:
-        return _decode_dicom(ds, max_pixels=max_pixels, min_side=min_side, sniffed=sniffed)
-    except ImageRejected:
-        raise
-    except Exception:  # noqa: BLE001 - pydicom parses elements lazily, so any access may fail on bad files
-        raise damaged() from None
-
-
-def _decode_dicom(ds: Any, *, max_pixels: int, min_side: int, sniffed: bool) -> XrayImage:
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-
-    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    if not has_pixels:
-        if sniffed or "SOPClassUID" in ds:
-            raise ImageRejected("This DICOM file holds no image (no pixel data).")
-        raise ImageRejected(
-            "This file is not a recognised image; please upload a PNG, JPEG or DICOM chest X-ray."
-        )
-
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        frame_count = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
-        bits_stored = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0) or None
-    except Exception:
-        raise ImageRejected("The DICOM file is damaged: its image dimensions cannot be read.") from None
-    _check_size(columns, rows, max_pixels=max_pixels, min_side=min_side)
-
-    # Datasets saved without a file meta header carry no transfer syntax; say how pydicom parsed them.
-    file_meta = getattr(ds, "file_meta", None)
-    if file_meta is None or "TransferSyntaxUID" not in file_meta:
-        implicit, little = ds.original_encoding
-        if file_meta is None:
-            ds.file_meta = file_meta = FileMetaDataset()
-        file_meta.TransferSyntaxUID = (
-            pydicom.uid.ImplicitVRLittleEndian
-            if implicit
-            else (pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
-        )
-    transfer_syntax = file_meta.TransferSyntaxUID
-    if not isinstance(transfer_syntax, pydicom.uid.UID) or not transfer_syntax.is_transfer_syntax:
-        raise ImageRejected(
-            "The DICOM file declares an unknown transfer syntax, so its pixels cannot be read."
-        )
-
-    try:
-        raw = pydicom.pixels.pixel_array(ds, index=0)  # first frame only: never decode a whole cine loop
-    except Exception:
-        if transfer_syntax.is_compressed:
-            raise ImageRejected(
-                f"This DICOM file is compressed as '{transfer_syntax.name}', which this app cannot decode; "
-                "please export it uncompressed (Explicit VR Little Endian)."
-            ) from None
-        raise ImageRejected(
-            "The DICOM file's pixel data is damaged or incomplete, so the image cannot be decoded."
-        ) from None
-
-    window: tuple[float, float] | None = None
-    if photometric == "PALETTE COLOR":
-        rgb = pydicom.pixels.apply_color_lut(raw, ds)
-        pixels = _luminance(rgb, bits=16 if rgb.dtype.itemsize > 1 else 8)
-    elif samples == 1 and raw.ndim == 2:
-        pixels, window = _dicom_grey(raw, ds)
-        if photometric == "MONOCHROME1":
-            pixels = 255 - pixels  # MONOCHROME1: low values are bright; present bone as bright anyway
-    elif raw.ndim == 3 and raw.shape[-1] == 3:
-        pixels = _luminance(raw, bits=bits_stored or 8)
-    else:
-        raise ImageRejected(
-            f"This DICOM file's colour layout ('{photometric}') is not supported; "
-            "please export a greyscale image."
-        )
-
-    return XrayImage(
-        pixels=_finish(pixels),
-        format="DICOM",
-        original_size=(int(pixels.shape[1]), int(pixels.shape[0])),
-        bits_stored=bits_stored,
-        photometric=photometric,
-        window=window,
-        frame_count=frame_count,
-        modality=str(ds.get("Modality") or "") or None,
-        pixel_spacing_mm=_pixel_spacing(ds),
-    )
-
-
-def _dicom_grey(raw: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Modality LUT, then VOI window or LUT (else min..max), to 8 bits. Returns pixels and the window used."""
-    from pydicom.pixels import apply_modality_lut, apply_voi
-
-    if "ModalityLUTSequence" in ds:
-        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
-    else:
-        slope, intercept = _rescale(ds)
-        values = raw.astype(np.float64) * slope + intercept
-
-    window = _first_window(ds)
-    if window is not None:
-        center, width = window
-        function = str(_frame_attribute(ds, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
-        return _apply_window(values, center, width, function), window
-
-    if "VOILUTSequence" in ds:
-        try:
-            # The VOI LUT is a table indexed by (integer) Modality LUT output.
-            looked_up = np.asarray(apply_voi(np.rint(values).astype(np.int64), ds, index=0), dtype=np.float64)
-            return _stretch_to_uint8(looked_up), None
-        except Exception:  # noqa: BLE001 - a broken VOI LUT table: fall back to the data range
-            pass
-
-    padding = ds.get("PixelPaddingValue")
-    mask = None
-    if isinstance(padding, int):
-        mask = raw != padding  # padding pixels (outside the collimated field) must not stretch the range
-    return _stretch_to_uint8(values, mask), None
-
-
-def _frame_attribute(ds: Any, functional_group: str, keyword: str) -> Any:
-    """A value from the top level, or from the first frame's functional groups (enhanced multi-frame)."""
-    if keyword in ds:
-        return ds.get(keyword)
-    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        try:
-            item = ds[groups][0]
-            if functional_group in item and keyword in item[functional_group][0]:
-                return item[functional_group][0].get(keyword)
-        except Exception:  # noqa: BLE001 - malformed or absent functional groups
-            continue
-    return None
-
-
-def _rescale(ds: Any) -> tuple[float, float]:
-    slope = _first_number(_frame_attribute(ds, "PixelValueTransformationSequence", "RescaleSlope"))
-    intercept = _first_number(_frame_attribute(ds, "PixelValueTransformationSequence", "RescaleIntercept"))
-    if slope is None or slope == 0:
-        slope = 1.0
-    return slope, intercept or 0.0
-
-
-def _first_window(ds: Any) -> tuple[float, float] | None:
-    center = _first_number(_frame_attribute(ds, "FrameVOILUTSequence", "WindowCenter"))
-    width = _first_number(_frame_attribute(ds, "FrameVOILUTSequence", "WindowWidth"))
-    if center is None or width is None or width <= 0:
-        return None
-    return center, width
-
-
-def _first_number(value: Any) -> float | None:
-    """First value of a possibly multi-valued DS/IS element, as a finite float."""
-    if value is None:
-        return None
-    try:
-        if not isinstance(value, str | bytes) and hasattr(value, "__len__"):
-            if len(value) == 0:
-                return None
-            value = value[0]
-        number = float(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _apply_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2 windowing to 0..255."""
-    if function == "SIGMOID":
-        fraction = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
-    elif function == "LINEAR_EXACT":
-        fraction = (values - center) / width + 0.5
-    elif width <= 1.0:  # LINEAR with width 1 is a threshold
-        fraction = (values > center - 0.5).astype(np.float64)
-    else:  # LINEAR
-        fraction = (values - (center - 0.5)) / (width - 1.0) + 0.5
-    return np.rint(np.clip(fraction, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _luminance(rgb: np.ndarray, *, bits: int) -> np.ndarray:
-    top = float(2 ** min(max(bits, 1), 32) - 1)
-    weights = np.array([0.299, 0.587, 0.114])
-    grey = rgb[..., :3].astype(np.float64) @ weights
-    return np.rint(np.clip(grey * (255.0 / top), 0.0, 255.0)).astype(np.uint8)
-
-
-def _pixel_spacing(ds: Any) -> tuple[float, float] | None:
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = _frame_attribute(ds, "PixelMeasuresSequence", keyword)
-        try:
-            if value is not None and len(value) >= 2:
-                row, column = float(value[0]), float(value[1])
-                if row > 0 and column > 0:
-                    return row, column
-        except (TypeError, ValueError):
-            continue
-    return None
