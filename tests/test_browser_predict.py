@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from core.artifact import new_card, save_artifact
 from core.labels import FINDINGS
 from core.models import create_model
+from core.ood_probes import blank_probes, document_probes, photo_probes
+from core.paths import BUNDLED_MODEL_DIR
 from tests.browser_fixtures import streamlit_server
 
 pytestmark = pytest.mark.browser
@@ -60,3 +63,38 @@ def test_refused_upload_shows_a_sentence(new_page, app_url, tmp_path):
     page.locator("input[type=file]").set_input_files(str(text_file))
     page.get_by_text("it looks like a text file").wait_for()
     assert page.locator("[data-testid='stException']").count() == 0
+
+
+@pytest.fixture(scope="module")
+def demo_app_url(tmp_path_factory):
+    """The bundled demo model, whose card carries a fitted out-of-distribution gate."""
+    home = tmp_path_factory.mktemp("demo-home")
+    with streamlit_server(
+        {"CHEXNET_HOME": str(home), "CHEXNET_MODEL": str(BUNDLED_MODEL_DIR)}, home / "app.log"
+    ) as url:
+        yield url
+
+
+def test_blank_photo_and_document_get_no_findings_while_a_real_xray_passes(
+    new_page, demo_app_url, full_resolution_images, tmp_path
+):
+    rng = np.random.default_rng(0)
+    probes = [blank_probes()[0], photo_probes(rng, 1)[0], document_probes(rng, 1)[0]]
+    files = []
+    for probe in probes:
+        files.append(tmp_path / f"{probe.kind}.png")
+        files[-1].write_bytes(probe.data)
+    for file in [*files, full_resolution_images[0]]:  # a fresh tab each: no text left from the last one
+        page = new_page()
+        page.goto(demo_app_url)
+        page.get_by_text("Upload a frontal chest X-ray").wait_for()
+        page.locator("input[type=file]").set_input_files(str(file))
+        if file in files:
+            page.get_by_text("No findings for this image:").wait_for(timeout=120_000)
+            page.get_by_text("Show scores anyway").wait_for()  # scores only on request
+            assert page.get_by_text("Where the model looked (CAM)").count() == 0, file.name
+        else:
+            page.get_by_text("Where the model looked (CAM)").wait_for(timeout=120_000)
+            assert page.get_by_text("No findings for this image:").count() == 0
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.context.close()
