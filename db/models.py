@@ -16,14 +16,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     Boolean,
     CheckConstraint,
-    DateTime,
     Float,
     ForeignKey,
     Index,
-    MetaData,
     SmallInteger,
     String,
     Text,
@@ -32,11 +29,15 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core.labels import FINDINGS
+from db.base import NAMING_CONVENTION, Base, UTCDateTime, utcnow  # noqa: F401 - part of this module's API
+
+# The reading study's and the trust tables live in their own modules; importing them here registers them
+# on Base.metadata and keeps `from db.models import X` working for every table.
+from db.study_models import Assignment, CamFeedback, OodSuspect, ReadStatus, StudySetting  # noqa: F401
+from db.trust_models import OperatingPointRecord, RegistryEvent  # noqa: F401
 
 ROLES = ("clinician", "admin")
 IMAGE_SOURCES = ("dataset", "upload")
@@ -91,44 +92,6 @@ def _shuffle_key_sql() -> str:
 
 
 SHUFFLE_KEY_SQL = _shuffle_key_sql()  # the indexed expression: queries must use this exact text
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite itself stores naive text)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("Naive datetimes are ambiguous; pass timezone-aware UTC datetimes.")
-        value = value.astimezone(dt.UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
 
 
 def _finding_columns_mixin(name: str, nullable: bool) -> type:
@@ -500,149 +463,3 @@ class TrainingJob(Base):
 
     def __repr__(self) -> str:
         return f"TrainingJob(id={self.id}, kind={self.kind!r}, status={self.status!r})"
-
-
-# ----------------------------------------------------------------------------------------------------
-# The reading study (issue 11): settings, assignments, per-image read status, CAM feedback
-
-
-class StudySetting(Base):
-    """One study-wide setting (db.study): blinding, the study mode (AI-first / AI-hidden)."""
-
-    __tablename__ = "study_settings"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[dict[str, Any]]
-    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-
-
-class Assignment(Base):
-    """An image a reader is asked to read (db.assignments). `read_number` 1 is the first read, 2 the
-    second (always another reader); `done_at` is set when the reader saves a review of the image."""
-
-    __tablename__ = "assignments"
-    __table_args__ = (
-        UniqueConstraint("image_id", "user_id"),
-        # "My assignments": a reader's open ones in order, and the progress counts, from this index.
-        Index("ix_assignments_user_id_done_at_id", "user_id", "done_at", "id"),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    read_number: Mapped[int] = mapped_column(SmallInteger, default=1)
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    done_at: Mapped[dt.datetime | None]
-
-
-class ReadStatus(Base):
-    """Derived, one row per image with reviews or an adjudication (db.adjudication keeps it current in
-    the transaction of every save): how the readers' answers compare.
-
-    `disputed_mask`: bit i set when the readers who did not exclude the image differ on FINDINGS[i]
-    (Present / Absent / Uncertain), bit 14 (EXCLUDE_BIT) when they differ on excluding it; a 1-1 tie is
-    a dispute. `open_dispute`: disputed and not adjudicated, what the Disputed queue lists.
-    `uncertain_mask`: the findings whose effective state is Uncertain (the adjudication's, else those
-    every reader marked Uncertain).
-    """
-
-    __tablename__ = "read_status"
-    __table_args__ = (Index("ix_read_status_open_dispute_image_id", "open_dispute", "image_id"),)
-
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
-    n_reads: Mapped[int]
-    n_blinded: Mapped[int]
-    disputed_mask: Mapped[int]
-    adjudicated: Mapped[bool]
-    open_dispute: Mapped[bool]
-    uncertain_mask: Mapped[int]
-    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-
-
-class CamFeedback(Base):
-    """A reader's verdict on a model's heat map for one finding of an image: does it point at it?"""
-
-    __tablename__ = "cam_feedback"
-    __table_args__ = (
-        UniqueConstraint("image_id", "user_id", "model_name", "finding"),
-        Index("ix_cam_feedback_model_name", "model_name"),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    model_name: Mapped[str] = mapped_column(String(128))  # the model the page showed (a version's name)
-    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
-    finding: Mapped[str] = mapped_column(String(32))
-    points_at_finding: Mapped[bool]
-    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-
-
-class OodSuspect(Base):
-    """An imported image that a version's OOD gate flagged, listed for review as a suggested exclusion."""
-
-    __tablename__ = "ood_suspects"
-    __table_args__ = (
-        UniqueConstraint("image_id", "model_version_id"),
-        # The page lists one version's suspects, most suspicious first, and counts them per check.
-        Index("ix_ood_suspects_model_version_id_kind_score", "model_version_id", "kind", "score"),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
-    job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id", ondelete="SET NULL"))
-    kind: Mapped[str] = mapped_column(String(16))  # which check fired (`check` is an SQL keyword)
-    reason: Mapped[str] = mapped_column(Text)
-    score: Mapped[float] = mapped_column(Float)  # the gate's distance score (limit = 1); 0.0 without one
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Trust (issue 12): admin-set operating points and who promoted what. Both append-only (database
-# triggers refuse UPDATE and DELETE, see migration 0007_trust): a change is a new row.
-
-_FINDINGS_SQL = ", ".join(f"'{finding}'" for finding in FINDINGS)
-
-
-class OperatingPointRecord(Base):
-    """An admin's threshold for one finding of a version (db.operating_points); the latest row of a
-    (version, finding) is the one in use, the earlier ones are its history."""
-
-    __tablename__ = "operating_points"
-    __table_args__ = (
-        CheckConstraint(f"finding IN ({_FINDINGS_SQL})", name="finding"),
-        CheckConstraint("threshold >= 0 AND threshold <= 1", name="threshold"),
-        CheckConstraint("length(reason) > 0", name="reason"),
-        # The current point of each finding: max(id) per finding of one version, read from this index.
-        Index("ix_operating_points_model_version_id_finding_id", "model_version_id", "finding", "id"),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    finding: Mapped[str] = mapped_column(String(32))
-    threshold: Mapped[float] = mapped_column(Float)
-    reason: Mapped[str] = mapped_column(Text)
-    set_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))  # None: from the command line
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-
-
-class RegistryEvent(Base):
-    """One promotion or roll back (db.registry): the version made active, the one it replaced, who
-    (None: the command line) and why."""
-
-    __tablename__ = "registry_events"
-    __table_args__ = (
-        CheckConstraint("action IN ('promote', 'rollback')", name="action"),
-        Index("ix_registry_events_model_version_id_id", "model_version_id", "id"),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
-    action: Mapped[str] = mapped_column(String(16))
-    by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
