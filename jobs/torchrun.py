@@ -1,5 +1,6 @@
-"""A fine-tune over several processes (one per GPU): `torchrun --standalone --nproc_per_node=N -m
-jobs.train_runner CONFIG EVENTS`, started by the worker when it has more than one GPU per job.
+"""Jobs over several processes (one per GPU) with torchrun: `launch` starts `torchrun --standalone
+--nproc_per_node=N -m MODULE ...` and follows it; a fine-tune runs `jobs.train_runner CONFIG EVENTS`
+through it when the worker has more than one GPU per job (predictions: jobs.predict_shards).
 
 CONFIG is the run's `TrainConfig.to_json()`; rank 0 appends each progress event to EVENTS as one JSON
 line (and a last {"phase": "error", "message": ...} when training fails), which is relayed here to the
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from core.artifact import ModelArtifact, read_artifact
@@ -40,7 +42,7 @@ def _stop_process_group(process: subprocess.Popen) -> None:
         process.wait(timeout=30)
 
 
-def _check_gpus(run: JobRun) -> None:
+def check_gpus(run: JobRun) -> None:
     if run.device_kind != "cuda":
         return
     import torch
@@ -73,29 +75,19 @@ class _EventRelay:
                 self.run.on_train_progress(event)
 
 
-def train_with_torchrun(run: JobRun, config: TrainConfig) -> ModelArtifact:
-    """Train `config` in `run.settings.nproc` processes; returns the artifact rank 0 wrote."""
-    _check_gpus(run)
-    folder = run_folder(config.model_name)
-    config_path, events_path, log_path = (
-        folder / "config.json",
-        folder / "events.jsonl",
-        folder / "torchrun.log",
-    )
-    config_path.write_text(config.to_json())
-    events_path.write_text("")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={run.settings.nproc}",
-        "-m",
-        "jobs.train_runner",
-        str(config_path),
-        str(events_path),
-    ]
-    run.message(f"Starting {run.settings.nproc} training processes with torchrun.")
+def launch(
+    run: JobRun,
+    module: str,
+    args: list[str],
+    log_path: Path,
+    on_poll: Callable[[], None],
+    cancelled: Callable[[], BaseException],
+) -> int:
+    """Run `torchrun --standalone --nproc_per_node=<run.settings.nproc> -m MODULE ARGS` in its own process
+    group, calling `on_poll` every POLL_S (and once after the exit); on a cancel request the group is
+    terminated and `cancelled()` raised. Returns torchrun's exit status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={run.settings.nproc}", "-m", module, *args]  # fmt: skip
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             command,
@@ -105,27 +97,53 @@ def train_with_torchrun(run: JobRun, config: TrainConfig) -> ModelArtifact:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, terminated as a whole on cancel
         )
-    relay = _EventRelay(run, events_path)
     try:
         while True:
             finished = process.poll() is not None
-            relay.relay()
+            on_poll()
             if finished:
-                break
+                return process.returncode
             if run.should_cancel():
                 _stop_process_group(process)
-                raise TrainingCancelled(
-                    "Training was cancelled; the last finished epoch is saved and can be resumed."
-                )
+                raise cancelled()
             time.sleep(POLL_S)
     except BaseException:
         _stop_process_group(process)
         raise
-    if process.returncode != 0:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.is_file() else []
+
+
+def last_log_line(log_path: Path) -> str:
+    lines = log_path.read_text(errors="replace").strip().splitlines() if log_path.is_file() else []
+    return lines[-1] if lines else ""
+
+
+def train_with_torchrun(run: JobRun, config: TrainConfig) -> ModelArtifact:
+    """Train `config` in `run.settings.nproc` processes; returns the artifact rank 0 wrote."""
+    check_gpus(run)
+    folder = run_folder(config.model_name)
+    config_path, events_path, log_path = (
+        folder / "config.json",
+        folder / "events.jsonl",
+        folder / "torchrun.log",
+    )
+    config_path.write_text(config.to_json())
+    events_path.write_text("")
+    run.message(f"Starting {run.settings.nproc} training processes with torchrun.")
+    relay = _EventRelay(run, events_path)
+    status = launch(
+        run,
+        "jobs.train_runner",
+        [str(config_path), str(events_path)],
+        log_path,
+        relay.relay,
+        lambda: TrainingCancelled(
+            "Training was cancelled; the last finished epoch is saved and can be resumed."
+        ),
+    )
+    if status != 0:
+        tail = last_log_line(log_path)
         raise TrainingError(
             relay.error
-            or f"torchrun exited with status {process.returncode}"
-            f"{': ' + tail[0] if tail else ''} (log: {log_path})."
+            or f"torchrun exited with status {status}{': ' + tail if tail else ''} (log: {log_path})."
         )
     return read_artifact(config.out_dir)

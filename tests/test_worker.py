@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,8 +20,11 @@ import pytest
 from sqlalchemy import Engine, select
 
 from core.artifact import read_artifact
+from core.cache import ImageCache
+from core.imaging import read_xray_file
 from core.labels import FINDINGS
 from core.paths import REPO_ROOT, active_model_dir
+from core.predictor import Predictor
 from core.training import STATE_FILE, SettingsError, TrainSettings
 from db import accounts
 from db.__main__ import main as db_main
@@ -30,6 +34,7 @@ from db.models import Image, ModelVersion, Prediction
 from db.registry import get_version, list_versions, promote_version, rollback_version
 from db.reviews import save_review
 from jobs.params import JOB_FINE_TUNE, FineTuneParams, JobParamsError
+from jobs.predict import registry_cache_folder
 from jobs.progress import JobProgress
 from jobs.queue import can_resume, enqueue_fine_tune, enqueue_predict, resume_job
 from jobs.worker import Worker
@@ -350,3 +355,51 @@ def test_promote_and_roll_back_move_the_active_model_pointer(studio, tmp_path, c
     assert active_model_dir().name == "tiny-base"
     with session_scope(engine, read_only=True) as session:
         assert [v.name for v in list_versions(session) if v.is_active] == ["tiny-base"]
+
+
+def _stored(engine: Engine, version_id: int) -> dict[int, list[float]]:
+    with session_scope(engine, read_only=True) as session:
+        rows = session.execute(
+            select(Prediction.image_id, Prediction.probabilities).where(
+                Prediction.model_version_id == version_id
+            )
+        )
+        return {image_id: list(p) for image_id, p in rows}
+
+
+def test_predict_job_reads_the_cache_and_shards_under_torchrun_with_the_same_results(studio) -> None:
+    """The predict job decodes each file once into the image cache; one process and two torchrun ranks
+    store the probabilities the predictor gives on the original files, and a rerun adds no rows."""
+    engine = studio.engine
+    with session_scope(engine) as session:
+        first = enqueue_predict(session).id
+    assert Worker(engine, settings=fast_settings()).run_once() == first
+    job = _job(engine, first)
+    assert job.status == "succeeded", job.error
+    message = JobProgress.from_dict(job.progress).message
+    assert re.search(
+        r"Stored 56 predictions of 'tiny-base' \(0 unreadable\): [\d.]+ images/s on 1 process", message
+    )
+    one_process = _stored(engine, studio.base_id)
+    assert len(one_process) == 56
+    with session_scope(engine, read_only=True) as session:
+        version = get_version(session, studio.base_id)
+        files = dict(session.execute(select(Image.id, Image.path)).all())
+    predictor = Predictor.from_path(version.path, backend="torch", device="cpu")
+    assert len(ImageCache.open(registry_cache_folder(predictor.resize))) == 56
+    some = sorted(files)[:6]
+    direct = predictor.predict([read_xray_file(files[i]).pixels for i in some], check_ood=False)
+    for image_id, prediction in zip(some, direct, strict=True):
+        expected = [prediction.probabilities[f] for f in FINDINGS]
+        assert one_process[image_id] == pytest.approx(expected, abs=1e-5)
+
+    with session_scope(engine) as session:
+        second = enqueue_predict(session).id
+    assert Worker(engine, settings=fast_settings(nproc=2)).run_once() == second
+    job = _job(engine, second)
+    assert job.status == "succeeded", job.error
+    assert "on 2 processes" in JobProgress.from_dict(job.progress).message
+    two_processes = _stored(engine, studio.base_id)
+    assert two_processes.keys() == one_process.keys()  # replaced, not duplicated
+    for image_id, values in one_process.items():
+        assert two_processes[image_id] == pytest.approx(values, abs=1e-5)
