@@ -14,14 +14,18 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
 from core.labels import FINDINGS
-from core.models import CheXNet, ModelInitError, create_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from core.models import CheXNet
+
+# torch, safetensors and core.models are imported where weights are read or written: reading a card
+# (the registry, every page listing models) must not pay for importing torch.
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
@@ -98,6 +102,10 @@ class ModelArtifact:
         return digest.hexdigest()
 
     def load_model(self, device: str | torch.device = "cpu") -> CheXNet:
+        from safetensors.torch import load_file
+
+        from core.models import ModelInitError, create_model
+
         try:
             model = create_model(self.card.get("arch", "densenet121"), num_classes=len(self.labels))
         except ModelInitError as exc:
@@ -148,6 +156,9 @@ def save_artifact(
     model: torch.nn.Module, out_dir: str | Path, card: dict, *, half: bool = True
 ) -> ModelArtifact:
     """Write the artifact atomically: a reader never sees a half-written folder."""
+    import torch
+    from safetensors.torch import save_file
+
     out_dir = Path(out_dir)
     if len(card["labels"]) != model.classifier.out_features:
         raise ArtifactError("The card's labels do not match the model's number of outputs.")
@@ -202,6 +213,10 @@ def import_chexnet_checkpoint(
     checkpoint: str | Path, out_dir: str | Path, *, name: str | None = None
 ) -> ModelArtifact:
     """Convert a public CheXNet `model.pth.tar` (a dict with `state_dict`) into an artifact."""
+    import torch
+
+    from core.models import create_model
+
     checkpoint = Path(checkpoint)
     try:
         raw = torch.load(checkpoint, map_location="cpu", weights_only=True)

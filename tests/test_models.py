@@ -121,3 +121,16 @@ def test_training_mode_matches_torchvision_too(model: CheXNet, batch: torch.Tens
     ours.train(), reference.train()
     torch.testing.assert_close(ours(batch), reference(batch), rtol=0, atol=1e-5)
     torch.testing.assert_close(ours.features.norm5.running_mean, reference.features.norm5.running_mean)
+
+
+def test_pages_that_only_list_models_do_not_import_torch():
+    """Reading a card (the registry, Fine-tune, Models & ROC, Label quality) must not pay torch's import."""
+    code = (
+        "import sys, core.artifact, db.registry, webapp.job_widgets, webapp.admin_data, webapp.dashboards, "
+        "webapp.model_sections, webapp.quality_data; "
+        "core.artifact.read_artifact(core.paths.BUNDLED_MODEL_DIR); print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert out.stdout.strip() == "False"
