@@ -40,6 +40,7 @@ from jobs.run import JobRun
 class PredictionError(UserError, RuntimeError):
     """The sharded prediction failed (one sentence, naming its log)."""
 
+
 WRITE_EVERY = 2_000  # predictions stored per transaction
 
 

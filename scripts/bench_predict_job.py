@@ -71,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "predict_job",
         "backend": args.backend,
-        "cpu": {"model": cpu["model"], "logical_cpus": cpu["logical_cpus"],
-                "features": [name for name, present in cpu["features"].items() if present]},  # fmt: skip
+        "cpu": {
+            "model": cpu["model"],
+            "logical_cpus": cpu["logical_cpus"],
+            "features": [name for name, present in cpu["features"].items() if present],
+        },  # fmt: skip
         "runs": runs,
     }
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

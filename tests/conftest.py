@@ -58,6 +58,4 @@ def no_unexpected_page_errors(caplog):
         for record in caplog.get_records("call")
         if record.levelno >= logging.ERROR and record.getMessage().startswith(UNEXPECTED_LOG_MESSAGE)
     ]
-    assert not crashes, "A page hit an unexpected error:\n" + "\n".join(
-        caplog.text.splitlines()[-40:]
-    )
+    assert not crashes, "A page hit an unexpected error:\n" + "\n".join(caplog.text.splitlines()[-40:])

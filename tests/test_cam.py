@@ -22,8 +22,12 @@ GRID = 7
 def cell_bounds(window: CropWindow, row: int, col: int, grid: int = GRID) -> tuple[float, ...]:
     """(x0, x1, y0, y1) of one CAM cell in original-image pixels."""
     cell = window.side / grid
-    return (window.left + col * cell, window.left + (col + 1) * cell, window.top + row * cell,
-            window.top + (row + 1) * cell)
+    return (
+        window.left + col * cell,
+        window.left + (col + 1) * cell,
+        window.top + row * cell,
+        window.top + (row + 1) * cell,
+    )
 
 
 def assert_peak_in_cell(cam01: np.ndarray, window: CropWindow, row: int, col: int) -> None:
@@ -88,8 +92,14 @@ def test_prediction_cam_uses_the_asked_findings_map():
     for i, label in enumerate(FINDINGS):
         cams[i] = hand_made_cam(*cells[label], seed=i)
     window = crop_window(width, height, 256, 224)
-    prediction = Prediction(labels=FINDINGS, probabilities=dict.fromkeys(FINDINGS, 0.5), positive=[],
-                            cams=cams, image_size=(width, height), window=window)
+    prediction = Prediction(
+        labels=FINDINGS,
+        probabilities=dict.fromkeys(FINDINGS, 0.5),
+        positive=[],
+        cams=cams,
+        image_size=(width, height),
+        window=window,
+    )
     for label in ("Atelectasis", "Effusion", "Hernia"):
         full = prediction.cam(label)
         assert full.shape == (height, width)
@@ -138,8 +148,15 @@ def probe(xray: np.ndarray, tmp_path_factory):
         model.classifier.bias.zero_()
         logits, cams = model.forward_with_cam(x)
     artifact = save_artifact(model, tmp_path_factory.mktemp("probe") / "m", new_card("probe"), half=False)
-    return {"model": model, "maps": maps, "channel": channel, "k": k, "logits": logits[0], "cams": cams[0],
-            "artifact": artifact}
+    return {
+        "model": model,
+        "maps": maps,
+        "channel": channel,
+        "k": k,
+        "logits": logits[0],
+        "cams": cams[0],
+        "artifact": artifact,
+    }
 
 
 def test_cam_of_a_one_hot_row_is_that_feature_channels_map(probe):

@@ -34,8 +34,9 @@ N_SINGLE = 4
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> ModelArtifact:
     torch.manual_seed(0)
-    return save_artifact(create_model(), tmp_path_factory.mktemp("predictor") / "m", new_card("test-random"),
-                         half=False)
+    return save_artifact(
+        create_model(), tmp_path_factory.mktemp("predictor") / "m", new_card("test-random"), half=False
+    )
 
 
 class PerBackend(dict):
@@ -67,12 +68,14 @@ def images(files) -> list[np.ndarray]:
 
 
 # The CheXNet reproduction's evaluation transform, written independently of core.preprocess.
-EVAL_TRANSFORM = transforms.Compose([
-    transforms.Resize(256),
-    transforms.CenterCrop(224),
-    transforms.ToTensor(),
-    transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-])
+EVAL_TRANSFORM = transforms.Compose(
+    [
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +130,9 @@ def test_backend_matches_a_plain_fp32_forward(backend, batched, reference_probab
 
 @pytest.mark.slow
 def test_backends_agree_on_probabilities_and_cams(batched):
-    np.testing.assert_allclose(probabilities(batched["torch"]), probabilities(batched["openvino"]), rtol=0,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        probabilities(batched["torch"]), probabilities(batched["openvino"]), rtol=0, atol=1e-3
+    )
     for ours, theirs in zip(batched["torch"], batched["openvino"], strict=True):
         assert ours.cams.shape == theirs.cams.shape == (len(FINDINGS), 7, 7)
         scale = float(np.abs(ours.cams).max())
@@ -178,8 +182,9 @@ def test_positive_follows_thresholds_edited_on_the_card(artifact, batched, image
 @pytest.mark.parametrize("backend", EACH_BACKEND)
 def test_a_batch_equals_one_image_at_a_time(backend, batched, sequential):
     assert len(batched[backend]) == N_IMAGES  # 6 images in batches of 4: a full and a partial batch
-    np.testing.assert_allclose(probabilities(batched[backend][:N_SINGLE]), probabilities(sequential[backend]),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        probabilities(batched[backend][:N_SINGLE]), probabilities(sequential[backend]), rtol=0, atol=1e-5
+    )
     for together, alone in zip(batched[backend], sequential[backend], strict=False):
         assert together.positive == alone.positive
         np.testing.assert_allclose(together.cams, alone.cams, rtol=1e-4, atol=1e-4)
@@ -234,6 +239,7 @@ def test_the_crop_window_is_where_the_model_input_comes_from():
     # Every bright model pixel maps back into one of the two marks inside the window.
     xs, ys = window.left + (cols + 0.5) * scale, window.top + (rows + 0.5) * scale
     assert (ys > 300 - 2 * scale).all() and (ys < 340 + 2 * scale).all()
+
     def near(low: int, high: int) -> np.ndarray:
         return (xs > low - 2 * scale) & (xs < high + 2 * scale)
 
