@@ -300,3 +300,20 @@ def test_promote_and_roll_back_record_who_and_why(studio) -> None:
         details,
     )
     assert not [text for text in markdown_texts(at) if UNESCAPED_LINK.search(text)]
+
+
+def test_curve_figures_are_built_once_per_set_of_reports() -> None:
+    """A 14-panel grid costs hundreds of milliseconds: reruns reuse it until a report changes."""
+    from webapp.dashboards import ALL_FINDINGS, curve_figure
+
+    def report(auroc: float) -> dict:
+        curves = {f: {"fpr": [0, 0.5, 1], "tpr": [0, auroc, 1], "auroc": auroc} for f in FINDINGS}
+        return {"n_images": 40, "auroc": {f: auroc for f in FINDINGS}, "roc": curves}
+
+    first = curve_figure({"v1": report(0.7)}, "roc", ALL_FINDINGS)
+    assert curve_figure({"v1": report(0.7)}, "roc", ALL_FINDINGS) is first  # an equal set: the same figure
+    assert len(first.data) == 2 * len(FINDINGS)  # chance line + the version's curve per panel
+    again = curve_figure({"v1": report(0.8)}, "roc", ALL_FINDINGS)  # re-evaluated: rebuilt
+    assert again is not first and "0.80" in again.layout.annotations[0].text
+    one = curve_figure({"v1": report(0.7)}, "roc", "Effusion")
+    assert one is not first and one is curve_figure({"v1": report(0.7)}, "roc", "Effusion")

@@ -20,7 +20,7 @@ from webapp.cam_agreement_section import cam_agreement_section  # noqa: E402
 from webapp.dashboards import ALL_FINDINGS, table_height  # noqa: E402
 from webapp.database import engine_or_stop  # noqa: E402
 from webapp.formatting import plain, show_flash  # noqa: E402
-from webapp.model_charts import PLOTLY_CONFIG, curve_grid, curve_overlay  # noqa: E402
+from webapp.model_charts import PLOTLY_CONFIG  # noqa: E402
 
 engine_or_stop()
 
@@ -174,14 +174,13 @@ def curves(reports: dict, kind: str) -> None:
         key=f"{kind}_finding",
         format_func=dashboards.finding_choice_text,
     )
+    figure = dashboards.curve_figure(reports, kind, finding)  # built once per set of reports
     if finding == ALL_FINDINGS:
-        st.plotly_chart(curve_grid(reports, kind), width="stretch", config=PLOTLY_CONFIG, key=f"{kind}_grid")
+        st.plotly_chart(figure, width="stretch", config=PLOTLY_CONFIG, key=f"{kind}_grid")
         st.caption(dashboards.grid_caption(kind))
     else:
         _, middle, _ = st.columns([1, 4, 1])
-        middle.plotly_chart(
-            curve_overlay(reports, finding, kind), width="stretch", config=PLOTLY_CONFIG, key=f"{kind}_one"
-        )
+        middle.plotly_chart(figure, width="stretch", config=PLOTLY_CONFIG, key=f"{kind}_one")
         st.caption("Diamonds: each version's operating threshold.")
 
 
