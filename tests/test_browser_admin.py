@@ -75,11 +75,13 @@ def screenshot(page, name: str, tmp_path: Path) -> None:
 def test_admin_fine_tunes_promotes_and_predict_uses_the_new_model(new_page, admin_app, tmp_path):
     url, studio, worker_log = admin_app
     page = new_page()
-    page.goto(url)
-    page.get_by_role("link", name="Log in").click()
+    page.goto(f"{url}/login")
+    # The server's first page run imports and migrates; on a busy 2-core machine that takes a while.
+    page.get_by_role("textbox", name="Username").wait_for(timeout=180_000)
     page.get_by_role("textbox", name="Username").fill("boss")
     page.get_by_role("textbox", name="Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
+    page.get_by_role("link", name="Log out (boss)").wait_for()
 
     page.get_by_role("link", name="Fine-tune").click()
     page.get_by_text("Training worker").first.wait_for(timeout=30_000)  # the worker announced its CPU
