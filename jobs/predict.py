@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from core import paths
 from core.artifact import read_artifact
@@ -28,13 +26,14 @@ from core.errors import Cancelled, UserError
 from core.predictor import Predictor
 from db import registry
 from db.engine import session_scope
-from db.models import Image, TrainingJob
+from db.models import TrainingJob
 from jobs import torchrun
 from jobs.folders import run_folder
-from jobs.params import JobParamsError, PredictParams
+from jobs.params import PredictParams
 from jobs.predict_shards import ShardSpec, merge_shards, predict_rows, shard_files
 from jobs.progress import ImageCount
 from jobs.run import JobRun
+from jobs.targets import images_with_files, version_or_active
 
 
 class PredictionError(UserError, RuntimeError):
@@ -48,11 +47,6 @@ def registry_cache_folder(size: int) -> Path:
     """One cache of every imported image per size, keyed by its file's path (uploads and datasets alike);
     the size is the model's resize (256 px for CheXNet), so cached pixels are exactly the model's input."""
     return paths.cache_dir() / "images" / f"registry-{size}px"
-
-
-def _images_with_files(session: Session) -> list[tuple[int, str]]:
-    statement = select(Image.id, Image.path).where(Image.path.is_not(None)).order_by(Image.id)
-    return [(image_id, path) for image_id, path in session.execute(statement)]
 
 
 def _cached(
@@ -124,13 +118,10 @@ def _predict_sharded(
 def run_predict(run: JobRun, job: TrainingJob) -> None:
     params = PredictParams.from_dict(job.params)
     with session_scope(run.engine, read_only=True) as session:
-        version = registry.get_version(session, params.version_id) if params.version_id is not None else None
-        version = version or registry.get_active_version(session)
-        if version is None:
-            raise JobParamsError("No model version is active; promote one first.")
+        version = version_or_active(session, params.version_id)
         # A missing or unreadable folder fails the job with the registry's sentence naming the version.
         model_dir = registry.usable_model_dir(version)
-        images = _images_with_files(session)
+        images = images_with_files(session)
         version_id, name = version.id, version.name
     run.update(version=name, force=True)
     artifact = read_artifact(model_dir)

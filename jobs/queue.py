@@ -31,6 +31,7 @@ from jobs.params import (
     PredictParams,
 )
 from jobs.screen import JOB_SCREEN, ScreenParams
+from jobs.targets import version_or_active
 
 RESUMABLE_STATUSES = ("interrupted", "cancelled")
 
@@ -102,10 +103,7 @@ def enqueue_predict(
     session: Session, *, version_id: int | None = None, created_by: User | None = None
 ) -> TrainingJob:
     """Queue storing a version's (default: the active one's) probabilities for every imported image."""
-    version = registry.get_version(session, version_id) if version_id is not None else None
-    version = version or registry.get_active_version(session)
-    if version is None:
-        raise JobParamsError("No model version is active; promote one first.")
+    version = version_or_active(session, version_id)
     if not n_images_with_files(session):
         raise JobParamsError("No images with files have been imported yet.")
     params = PredictParams(version_id=version.id)
@@ -117,10 +115,7 @@ def enqueue_screen(
 ) -> TrainingJob:
     """Queue screening every imported image with a version's (default: the active one's) OOD gate; the
     flagged images become suggested exclusions for review (jobs.screen), none is dropped."""
-    version = registry.get_version(session, version_id) if version_id is not None else None
-    version = version or registry.get_active_version(session)
-    if version is None:
-        raise JobParamsError("No model version is active; promote one first.")
+    version = version_or_active(session, version_id)
     if not n_images_with_files(session):
         raise JobParamsError("No images with files have been imported yet.")
     for job in active_jobs(session, kind=JOB_SCREEN):

@@ -12,17 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from core.errors import Cancelled
-from db import registry
 from db.engine import session_scope
-from db.models import Image, TrainingJob
+from db.models import TrainingJob
 from db.ood_suspects import UNREADABLE, Flag, record_screening
 from jobs.params import JobParamsError
 from jobs.progress import ImageCount
 from jobs.run import JobRun
+from jobs.targets import images_with_files, version_or_active
 
 JOB_SCREEN = "screen_ood"
 BATCH = 16
@@ -57,11 +54,6 @@ class ScreenParams:
         return cls(**values)
 
 
-def _images_with_files(session: Session) -> list[tuple[int, str]]:
-    statement = select(Image.id, Image.path).where(Image.path.is_not(None)).order_by(Image.id)
-    return [(image_id, path) for image_id, path in session.execute(statement)]
-
-
 def _read(path: str):
     """(grey pixels, the file's bytes) of an X-ray file, or the sentence saying why it was refused."""
     from pathlib import Path
@@ -83,11 +75,8 @@ def run_screen(run: JobRun, job: TrainingJob) -> None:
 
     params = ScreenParams.from_dict(job.params)
     with session_scope(run.engine, read_only=True) as session:
-        version = registry.get_version(session, params.version_id) if params.version_id is not None else None
-        version = version or registry.get_active_version(session)
-        if version is None:
-            raise JobParamsError("No model version is active; promote one first.")
-        images = _images_with_files(session)
+        version = version_or_active(session, params.version_id)
+        images = images_with_files(session)
         version_id, name, model_dir = version.id, version.name, version.path
     device = None if run.settings.device == "auto" else run.settings.device
     predictor = Predictor.from_path(model_dir, backend=run.settings.eval_backend, device=device)
