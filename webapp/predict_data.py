@@ -28,7 +28,7 @@ from db.reviews import account_by_id
 from webapp.database import session
 from webapp.formatting import plain, pretty, when_text
 from webapp.predict_charts import fixed_scale_cam
-from webapp.upload_slots import upload_slot, upload_slot_for_later
+from webapp.upload_slots import upload_slot, upload_slots_for_later
 
 INTENDED_USE = "Research use only — not for diagnosis."
 AdminPoints = dict[str, OperatingPoint]  # the thresholds an admin set for the served version, by finding
@@ -71,10 +71,10 @@ def full_resolution_overlay(data: bytes, prediction: Prediction, finding: str, o
                             fixed_scale: bool) -> Callable[[], bytes]:  # fmt: skip
     """A download's data: the overlay at the upload's own resolution as PNG, rendered only when asked
     for (on its own thread, holding an upload slot)."""
-    slot = upload_slot_for_later()
+    slots = upload_slots_for_later()
 
     def render() -> bytes:
-        with slot():
+        with slots:
             pixels = read_xray(data).pixels
             cam = fixed_scale_cam(prediction, finding) if fixed_scale else prediction.cam(finding)
             return png_bytes(render_overlay(pixels, cam, opacity))

@@ -8,8 +8,8 @@ wait their turn, saying so.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import streamlit as st
 
@@ -36,14 +36,7 @@ def upload_slot() -> Iterator[None]:
         slots.release()
 
 
-def upload_slot_for_later() -> Callable[[], AbstractContextManager[None]]:
+def upload_slots_for_later() -> threading.BoundedSemaphore:
     """For work done after the script run, on another thread (a download's data): the same slots, taken
-    here because Streamlit's caches are only reachable from a script run; waiting shows nothing."""
-    slots = _slots()
-
-    @contextmanager
-    def hold() -> Iterator[None]:
-        with slots:
-            yield
-
-    return hold
+    here because Streamlit's caches are only reachable from a script run. `with` it; waiting shows nothing."""
+    return _slots()
