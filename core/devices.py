@@ -4,6 +4,8 @@ importing this module (e.g. for a CLI's --help) stays instant."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.errors import UserError
@@ -12,6 +14,20 @@ if TYPE_CHECKING:
     import torch
 
     from core.distributed import DistInfo
+
+
+# Device nodes of the GPU drivers PyTorch can use (NVIDIA, AMD ROCm, WSL's GPU paravirtualisation).
+_GPU_DRIVER_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
+def cuda_available() -> bool:
+    """`torch.cuda.is_available()`, answered without importing torch (~2.5 s) on a machine that has no
+    GPU driver at all."""
+    if "torch" not in sys.modules and not any(Path(node).exists() for node in _GPU_DRIVER_NODES):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class DeviceError(UserError, RuntimeError):

@@ -25,13 +25,16 @@ import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from core.errors import UserError
 from core.preprocess import resize_shorter_side_center_crop
+
+if TYPE_CHECKING:
+    from core.artifact import ModelArtifact
 
 FORMAT = 1
 FEATURE_TRANSFORM = "log1p"
@@ -483,3 +486,15 @@ def _unpack(packed: dict[str, Any]) -> np.ndarray:
     raw = base64.b64decode(packed["base64"], validate=True)
     values = np.frombuffer(raw, dtype=np.dtype(packed["dtype"])).reshape(packed["shape"])
     return values.astype(np.float64 if values.dtype != np.float32 else np.float32)
+
+
+def stored_gate(artifact: ModelArtifact, weights_digest: str | None = None) -> OodGate | None:
+    """The artifact's gate, or None when it has none or it was fitted for other weights.
+
+    `weights_digest`: the artifact's, when the caller has it already (hashing the weights takes a while).
+    """
+    gate = gate_from_card(artifact.card)
+    if gate is None:
+        return None
+    fitted_for = gate.info.get("weights_sha256")
+    return gate if fitted_for in (None, weights_digest or artifact.weights_digest()) else None

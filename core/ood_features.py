@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from core.artifact import ArtifactError, ModelArtifact, read_artifact
-from core.ood import OodError, OodGate, OodResult, check_image, colourfulness, gate_from_card
+from core.ood import OodError, OodGate, OodResult, check_image, colourfulness, stored_gate
 from core.prefetch import prefetch_map
 from core.preprocess import model_input
 
@@ -33,6 +33,17 @@ def forward_with_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torc
     logits = model.classifier(pooled)
     cams = torch.einsum("bfhw,cf->bchw", maps, model.classifier.weight)
     return logits, cams, pooled
+
+
+class FeatureOutputs(torch.nn.Module):
+    """`model` with `forward_with_features` as its forward: the graph OpenVINO traces (core.ov_backend)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return forward_with_features(self.model, x)
 
 
 def pooled_features(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
@@ -141,18 +152,6 @@ def fit_gate(
         features, images, groups=ds.entries.loc[kept, "patient_id"].tolist(), resize=extractor.resize,
         crop=extractor.crop, seed=seed, source=info,
     )  # fmt: skip
-
-
-def stored_gate(artifact: ModelArtifact, weights_digest: str | None = None) -> OodGate | None:
-    """The artifact's gate, or None when it has none or it was fitted for other weights.
-
-    `weights_digest`: the artifact's, when the caller has it already (hashing the weights takes a while).
-    """
-    gate = gate_from_card(artifact.card)
-    if gate is None:
-        return None
-    fitted_for = gate.info.get("weights_sha256")
-    return gate if fitted_for in (None, weights_digest or artifact.weights_digest()) else None
 
 
 def screen_files(

@@ -22,18 +22,21 @@ import hashlib
 import json
 import queue
 import statistics
+import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from core import file_cache
 from core.cpu_info import cpu_description
-from core.ood_features import forward_with_features
+
+if TYPE_CHECKING:  # torch is imported only to convert a model that is not cached yet
+    import torch
 
 __all__ = ["BF16_MAX_TIME_RATIO", "MAX_PROBABILITY_DIFFERENCE", "OpenVinoBackend", "choose_precision"]
 
@@ -60,16 +63,14 @@ def choose_precision(fp32_ms: float, bf16_ms: float, max_difference: float) -> t
     )
 
 
-class _CamOutputs(torch.nn.Module):
-    """Logits, CAMs and pooled features (core.ood_features.forward_with_features) as a plain forward,
-    for tracing into OpenVINO."""
+def import_openvino():
+    """The openvino module, with its usage telemetry off. Importing openvino otherwise sends an event to
+    Google Analytics from a child process (~0.3 s, retried offline), and nothing should leave a hospital's
+    machine unasked; with `openvino_telemetry` unimportable, openvino uses its own no-op stub."""
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
 
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return forward_with_features(self.model, x)
+    return openvino
 
 
 def _config(precision: str, threads: int | None) -> dict:
@@ -114,7 +115,7 @@ class OpenVinoBackend:
     ):
         """`model` may be a function that loads it: then it is only called when nothing usable is cached.
         `threads`: inference threads (None: OpenVINO's choice, all cores)."""
-        import openvino as ov
+        ov = import_openvino()
 
         if precision not in ("auto", "f32", "bf16"):
             raise ValueError(f"Unknown precision '{precision}': use auto, f32 or bf16.")
@@ -287,6 +288,8 @@ class OpenVinoBackend:
                     return self._ir
                 except Exception:  # noqa: BLE001 - checked bytes OpenVINO cannot parse: rebuild them
                     file_cache.discard(path)
+        import torch
+
         model = self._model if isinstance(self._model, torch.nn.Module) else self._model()
         self._ir = self._convert(model, self._crop)
         self.ir_source = "converted"
@@ -298,13 +301,16 @@ class OpenVinoBackend:
 
     @staticmethod
     def _convert(model: torch.nn.Module, crop: int):
-        import openvino as ov
+        ov = import_openvino()
+        import torch
+
+        from core.ood_features import FeatureOutputs
 
         example = torch.zeros(1, 3, crop, crop)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # OpenVINO traces with torch.jit internally
             return ov.convert_model(
-                _CamOutputs(model.float().eval()),
+                FeatureOutputs(model.float().eval()),
                 example_input=example,
                 input=[ov.PartialShape([-1, 3, crop, crop])],
             )

@@ -18,22 +18,22 @@ grey pixels alone.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from core import settings
 from core.artifact import ArtifactError, ModelArtifact, read_artifact
 from core.cam import cam_to_image
-from core.ood import OodError, OodGate, OodResult, check_image, colourfulness
-from core.ood_features import forward_with_features, stored_gate
-from core.ov_backend import OpenVinoBackend
+from core.devices import cuda_available
+from core.ood import OodError, OodGate, OodResult, check_image, colourfulness, stored_gate
+from core.ov_backend import OpenVinoBackend, import_openvino
 from core.preprocess import CropWindow, crop_window, model_input
 
-__all__ = ["OpenVinoBackend", "Prediction", "Predictor", "TorchBackend", "openvino_available"]
+__all__ = ["OpenVinoBackend", "Prediction", "Predictor", "openvino_available"]
 
 
 @dataclass
@@ -64,30 +64,16 @@ class Prediction:
         return max(self.probabilities, key=self.probabilities.__getitem__)
 
 
-class TorchBackend:
-    name = "torch"
-
-    def __init__(self, model: torch.nn.Module, device: torch.device):
-        self.device = device
-        self.model = model.to(device, memory_format=torch.channels_last).eval()
-        self.info = {"name": self.name, "device": str(device), "precision": "f32"}
-
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(logits [B, C], CAMs [B, C, h, w], pooled features [B, D]) of a model-input batch, one pass."""
-        with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-            outputs = forward_with_features(self.model, x)
-            return tuple(t.float().cpu().numpy() for t in outputs)  # type: ignore[return-value]
-
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, CAMs) only, for callers that need no features (the benchmark)."""
-        logits, cams, _ = self.run(batch)
-        return logits, cams
+def inference_threads() -> int:
+    """PyTorch's thread count (torch.set_num_threads, else OMP_NUM_THREADS, else every core), without
+    importing torch when nothing has yet."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else settings.compute_threads()
 
 
 def openvino_available() -> bool:
     try:
-        import openvino  # noqa: F401
+        import_openvino()
     except ImportError:
         return False
     return True
@@ -103,23 +89,23 @@ class Predictor:
         spec = artifact.input_spec
         self.resize = int(spec.get("resize_shorter_side", 256))
         self.crop = int(spec.get("crop", 224))
-        torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = device or ("cuda" if cuda_available() else "cpu")
         digest = artifact.weights_digest() if backend != "torch" or artifact.card.get("ood") else None
         try:
             self.ood_gate: OodGate | None = stored_gate(artifact, digest)
         except OodError as exc:  # a damaged gate is a damaged card: said, never skipped silently
             raise ArtifactError(f"The model in {artifact.path} cannot be used: {exc}") from exc
         if backend == "auto":
-            backend = "openvino" if torch_device.type == "cpu" and openvino_available() else "torch"
+            backend = "openvino" if str(device).startswith("cpu") and openvino_available() else "torch"
         if backend == "openvino":
-            # The PyTorch model is only loaded if nothing usable is cached (it is then traced once).
-            # OpenVINO takes as many threads as PyTorch is set to (OMP_NUM_THREADS, torch.set_num_threads):
-            # one setting for both on a shared CPU.
+            # The PyTorch model is only loaded (and torch imported) if nothing usable is cached; it is
+            # then traced once. OpenVINO takes as many threads as PyTorch would: one setting for both.
             self.backend = OpenVinoBackend(lambda: artifact.load_model("cpu"), self.crop,
-                                           cache_key=digest,
-                                           threads=torch.get_num_threads())  # fmt: skip
+                                           cache_key=digest, threads=inference_threads())  # fmt: skip
         elif backend == "torch":
-            self.backend = TorchBackend(artifact.load_model("cpu"), torch_device)
+            from core.torch_backend import TorchBackend
+
+            self.backend = TorchBackend(artifact.load_model("cpu"), device)
         else:
             raise ValueError(f"Unknown inference backend '{backend}': use auto, torch or openvino.")
 

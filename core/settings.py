@@ -53,6 +53,9 @@ CHEXNET_UPLOAD_SLOTS = EnvVar(
     "2",
     "Uploads the web server decodes and predicts at once; more wait their turn (bounds its memory).",
 )
+OMP_NUM_THREADS = EnvVar(
+    "OMP_NUM_THREADS", "", "Threads of PyTorch and OpenVINO inference and training; empty: every core."
+)
 # Set by torchrun for each rank; read, never set, by the app.
 RANK = EnvVar("RANK", "", "torchrun: this process's rank (set by torchrun, not by hand).")
 WORLD_SIZE = EnvVar("WORLD_SIZE", "1", "torchrun: number of processes (set by torchrun).")
@@ -70,6 +73,7 @@ ALL = (
     CHEXNET_BIND,
     CHEXNET_INFERENCE_BACKEND,
     CHEXNET_UPLOAD_SLOTS,
+    OMP_NUM_THREADS,
     RANK,
     WORLD_SIZE,
     LOCAL_RANK,
@@ -124,6 +128,16 @@ def upload_slots() -> int:
         return max(1, int(read(CHEXNET_UPLOAD_SLOTS)))
     except ValueError:
         return 2
+
+
+def compute_threads() -> int:
+    """The threads PyTorch starts with: OMP_NUM_THREADS when it is a positive number, else every core
+    this process may run on."""
+    try:
+        threads = int(read(OMP_NUM_THREADS))
+    except ValueError:
+        threads = 0
+    return threads if threads > 0 else len(os.sched_getaffinity(0))
 
 
 def bind_address() -> str:

@@ -34,6 +34,16 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def numba_kernels() -> None:
+    """Tests of the numba fast paths: compile them even where a web module turned that off (core.jit)."""
+    from core import jit
+
+    previous = jit.compile_on_first_use(True)
+    yield
+    jit.compile_on_first_use(previous)
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """The real NIH ChestX-ray14 sample that lies beside the repository."""

@@ -21,6 +21,8 @@ from core.imaging import ImageRejected, read_xray
 from core.paths import REPO_ROOT
 from tests.test_imaging import _mutations, png_chunk
 
+pytestmark = pytest.mark.usefixtures("numba_kernels")
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

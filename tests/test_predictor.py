@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,9 +25,10 @@ from core.ood import COLOUR_REASON, UNIFORM_REASON, OodGate, OodResult
 from core.ood_features import pooled_features
 from core.ood_probes import blank_probes, photo_probes
 from core.ov_backend import OUTPUTS_TAG, choose_precision
-from core.paths import cache_dir
-from core.predictor import OpenVinoBackend, Prediction, Predictor, TorchBackend
+from core.paths import REPO_ROOT, cache_dir
+from core.predictor import OpenVinoBackend, Prediction, Predictor
 from core.preprocess import crop_window, model_input
+from core.torch_backend import TorchBackend
 
 # Compiling for OpenVINO takes ~10 s of CPU: its tests are marked slow (and nothing else triggers it).
 EACH_BACKEND = ["torch", pytest.param("openvino", marks=pytest.mark.slow)]
@@ -332,6 +337,28 @@ def test_auto_picks_openvino_on_cpu_and_reuses_the_compiled_cache(artifact, pred
     assert not leftovers(cache_dir() / "openvino")
 
 
+@pytest.mark.slow
+def test_serving_from_the_openvino_cache_never_imports_torch(artifact, predictors, files):
+    # A web process's first page run: importing torch would cost ~2.5 s and ~300 MB for nothing.
+    expected = predictors["openvino"].predict_one(read_xray_file(files[0]).pixels).probabilities
+    script = (
+        "import json, sys\n"
+        "from core.imaging import read_xray_file\n"
+        "from core.predictor import Predictor\n"
+        f"predictor = Predictor.from_path({str(artifact.path)!r}, backend='auto', device='cpu')\n"
+        f"prediction = predictor.predict_one(read_xray_file({str(files[0])!r}).pixels)\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'probabilities': prediction.probabilities,\n"
+        "                  'from': predictor.backend_info['compiled_from']}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, check=True
+    )
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["from"] == "cache"
+    assert answer["torch"] is False
+    assert answer["probabilities"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_without_a_backend_the_server_setting_decides(artifact, predictors, monkeypatch):
     monkeypatch.setenv("CHEXNET_INFERENCE_BACKEND", "torch")
     assert isinstance(Predictor(artifact, device="cpu").backend, TorchBackend)
@@ -427,3 +454,18 @@ def test_the_torch_backend_says_what_it_runs(predictors):
 def test_an_unknown_backend_is_refused(artifact):
     with pytest.raises(ValueError, match="Unknown inference backend 'tensorrt'"):
         Predictor(artifact, backend="tensorrt", device="cpu")
+
+
+def test_openvino_sends_no_telemetry(tmp_path):
+    # openvino_telemetry writes a client id under ~/intel before it sends; with it blocked, nothing is.
+    script = (
+        "import sys\n"
+        "from core.ov_backend import import_openvino\n"
+        "ov = import_openvino()\n"
+        "ov.Core().get_property('CPU', 'FULL_DEVICE_NAME')\n"
+        "import openvino.tools.ovc\n"
+        "assert sys.modules['openvino_telemetry'] is None\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, timeout=120, check=True)
+    assert list(tmp_path.iterdir()) == []

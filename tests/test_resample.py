@@ -15,6 +15,8 @@ from core.paths import REPO_ROOT
 from core.preprocess import model_input, resize_shorter_side_center_crop
 from core.resample import bilinear_resize_window
 
+pytestmark = pytest.mark.usefixtures("numba_kernels")
+
 
 def pillow_resize(square: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(
@@ -93,3 +95,23 @@ def test_without_numba_pillow_gives_the_same_window():
     )
     square = np.random.default_rng(3).integers(0, 256, (1000, 1000), dtype=np.uint8)
     assert process.stdout == bilinear_resize_window(square, 256, 16, 240).tobytes()
+
+
+def test_a_web_process_never_waits_for_numba_and_sees_the_same_pixels(full_resolution_images):
+    # Importing webapp turns compiling off (core.jit): decoding and resizing take Pillow's path.
+    path = str(full_resolution_images[0])
+    script = (
+        "import sys\n"
+        "import webapp\n"
+        "from core.imaging import read_xray_file\n"
+        "from core.preprocess import model_input\n"
+        f"pixels = read_xray_file({path!r}).pixels\n"
+        "batch = model_input(pixels, 256, 224)\n"
+        "assert 'numba' not in sys.modules, 'the web process imported numba'\n"
+        "sys.stdout.buffer.write(pixels.tobytes() + batch.tobytes())\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, cwd=REPO_ROOT, timeout=120, check=True
+    )
+    pixels = read_xray_file(path).pixels
+    assert process.stdout == pixels.tobytes() + model_input(pixels, 256, 224).tobytes()
