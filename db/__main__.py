@@ -8,9 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from core.console import run_command
 from db.account_cli import add_commands as add_account_commands
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from db.models import User
 
 
 def _progress_bar(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
@@ -80,6 +86,77 @@ def _cmd_register(args: argparse.Namespace) -> int:
     with session_scope(args.database_url) as session:
         version = register_existing_model(session, Path(args.model_dir).expanduser())
         print(f"Registered {version.name!r} (version id {version.id}) from {version.path}.", flush=True)
+    return 0
+
+
+def _acting_admin(session: Session, username: str | None) -> User | None:
+    """The admin named by --by (None when omitted: the event is recorded as made on the command line)."""
+    from db.accounts import get_user
+    from db.errors import NotAllowedError, NotFoundError
+
+    if username is None:
+        return None
+    user = get_user(session, username)
+    if user is None:
+        raise NotFoundError(f"There is no user named {username!r}.")
+    if user.role != "admin" or not user.active:
+        state = "not an admin" if user.role != "admin" else "a deactivated account"
+        raise NotAllowedError(f"{user.username!r} is {state}; only an active admin may promote or roll back.")
+    return user
+
+
+def _version_ref(session: Session, text: str) -> int | str:
+    """A version's name, or its id when the text is a number that is no version's name."""
+    from db.registry import name_taken
+
+    return int(text) if text.isdigit() and not name_taken(session, text) else text
+
+
+def _reason(args: argparse.Namespace) -> str:
+    return args.reason if args.reason.strip() else ""  # blank: no reason, as on the Models page
+
+
+def _serving_line(name: str, version_id: int, replaced: str | None, what: str, by: str | None) -> str:
+    replacing = f", replacing {replaced!r}" if replaced else ""
+    from core.settings import model_override
+
+    who = f"by {by}" if by else "from the command line"
+    line = f"Now serving {name!r} (version id {version_id}{replacing}); recorded as {what} {who}."
+    override = model_override()
+    if override is not None:  # it wins over the registry wherever it is set
+        line += f" Note: CHEXNET_MODEL is set here, so processes with it serve {override} instead."
+    return line
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from db.engine import session_scope
+    from db.registry import get_active_version, get_version, promote_version
+
+    with session_scope(args.database_url) as session:
+        by = _acting_admin(session, args.by)
+        target = get_version(session, _version_ref(session, args.version))
+        if target.is_active:
+            print(f"{target.name!r} (version id {target.id}) is already the served model; nothing changed.")
+            return 0
+        active = get_active_version(session)
+        replaced = active.name if active is not None else None
+        promoted = promote_version(session, target.id, by=by, reason=_reason(args))
+        line = _serving_line(promoted.name, promoted.id, replaced, "promoted", by.username if by else None)
+    print(line)  # after the commit: the promotion (and the ACTIVE pointer) now holds
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from db.engine import session_scope
+    from db.registry import get_active_version, rollback_version
+
+    with session_scope(args.database_url) as session:
+        by = _acting_admin(session, args.by)
+        active = get_active_version(session)
+        replaced = active.name if active is not None else None
+        back = rollback_version(session, by=by, reason=_reason(args))
+        line = _serving_line(back.name, back.id, replaced, "a roll back", by.username if by else None)
+    print(line)
     return 0
 
 
@@ -166,6 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     register.add_argument("model_dir")
     register.set_defaults(run=_cmd_register)
+
+    promote = commands.add_parser(
+        "promote", help="make a registered version the served model (recorded with who and why)"
+    )
+    promote.add_argument("version", help="the version's name (or its id)")
+    promote.add_argument("--by", required=True, metavar="USERNAME", help="the admin doing it")
+    promote.add_argument("--reason", default="", help="why (kept in the promotion history)")
+    promote.set_defaults(run=_cmd_promote)
+
+    rollback = commands.add_parser(
+        "rollback", help="serve the version promoted before the active one again (one step back)"
+    )
+    rollback.add_argument(
+        "--by", metavar="USERNAME", help="the admin doing it (default: recorded as the command line)"
+    )
+    rollback.add_argument("--reason", default="", help="why (kept in the promotion history)")
+    rollback.set_defaults(run=_cmd_rollback)
 
     importer = commands.add_parser("import", help="import a ChestX-ray14 folder (idempotent)")
     importer.add_argument("dataset_dir")

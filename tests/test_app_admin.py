@@ -125,6 +125,7 @@ def test_admin_queues_a_fine_tune_sees_its_result_then_promotes_and_rolls_back(s
 
     button(models, "Roll back").click()
     models.run()
+    models.button(key="confirm_rollback").click().run()
     assert not models.exception
     assert "tiny-base is active again" in texts(models)
     with session_scope(studio.engine, read_only=True) as session:
@@ -221,6 +222,12 @@ def test_first_start_import_registers_the_demo_model_and_queues_its_evaluation(
             [job] = list_jobs(session)
             assert job.kind == "evaluate" and job.params["version_id"] == version.id
             assert job.params["data_dir"] == str(synthetic_data)
+        button(at, "Queue predictions").click()  # for the review queue's "model disagrees most"
+        at.run()
+        assert not at.exception and "Job #2 queued: store predictions of the active model." in texts(at)
+        with session_scope(url, read_only=True) as session:
+            predict = next(j for j in list_jobs(session) if j.kind == "predict")
+            assert predict.created_by_id == admin_id and predict.params["version_id"] == version.id
     finally:
         dispose_engine(url)
 

@@ -23,7 +23,13 @@ from db.engine import dispose_engine, session_scope
 from db.jobs import list_jobs
 from db.models import Image, User
 from db.references import list_references
-from db.registry import get_active_version, list_versions, register_existing_model
+from db.registry import (
+    get_active_version,
+    list_versions,
+    promote_version,
+    register_existing_model,
+    registry_events,
+)
 from jobs.worker import Worker
 from tests.admin_helpers import fast_settings, make_studio, synthetic_dataset, tiny_model
 from webapp.auth import SessionUser
@@ -139,9 +145,12 @@ def test_promote_confirms_with_a_paired_comparison_and_roll_back_walks_back(stud
 
     # A -> B -> C, roll back -> B, roll back -> A, then nowhere to go: no toggling.
     at.button(key="rollback").click().run()
+    assert_views_agree(at, studio, "third")  # asked, not done
+    at.button(key="confirm_rollback").click().run()
     assert f"{plain(IMPORTED_NAME)} is active again (rolled back)" in at.success[0].value
     assert_views_agree(at, studio, IMPORTED_NAME)
     at.button(key="rollback").click().run()
+    at.button(key="confirm_rollback").click().run()
     assert "tiny-base is active again (rolled back)" in at.success[0].value
     assert_views_agree(at, studio, "tiny-base")
     assert at.button(key="rollback").disabled
@@ -277,13 +286,14 @@ def test_promote_and_roll_back_record_who_and_why(studio) -> None:
     at = open_page(studio)
     imported = version_id(studio, IMPORTED_NAME)
     at.selectbox(key="registry_version").set_value(imported).run()
-    reason = "Better on [effusion](https:evil.example)"
-    at.text_input(key="registry_action_reason").set_value(reason)
     at.button(key="promote").click().run()
+    reason = "Better on [effusion](https:evil.example)"
+    at.text_input(key="promote_reason").set_value(reason)  # typed in the confirm step itself
     at.button(key="confirm_promote").click().run()
     assert not at.exception and not at.error
-    assert at.text_input(key="registry_action_reason").value == ""  # used once, then cleared
+    assert not [t for t in at.text_input if t.key == "promote_reason"]  # the confirm step is done
     at.button(key="rollback").click().run()
+    at.button(key="confirm_rollback").click().run()
     assert "tiny-base is active again (rolled back)" in at.success[0].value
 
     events = _frame_with(at, "replacing")
@@ -300,6 +310,56 @@ def test_promote_and_roll_back_record_who_and_why(studio) -> None:
         details,
     )
     assert not [text for text in markdown_texts(at) if UNESCAPED_LINK.search(text)]
+
+
+def _confirm_steps_page() -> None:
+    """The registry's confirm steps alone, under a button that asks for a roll back."""
+    import streamlit as st
+
+    from webapp import admin_data, model_sections
+    from webapp.formatting import show_flash
+
+    show_flash()
+    if st.button("Roll back", key="ask_rollback"):
+        model_sections.ask_to_roll_back()
+        st.rerun()
+    model_sections.confirm_step(admin_data.load_versions())
+
+
+def test_roll_back_records_the_reason_typed_in_its_confirm_step(studio) -> None:
+    with session_scope(studio.engine) as session:
+        promote_version(session, IMPORTED_NAME)
+    at = AppTest.from_function(_confirm_steps_page, default_timeout=60)
+    at.session_state["user"] = SessionUser(studio.admin_id, "boss", "admin")
+    at.run()
+    assert not at.exception and not at.text_input  # nothing asked, nothing to confirm
+    at.button(key="ask_rollback").click().run()
+    question = f"**Roll back to tiny-base?** It was active before, replacing {plain(IMPORTED_NAME)};"
+    assert any(m.value.startswith(question) for m in at.markdown)
+    at.button(key="cancel_rollback").click().run()
+    assert not at.text_input and get_active_name(studio) == IMPORTED_NAME
+
+    at.button(key="ask_rollback").click().run()
+    reason = "Misses [nodules](https:evil.example) the old one found"
+    at.text_input(key="rollback_reason").set_value(reason)
+    at.button(key="confirm_rollback").click().run()
+    assert not at.exception and not at.error
+    assert "tiny-base is active again (rolled back)" in at.success[0].value
+    assert not at.text_input and get_active_name(studio) == "tiny-base"
+    with session_scope(studio.engine, read_only=True) as session:
+        latest = registry_events(session)[0]
+    assert (latest.action, latest.version, latest.previous, latest.by, latest.reason) == (
+        "rollback",
+        "tiny-base",
+        IMPORTED_NAME,
+        "boss",
+        reason,
+    )
+
+
+def get_active_name(studio) -> str:
+    with session_scope(studio.engine, read_only=True) as session:
+        return get_active_version(session).name
 
 
 def test_curve_figures_are_built_once_per_set_of_reports() -> None:

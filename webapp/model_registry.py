@@ -2,8 +2,9 @@
 the promotion history, queue an evaluation, add a reference comparator) and how it describes one version.
 Each action ends in a flash message for the rerun that follows its button.
 
-Promote and Roll back record the admin who clicked and the optional reason typed in `reason_input`
-(db.registry's registry events); a version's details say who promoted it, when and why.
+Promote and Roll back record the admin who clicked and the optional reason typed in their confirm step
+(webapp.model_sections; db.registry's registry events); a version's details say who promoted it, when
+and why.
 
 Version names, paths, notes, usernames and reasons are shown escaped: they come from people and model
 folders.
@@ -37,23 +38,9 @@ TRAINING_SETTINGS = [
 ]
 
 
-ACTION_REASON = "registry_action_reason"  # session key: the optional reason for Promote / Roll back
-
-
-def reason_input() -> None:
-    """The optional reason recorded with the next Promote or Roll back (cleared once one succeeds)."""
-    st.text_input(
-        "Reason for the next Promote or Roll back (optional)",
-        key=ACTION_REASON,
-        max_chars=500,
-        help="Recorded with your name and the time in the promotion history below.",
-    )
-
-
-def _switch(action: Callable[[Any, User | None, str], Any], done: str) -> None:
+def _switch(action: Callable[[Any, User | None, str], Any], done: str, reason: str) -> None:
     """Run a registry action (session, acting user, reason) that returns the version now active, and say
     which one it is."""
-    reason = str(st.session_state.get(ACTION_REASON) or "")
     acting = current_user()
     try:
         with session() as db_session:
@@ -62,7 +49,6 @@ def _switch(action: Callable[[Any, User | None, str], Any], done: str) -> None:
     except UserError as exc:
         flash("error", plain(exc))
     else:
-        st.session_state.pop(ACTION_REASON, None)  # before the input is drawn in this run: allowed
         flash("success", f"{plain(name)} {done}. The Predict page uses it from its next run.")
 
 
@@ -83,20 +69,23 @@ def cancel_promotion() -> None:
     st.session_state.pop(PENDING_PROMOTION, None)
 
 
-def promote(version_id: int) -> None:
-    """The confirmed promotion."""
+def promote(version_id: int, reason: str = "") -> None:
+    """The confirmed promotion, with the reason typed in its confirm step."""
     cancel_promotion()
     _switch(
-        lambda db_session, by, reason: promote_version(db_session, version_id, by=by, reason=reason),
+        lambda db_session, by, why: promote_version(db_session, version_id, by=by, reason=why),
         "is now the active model",
+        reason,
     )
 
 
-def roll_back() -> None:
+def roll_back(reason: str = "") -> None:
+    """The confirmed roll back, with the reason typed in its confirm step."""
     cancel_promotion()
     _switch(
-        lambda db_session, by, reason: rollback_version(db_session, by=by, reason=reason),
+        lambda db_session, by, why: rollback_version(db_session, by=by, reason=why),
         "is active again (rolled back)",
+        reason,
     )
 
 

@@ -1,5 +1,9 @@
-"""Parts of the Models & ROC page: the promotion's confirm step, the paired comparison, calibration,
-subgroups and the reference comparators (the page file keeps the layout, these draw one part each)."""
+"""Parts of the Models & ROC page: the confirm steps of a promotion and of a roll back, the paired
+comparison, calibration, subgroups and the reference comparators (the page file keeps the layout, these
+draw one part each).
+
+A confirm step holds the optional reason, so the reason recorded is the one typed where the admin
+confirms that very action (never one left in a field for some later action)."""
 
 from __future__ import annotations
 
@@ -72,13 +76,66 @@ def promote_confirmation(candidate: VersionInfo, active: VersionInfo | None) -> 
                             "No finding is significantly worse than the active version (Holm p < 0.05)."
                         )
                     comparison_table(result, active.name, candidate.name)
+        reason = _reason_input("promote_reason")
         left, right, _ = st.columns([2, 1, 3])
         if left.button("Confirm promotion", key="confirm_promote", type="primary", width="stretch"):
-            model_registry.promote(candidate.id)
+            model_registry.promote(candidate.id, reason)
             st.rerun()
         if right.button("Cancel", key="cancel_promote", width="stretch"):
             model_registry.cancel_promotion()
             st.rerun()
+
+
+PENDING_ROLLBACK = "rollback_pending"  # session key: Roll back was pressed, its confirm step is shown
+
+
+def ask_to_roll_back() -> None:
+    """Roll back asks first, like Promote (one confirm step at a time)."""
+    model_registry.cancel_promotion()
+    st.session_state[PENDING_ROLLBACK] = True
+
+
+def confirm_step(versions: list[VersionInfo]) -> None:
+    """The confirm step of the promotion or roll back waiting for its Confirm, if one is."""
+    active = next((v for v in versions if v.is_active), None)
+    candidate = model_registry.pending_promotion(versions)
+    if candidate is not None:
+        st.session_state.pop(PENDING_ROLLBACK, None)  # Promote was pressed after Roll back
+        promote_confirmation(candidate, active)
+        return
+    target = model_registry.rollback_target(versions) if st.session_state.get(PENDING_ROLLBACK) else None
+    if target is None:
+        st.session_state.pop(PENDING_ROLLBACK, None)
+    else:
+        rollback_confirmation(target, active)
+
+
+def rollback_confirmation(target: VersionInfo, active: VersionInfo | None) -> None:
+    """Roll back's confirm step: which version comes back, which one it replaces, and the reason."""
+    with st.container(border=True, key="rollback_confirmation"):
+        replaces = f", replacing {plain(active.name)}" if active is not None else ""
+        st.markdown(
+            f"**Roll back to {plain(target.name)}?** It was active before{replaces}; the Predict page and "
+            "the review queue then use it."
+        )
+        reason = _reason_input("rollback_reason")
+        left, right, _ = st.columns([2, 1, 3])
+        if left.button("Confirm roll back", key="confirm_rollback", type="primary", width="stretch"):
+            st.session_state.pop(PENDING_ROLLBACK, None)
+            model_registry.roll_back(reason)
+            st.rerun()
+        if right.button("Cancel", key="cancel_rollback", width="stretch"):
+            st.session_state.pop(PENDING_ROLLBACK, None)
+            st.rerun()
+
+
+def _reason_input(key: str) -> str:
+    return st.text_input(
+        "Reason (optional)",
+        key=key,
+        max_chars=500,
+        help="Recorded with your name and the time in the promotion history.",
+    )
 
 
 def paired_comparison(versions: list[VersionInfo], labels: str, split: str) -> None:

@@ -1,7 +1,7 @@
 """Models & ROC, for the version picked in the registry (admins only, like the page): the threshold each
 finding uses and where it comes from (the model card's choice, or an admin's operating point with who,
 when and why), a form to set one, their history; and the registry's promotion records (who promoted or
-rolled back which version, and why) with the optional reason for the next one.
+rolled back which version, and why; the reason is typed in the confirm step, webapp.model_sections).
 
 The Predict page applies the points of the version it serves (webapp.active_model). Usernames and
 reasons are people's text: they are shown in dataframes (plain cells) or escaped with plain().
@@ -20,7 +20,6 @@ from core.labels import FINDINGS
 from db.operating_points import OperatingPoint, current_operating_points, history, set_operating_point
 from db.registry import RegistryEventView, registry_events
 from db.reviews import account_by_id
-from webapp import model_registry
 from webapp.admin_data import VersionInfo
 from webapp.auth import SessionUser
 from webapp.database import session
@@ -153,7 +152,6 @@ def operating_points_section(version: VersionInfo, user: SessionUser) -> None:
         current = current_operating_points(db_session, version.id)
         past = history(db_session, version.id)
         events = registry_events(db_session, limit=EVENTS_SHOWN)
-    model_registry.reason_input()
     label = f"Operating points of {plain(version.name)}"
     with st.expander(label, icon=":material/tune:", expanded=bool(current)):
         if problem:

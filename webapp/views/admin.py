@@ -28,6 +28,7 @@ from webapp.database import engine_or_stop, outage_guard, session  # noqa: E402
 from webapp.dataset_widgets import import_inputs, import_progress_bar, label_status_summary  # noqa: E402
 from webapp.formatting import flash, plain, show_flash  # noqa: E402
 from webapp.job_widgets import STATUS_BADGES, fine_tune_inputs, job_panel, worker_panel  # noqa: E402
+from webapp.queue_button import queue_job  # noqa: E402
 
 state = st.session_state
 engine_or_stop()
@@ -174,14 +175,7 @@ def predictions_section() -> None:
         if st.button(
             "Queue predictions", icon=":material/play_arrow:", key="queue_predict", disabled=not n_files
         ):
-            try:
-                with session() as db:
-                    job_id = queue.enqueue_predict(db, created_by=db.get(User, user.id)).id
-            except UserError as exc:
-                st.error(plain(exc))
-            else:
-                flash("success", f"Job #{job_id} queued: store predictions of the active model.")
-                st.rerun()
+            queue_job(queue.enqueue_predict, user.id, "store predictions of the active model.")
 
 
 show_flash()

@@ -1,8 +1,8 @@
 """Models & ROC (admins): the model registry (promote, roll back, evaluate) and dashboards comparing versions.
 
 Nothing is ever deleted: promoting (after a confirm step showing the paired comparison with the active
-version) makes one version active, the Predict page uses it on its next run; rolling back goes one step
-back along the promotion history.
+version) makes one version active, the Predict page uses it on its next run; rolling back (after its own
+confirm step) goes one step back along the promotion history. Each confirm step takes the reason.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def registry_section(versions: list[VersionInfo]) -> None:
         disabled=back is None,
         help=f"Re-activate {plain(back.name)}, promoted before the current one." if back else None,
     ):
-        model_registry.roll_back()
+        model_sections.ask_to_roll_back()
         st.rerun()
     if buttons[2].button(
         "Evaluate",
@@ -81,9 +81,7 @@ def registry_section(versions: list[VersionInfo]) -> None:
     ):
         model_registry.queue_evaluation(user.id, version)
         st.rerun()
-    candidate = model_registry.pending_promotion(versions)
-    if candidate is not None:
-        model_sections.promote_confirmation(candidate, next((v for v in versions if v.is_active), None))
+    model_sections.confirm_step(versions)
     with st.expander(f"Details of {plain(version.name)}", icon=":material/info:"):
         st.markdown(model_registry.details_markdown(version))
         if version.notes:

@@ -13,13 +13,12 @@ from webapp.auth import require_role
 
 user = require_role("clinician", "admin")
 
-from core.errors import UserError  # noqa: E402
 from db import registry  # noqa: E402
-from db.models import User  # noqa: E402
 from db.ood_suspects import list_suspects, screened_versions, suspect_counts  # noqa: E402
 from jobs import queue  # noqa: E402
 from webapp.database import session  # noqa: E402
-from webapp.formatting import flash, plain, show_flash, when_text  # noqa: E402
+from webapp.formatting import plain, show_flash, when_text  # noqa: E402
+from webapp.queue_button import queue_job  # noqa: E402
 
 PAGE_SIZE = 100
 KIND_TEXT = {
@@ -51,19 +50,14 @@ def screening_section() -> None:
         st.info("No model version is active, so nothing can be screened.")
         return
     st.caption(
-        f"Screening runs {active.name}'s gate over the {n_files:,} imported images with files on the "
+        f"Screening runs {plain(active.name)}'s gate over the {n_files:,} imported images with files on the "
         "training worker; running it again replaces that version's list."
     )
     if st.button("Screen the imported images", icon=":material/play_arrow:", disabled=not n_files):
         require_role("admin")  # the database's word now, not when the page was drawn
-        try:
-            with session() as db:
-                job_id = queue.enqueue_screen(db, created_by=db.get(User, user.id)).id
-        except UserError as exc:
-            st.error(plain(exc))
-        else:
-            flash("success", f"Job #{job_id} queued: screening with {active.name}. Follow it on Fine-tune.")
-            st.rerun()
+        queue_job(
+            queue.enqueue_screen, user.id, f"screening with {plain(active.name)}. Follow it on Fine-tune."
+        )
 
 
 if user.role == "admin":
