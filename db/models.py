@@ -29,7 +29,7 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from core.labels import FINDINGS
 from db.base import NAMING_CONVENTION, Base, UTCDateTime, utcnow  # noqa: F401 - part of this module's API
@@ -396,13 +396,45 @@ class ModelVersion(Base):
     label_snapshot: Mapped[dict[str, Any] | None]
     hyperparams: Mapped[dict[str, Any] | None]
     metrics: Mapped[dict[str, Any] | None]
+    # `metrics` without the evaluation reports' curves (~6 KB instead of ~1.2 MB): what a list of every
+    # version reads. Kept in step by the validator below; never assigned by hand.
+    metrics_summary: Mapped[dict[str, Any] | None]
     notes: Mapped[str] = mapped_column(Text, default="")
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[dt.datetime | None]
 
+    @validates("metrics")
+    def _keep_summary(self, _key: str, metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+        self.metrics_summary = metrics_without_curves(metrics)
+        return metrics
+
     def __repr__(self) -> str:
         return f"ModelVersion(id={self.id}, name={self.name!r}, status={self.status!r})"
+
+
+CURVE_KEYS = ("roc", "pr")  # the large parts of an evaluation report (points per finding)
+
+
+def metrics_without_curves(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A version's metrics with every evaluation report's ROC and PR points left out."""
+    if metrics is None:
+        return None
+    evaluations = metrics.get("evaluations")
+    if not isinstance(evaluations, dict):
+        return dict(metrics)
+    slim = {
+        labels: {
+            split: {k: v for k, v in report.items() if k not in CURVE_KEYS}
+            if isinstance(report, dict)
+            else report
+            for split, report in reports.items()
+        }
+        if isinstance(reports, dict)
+        else reports
+        for labels, reports in evaluations.items()
+    }
+    return {**metrics, "evaluations": slim}
 
 
 class Prediction(Base):

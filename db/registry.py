@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import delete, event, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, defer
 
 from core import paths
 from core.artifact import ArtifactError, read_artifact
@@ -86,11 +86,19 @@ def register_model_version(
     return version
 
 
-def list_versions(session: Session) -> list[ModelVersion]:
-    """All versions, newest first."""
-    return list(
-        session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()))
-    )
+def list_versions(session: Session, *, curves: bool = True) -> list[ModelVersion]:
+    """All versions, newest first. `curves=False` leaves `metrics` unread (each evaluated version's is
+    ~1.2 MB of JSON): read `metrics_summary` instead, and `version_metrics` for the one whose curves are
+    drawn."""
+    query = select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+    if not curves:
+        query = query.options(defer(ModelVersion.metrics, raiseload=True))
+    return list(session.scalars(query))
+
+
+def version_metrics(session: Session, version_id: int) -> dict[str, Any] | None:
+    """One version's full metrics, curves included (None: no such version or no metrics)."""
+    return session.scalar(select(ModelVersion.metrics).where(ModelVersion.id == version_id))
 
 
 def get_version(session: Session, version: int | str) -> ModelVersion:

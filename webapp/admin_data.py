@@ -17,7 +17,7 @@ import streamlit as st
 from core.labels import FINDINGS, PUBLISHED_CHEXNET_AUROC
 from core.paths import chexnet_home
 from db.label_status import LabelStatus, label_status
-from db.registry import list_versions
+from db.registry import list_versions, version_metrics
 from jobs.listing import JobSummary, current_and_recent
 from webapp.database import session
 from webapp.formatting import duration_text, number_text, pretty, when_text
@@ -43,16 +43,25 @@ class VersionInfo:
     label_source: str
     label_snapshot: dict[str, Any]
     hyperparams: dict[str, Any]
-    metrics: dict[str, Any] = field(repr=False)
+    metrics: dict[str, Any] = field(repr=False)  # without the reports' curves (db metrics_summary)
     notes: str = ""
+    registry_token: tuple = field(default=(), repr=False)  # db.changes.models_token when read
 
     @property
     def title(self) -> str:
         return f"{self.name} (active)" if self.is_active else self.name
 
     def report(self, labels: str = "nlp", split: str = "test") -> dict[str, Any] | None:
-        """The full evaluation report (with curves), or None."""
+        """The evaluation report without its ROC and PR points (`report_with_curves` has them), or None."""
         return (((self.metrics or {}).get("evaluations") or {}).get(labels) or {}).get(split)
+
+    def report_with_curves(self, labels: str = "nlp", split: str = "test") -> dict[str, Any] | None:
+        """The full evaluation report, read from the database once per change of the registry."""
+        if self.report(labels, split) is None:
+            return None
+        from db.engine import default_url
+
+        return _report_with_curves(default_url(), self.registry_token, self.id, labels, split)
 
     def auroc_summary(self, labels: str = "nlp", split: str = "test") -> dict[str, Any] | None:
         """Per-class AUROC: the evaluation report if any, else (NLP labels only) the model card's figures."""
@@ -112,10 +121,19 @@ def load_versions() -> list[VersionInfo]:
     return _versions(default_url(), token)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _report_with_curves(
+    url_key: str, token: tuple, version_id: int, labels: str, split: str
+) -> dict[str, Any] | None:
+    with session(read_only=True) as db:
+        metrics = version_metrics(db, version_id) or {}
+    return ((metrics.get("evaluations") or {}).get(labels) or {}).get(split)
+
+
 @st.cache_data(show_spinner=False, max_entries=4)
 def _versions(url_key: str, token: tuple) -> list[VersionInfo]:
     with session(read_only=True) as db:
-        versions = list_versions(db)
+        versions = list_versions(db, curves=False)
         names = {v.id: v.name for v in versions}
         return [
             VersionInfo(
@@ -130,8 +148,9 @@ def _versions(url_key: str, token: tuple) -> list[VersionInfo]:
                 label_source=_label_source_text(v.label_snapshot),
                 label_snapshot=dict(v.label_snapshot or {}),
                 hyperparams=dict(v.hyperparams or {}),
-                metrics=dict(v.metrics or {}),
+                metrics=dict(v.metrics_summary or {}),
                 notes=v.notes or "",
+                registry_token=token,
             )
             for v in versions
         ]

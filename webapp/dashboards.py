@@ -66,7 +66,7 @@ def evaluation_reports(
     versions: list[VersionInfo], labels: str, split: str
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """({version name: its evaluation report}, the names of versions without one) for labels and split."""
-    reports = {v.name: v.report(labels, split) for v in versions}
+    reports = {v.name: v.report_with_curves(labels, split) for v in versions}
     missing = [name for name, report in reports.items() if report is None]
     return {name: report for name, report in reports.items() if report is not None}, missing
 
