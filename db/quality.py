@@ -6,7 +6,7 @@ Per finding:
   negatives it made positive (neg_to_pos); the rates divide by the NLP positives / negatives.
 - Inter-reader agreement from blinded reads only (`Review.blinded`: a reader who saw another's answer
   is not independent and would inflate agreement), on images with two or more blinded reviews that do
-  not exclude the image: when all of them were read by the same two readers, Cohen's kappa (sklearn);
+  not exclude the image: when all of them were read by the same two readers, Cohen's kappa;
   otherwise Fleiss' kappa,
   in its form for a varying number of readers per image (Fleiss, Levin & Paik 2003: per-image
   agreement P_i = sum_j n_ij (n_ij - 1) / (n_i (n_i - 1)), category shares over all ratings). Kappa
@@ -49,6 +49,7 @@ from db.models import (
     ReviewedLabel,
     finding_column,
 )
+from db.reader_stats import cohen_from_table
 
 GOOGLE_TO_CHESTXRAY14: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("Pneumothorax",),
@@ -122,15 +123,14 @@ def fleiss_kappa(counts: np.ndarray | Sequence[Sequence[int]]) -> float | None:
 
 
 def cohen_kappa(a: Sequence[int], b: Sequence[int]) -> float | None:
-    """Cohen's kappa of two raters (sklearn); None when undefined (both always gave one same value)."""
+    """Cohen's kappa of two raters; None when undefined (both always gave one same value). From their
+    table of counts (db.reader_stats), not sklearn, whose import alone takes ~1.5 s of a first page."""
     if len(a) == 0:
         return None
-    if len(set(a) | set(b)) == 1:
-        return None
-    from sklearn.metrics import cohen_kappa_score
-
-    value = float(cohen_kappa_score(list(a), list(b)))
-    return None if math.isnan(value) else value
+    values, codes = np.unique(np.concatenate([np.asarray(a), np.asarray(b)]), return_inverse=True)
+    table = np.zeros((len(values), len(values)))
+    np.add.at(table, (codes[: len(a)], codes[len(a) :]), 1)
+    return cohen_from_table(table)
 
 
 def _agreement(a: Sequence[int], b: Sequence[int]) -> tuple[float | None, float | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine
 
@@ -35,6 +36,18 @@ def test_cohen_kappa_by_hand() -> None:
     # po = 4/6, pe = 0.5 * 0.5 + 0.5 * 0.5 = 0.5 -> (2/3 - 1/2) / (1/2) = 1/3
     assert cohen_kappa([1, 1, 0, 0, 1, 0], [1, 0, 0, 0, 1, 1]) == pytest.approx(1 / 3)
     assert cohen_kappa([0, 0], [0, 0]) is None
+    assert cohen_kappa([], []) is None
+
+
+def test_cohen_kappa_equals_sklearns() -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(7)
+    for size, categories in ((5, 2), (40, 2), (200, 3), (31, 4)):
+        a = rng.integers(0, categories, size)
+        b = np.where(rng.random(size) < 0.6, a, rng.integers(0, categories, size))
+        assert cohen_kappa(a.tolist(), b.tolist()) == pytest.approx(cohen_kappa_score(a, b), abs=1e-12)
+    assert cohen_kappa([1, 1, 1], [0, 0, 0]) == pytest.approx(cohen_kappa_score([1, 1, 1], [0, 0, 0]))
 
 
 def test_two_readers_use_cohen(engine: Engine, make_user, make_images) -> None:
