@@ -11,11 +11,6 @@ from core.predictor import Predictor
 from webapp.active_model import served_model
 
 
-def active_artifact() -> ModelArtifact | None:
-    """The served model's artifact, or None when nothing can be served."""
-    return served_model().artifact
-
-
 def load_active_predictor() -> tuple[Predictor | None, str | None]:
     """The served model's predictor, or (None, a sentence saying why there is none)."""
     served = served_model()

@@ -17,7 +17,7 @@ from core.imaging import ImageRejected, read_xray, read_xray_file
 from core.labels import FINDINGS
 from core.predictor import Prediction, Predictor
 from webapp.formatting import plain, pretty
-from webapp.model_loader import active_artifact, is_validated, load_active_predictor
+from webapp.model_loader import is_validated, load_active_predictor
 from webapp.review_data import ReviewTarget
 from webapp.viewer import apply_window
 
@@ -58,9 +58,10 @@ def _remember(cache: dict, key: object, value: object, size: int) -> None:
         cache.pop(next(iter(cache)))
 
 
-def read_ahead(image_id: int, path: str | None, with_model: bool) -> None:
-    """Read the next image's file and run the model on it now, while the reader looks at this one, so
-    that Save & next only has to draw it. Errors are left for when the image is opened."""
+def read_ahead(image_id: int, path: str | None, predictor: Predictor | None) -> None:
+    """Read the next image's file and run `predictor` (this run's model; None: AI hidden or no model) on
+    it now, while the reader looks at this one, so that Save & next only has to draw it. Errors are left
+    for when the image is opened."""
     if not path or (image_id, path) in _pixel_cache():
         return
     try:
@@ -69,13 +70,11 @@ def read_ahead(image_id: int, path: str | None, with_model: bool) -> None:
     except (OSError, ImageRejected):
         return
     _remember(_pixel_cache(), (image_id, path), pixels, CACHED_PIXELS)
-    if with_model:
-        predictor, _ = load_active_predictor()
-        if predictor is not None:
-            cache: dict = st.session_state.setdefault("review_predictions", {})
-            key = (image_id, predictor.name, id(predictor))
-            if key not in cache:  # the file's bytes too: the OOD gate's colour check reads them
-                _remember(cache, key, predictor.predict_one(pixels, file_bytes=data), CACHED_PREDICTIONS)
+    if predictor is not None:
+        cache: dict = st.session_state.setdefault("review_predictions", {})
+        key = (image_id, predictor.name, id(predictor))
+        if key not in cache:  # the file's bytes too: the OOD gate's colour check reads them
+            _remember(cache, key, predictor.predict_one(pixels, file_bytes=data), CACHED_PREDICTIONS)
 
 
 def model_prediction(
@@ -155,11 +154,11 @@ def label_table(target: ReviewTarget, prediction: Prediction | None) -> pd.DataF
     return pd.DataFrame(columns) if len(columns) > 1 else None
 
 
-def label_table_columns() -> dict:
-    """The label table's column settings; the Model column's help says whether the model is validated."""
-    artifact = active_artifact()
+def label_table_columns(predictor: Predictor | None) -> dict:
+    """The label table's column settings; the Model column's help says whether this run's model is
+    validated."""
     model_note = "Model: probability of the active model"
-    if artifact is not None and not is_validated(artifact):
+    if predictor is not None and not is_validated(predictor.artifact):
         model_note += " (unvalidated: scores for testing the software only)"
     column = st.column_config
     return {

@@ -14,7 +14,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.labels import FINDINGS, NO_FINDING
-from core.predictor import Prediction
+from core.predictor import Prediction, Predictor
 from db.reviews import REASON_CODES
 from webapp import review_form, review_image
 from webapp.formatting import pretty
@@ -112,9 +112,12 @@ def answer_panel(user_id: int, target: ReviewTarget, prediction: Prediction | No
                 )  # fmt: skip
 
 
-def actions(user_id: int, target: ReviewTarget, prediction: Prediction | None) -> None:
+def actions(
+    user_id: int, target: ReviewTarget, prediction: Prediction | None, predictor: Predictor | None
+) -> None:
     """Save & next, Skip, Undo last save (whole-page reruns), the hotkeys, and what the reader may see
-    beside the answer (the model and NLP label in AI-first, the current label without blinding)."""
+    beside the answer (the model and NLP label in AI-first, the current label without blinding);
+    `predictor`: the model of this run's `prediction`."""
     with st.container(horizontal=True, gap="small"):
         st.button(
             "Save & next", key="review_save", type="primary", icon=":material/check:", shortcut=SAVE_KEY,
@@ -133,7 +136,7 @@ def actions(user_id: int, target: ReviewTarget, prediction: Prediction | None) -
     if table is not None:
         st.dataframe(
             table, hide_index=True, width="stretch", height=review_image.TABLE_HEIGHT,
-            column_config=review_image.label_table_columns(),
+            column_config=review_image.label_table_columns(predictor),
         )  # fmt: skip
     google = review_image.google_text(target) if target.ai_shown else None
     if google:

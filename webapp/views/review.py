@@ -104,10 +104,9 @@ if target is None:
 # Everything slow first: the new image and its answer then reach the browser together.
 review_form.ensure_form(target)
 pixels, pixel_problem = review_image.xray_pixels(target)
-prediction, model_name, model_problem = None, None, None
+prediction, predictor, model_problem = None, None, None  # the served model, resolved once per run
 if pixels is not None and target.ai_shown:
     prediction, predictor, model_problem = review_image.model_prediction(target, pixels)
-    model_name = predictor.name if predictor is not None else None
 elif pixels is not None:
     model_problem = "AI-hidden study: the model's output is not shown."
 
@@ -118,7 +117,7 @@ with viewer_column:
     if pixels is None:
         st.error(pixel_problem)
     else:
-        viewer(user.id, target, pixels, prediction, model_name, model_problem)
+        viewer(user.id, target, pixels, prediction, predictor.name if predictor else None, model_problem)
 
 with label_column:
     if pixels is None:  # nobody labels an image they cannot see
@@ -128,9 +127,9 @@ with label_column:
             st.rerun()
         st.stop()
     answer_panel(user.id, target, prediction)
-    actions(user.id, target, prediction)
+    actions(user.id, target, prediction, predictor)
 
 # Everything is on screen: read the next image of the queue ahead (its file and the model's output).
 upcoming = review_form.upcoming_image()
 if upcoming is not None:
-    review_image.read_ahead(upcoming, review_data.image_path(upcoming), target.ai_shown)
+    review_image.read_ahead(upcoming, review_data.image_path(upcoming), predictor)
