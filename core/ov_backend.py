@@ -65,8 +65,9 @@ def choose_precision(fp32_ms: float, bf16_ms: float, max_difference: float) -> t
 
 def import_openvino():
     """The openvino module, with its usage telemetry off. Importing openvino otherwise sends an event to
-    Google Analytics from a child process (~0.3 s, retried offline), and nothing should leave a hospital's
-    machine unasked; with `openvino_telemetry` unimportable, openvino uses its own no-op stub."""
+    Google Analytics from a child process (~0.3 s of a first page here, offline too), and nothing should
+    leave a hospital's machine unasked; with `openvino_telemetry` unimportable, openvino uses its own
+    no-op stub."""
     sys.modules.setdefault("openvino_telemetry", None)
     import openvino
 

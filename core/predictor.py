@@ -2,12 +2,13 @@
 
 Two interchangeable backends run the same network and return (logits, CAMs, pooled features) from one
 pass:
-- "torch": eager PyTorch, channels_last, inference_mode (CUDA when present);
+- "torch" (core.torch_backend): eager PyTorch, channels_last, inference_mode (CUDA when present);
 - "openvino" (core.ov_backend): the same weights compiled by OpenVINO for this CPU, at the precision
   measured best on this machine (bf16 only where it is faster and within 0.01 of fp32), about twice as
   fast as PyTorch on CPUs (see `python -m core bench inference`).
 Both are stateless per call, so one Predictor serves every browser session concurrently.
-`Predictor.backend_info` says which backend, precision and cache entries are in use.
+`Predictor.backend_info` says which backend, precision and cache entries are in use. Serving with
+OpenVINO from its cache never imports torch (~2.5 s and ~300 MB of a web process).
 
 Every prediction carries the out-of-distribution gate's verdict (`Prediction.ood`, a core.ood.OodResult):
 the gate stored in the model card (`python -m core ood fit`) judges the pooled features of the same pass;
