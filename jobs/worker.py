@@ -9,6 +9,7 @@ request) ends it "cancelled"; a `UserError` ends it "failed" with its sentence; 
 with "Unexpected error (TypeName): ..." and a logged traceback. The worker then carries on. A job whose
 worker died is marked "interrupted" by the next worker to poll (after `stale_after_s` without a
 heartbeat); Ctrl-C / SIGTERM marks the current job interrupted at once. Both can be resumed.
+Between jobs it converts a newly served model for the web app's OpenVINO cache (jobs.serving).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from jobs.params import JOB_EVALUATE, JOB_FINE_TUNE, JOB_PREDICT, JobParamsError
 from jobs.predict import run_predict
 from jobs.run import JobRun, WorkerSettings
 from jobs.screen import JOB_SCREEN, run_screen
+from jobs.serving import ServingPreparer
 from jobs.worker_status import remove_worker_status, write_worker_status
 
 __all__ = ["HANDLERS", "Worker", "WorkerSettings", "error_sentence"]
@@ -71,6 +73,7 @@ class Worker:
         self.started_at = utcnow().isoformat()
         self._current: JobRun | None = None
         self._database_down = False
+        self._serving = ServingPreparer(self.engine)
 
     def report_status(self, state: str | None = None) -> None:
         """Rewrite this worker's status file (what the Fine-tune page says about the workers)."""
@@ -136,6 +139,8 @@ class Worker:
             while not stop.is_set():
                 try:
                     ran = self.poll()
+                    if ran is None and not self._database_down:  # idle: ready a new served model
+                        self._serving.prepare_if_new()
                 except Exception:  # a bug in polling: say so, wait, and poll again
                     log.exception("Polling the job queue failed.")
                     ran = None

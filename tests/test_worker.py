@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from core.artifact import read_artifact
 from core.cache import ImageCache
 from core.imaging import read_xray_file
 from core.labels import FINDINGS
-from core.paths import REPO_ROOT, active_model_dir
+from core.paths import REPO_ROOT, active_model_dir, cache_dir
 from core.predictor import Predictor
 from core.training import STATE_FILE, SettingsError, TrainSettings
 from db import accounts
@@ -31,12 +32,19 @@ from db.__main__ import main as db_main
 from db.engine import dispose_engine, session_scope
 from db.jobs import enqueue_job, get_job, request_cancel
 from db.models import Image, ModelVersion, Prediction
-from db.registry import get_version, list_versions, promote_version, rollback_version
+from db.registry import (
+    get_version,
+    list_versions,
+    promote_version,
+    register_existing_model,
+    rollback_version,
+)
 from db.reviews import save_review
 from jobs.params import JOB_FINE_TUNE, FineTuneParams, JobParamsError
 from jobs.predict import registry_cache_folder
 from jobs.progress import JobProgress
 from jobs.queue import can_resume, enqueue_fine_tune, enqueue_predict, resume_job
+from jobs.serving import ServingPreparer
 from jobs.worker import Worker
 from tests.admin_helpers import (
     ONE_THREAD_ENV,
@@ -403,3 +411,34 @@ def test_predict_job_reads_the_cache_and_shards_under_torchrun_with_the_same_res
     assert two_processes.keys() == one_process.keys()  # replaced, not duplicated
     for image_id, values in one_process.items():
         assert two_processes[image_id] == pytest.approx(values, abs=1e-5)
+
+
+def test_an_idle_worker_readies_each_newly_served_model_for_openvino(studio, tmp_path, monkeypatch) -> None:
+    # The web app would otherwise convert it on its first page (importing torch into the web process).
+    monkeypatch.setenv("CHEXNET_INFERENCE_BACKEND", "auto")
+    compiled = cache_dir() / "openvino"
+    worker = Worker(studio.engine, worker_id="serving-test", settings=fast_settings())
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        _wait_for(lambda: any(compiled.glob("*.compiled")), 120, "the active model's OpenVINO cache")
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+    served = Predictor(read_artifact(active_model_dir()), backend="openvino", device="cpu")
+    assert served.backend_info["compiled_from"] == "cache"
+    preparer = ServingPreparer(studio.engine)
+    assert preparer.prepare_if_new()  # a new worker process prepares once (from the cache: fast)
+    assert not preparer.prepare_if_new()  # and not again while the served model is the same
+    other = tiny_model(tmp_path / "models", "tiny-other", seed=1)
+    with session_scope(studio.engine) as session:
+        register_existing_model(session, other)
+        promote_version(session, "tiny-other")
+    assert preparer.prepare_if_new()  # promoted: the new one is readied
+    before = set(compiled.iterdir())
+    monkeypatch.setenv("CHEXNET_INFERENCE_BACKEND", "torch")
+    with session_scope(studio.engine) as session:
+        rollback_version(session)
+    assert not preparer.prepare_if_new()  # a web app serving with PyTorch needs nothing
+    assert set(compiled.iterdir()) == before
