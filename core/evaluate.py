@@ -72,12 +72,18 @@ def split_images(ds: Any, split: str, card: dict[str, Any] | None = None) -> tup
     return ids, info
 
 
-def _read_images(paths: Sequence[str], workers: int = 2) -> Iterator[np.ndarray | str]:
+def _read_images(
+    paths: Sequence[str], workers: int = 2, cache: Any = None, originals: frozenset[str] = frozenset()
+) -> Iterator[np.ndarray | str]:
     """Grey uint8 pixels of each file in order (or the sentence saying why it was refused), decoded a few
-    files ahead on threads; bounded so a 25,000-image split is never all in memory."""
+    files ahead on threads; bounded so a 25,000-image split is never all in memory. A file in `cache`
+    (a core.cache.ImageCache keyed by path, at the model's resize) is read from it, unless it is in
+    `originals`: its CAM is compared with boxes drawn on the original."""
     from core.imaging import ImageRejected, read_xray_file
 
     def read(path: str) -> np.ndarray | str:
+        if cache is not None and path in cache and path not in originals:
+            return np.array(cache.get(path))  # the model's own input: same probabilities, no decoding
         try:
             return read_xray_file(path).pixels
         except ImageRejected as exc:
@@ -163,8 +169,11 @@ def predict_split(
     exclude: frozenset[str] | set[str] = frozenset(),
     batch_size: int = 16,
     progress: Progress | None = None,
+    cache: Any = None,
 ) -> SplitPass:
-    """Predict every image of `split` (but `exclude`) once; `progress(done, total)` follows the images."""
+    """Predict every image of `split` (but `exclude`) once; `progress(done, total)` follows the images.
+    `cache`: a core.cache.ImageCache of the files (by path) at the model's resize, read instead of the
+    files for every image without a bounding box."""
     started = time.perf_counter()
     ids, split_info = split_images(ds, split, artifact.card)
     n_listed = len(ids)
@@ -178,7 +187,8 @@ def predict_split(
     box_items: list[tuple[str, str, Any, tuple[float, float, float, float]]] = []
     unreadable: dict[str, str] = {}
     keep = np.ones(len(ids), dtype=bool)
-    images = _read_images([str(paths[i]) for i in ids])
+    originals = frozenset(str(paths[index]) for index in boxes_by_image)
+    images = _read_images([str(paths[i]) for i in ids], cache=cache, originals=originals)
     try:
         _predict_all(ids, images, predictor, batch_size, artifact.labels, boxes_by_image, probabilities,
                      box_items, unreadable, keep, progress)  # fmt: skip

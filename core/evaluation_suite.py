@@ -30,10 +30,12 @@ from core.errors import Cancelled
 from core.evaluate import (
     EvaluationError,
     LabelSource,
+    Progress,
     SplitPass,
     open_evaluation,
     predict_split,
     read_label_source,
+    split_images,
 )
 from core.labels import FINDINGS
 from core.prediction_store import StoredSplit
@@ -68,15 +70,21 @@ def evaluate_suite(
     seed: int = 0,
     progress: SuiteProgress | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    cache_folder: str | Path | None = None,
+    cache_progress: Progress | None = None,
 ) -> SuiteResult:
     """Reports of `splits` against `sources` (name -> labels table CSV, None for the NLP labels).
 
     `sources_by_split` limits which sources a split is reported against (default: all). A split whose
-    pass fails is named in `errors` and the others go on.
+    pass fails is named in `errors` and the others go on. `cache_folder`: an image cache keyed by file
+    path at the model's resize (core.cache; the worker's is shared with its predict job). The splits'
+    images missing from it are added first (`cache_progress(done, total)`), and the network then reads
+    the cache instead of decoding the files, except for images with boxes (localization).
     """
     started = time.perf_counter()
     artifact, ds, predictor = open_evaluation(model_dir, data_dir, backend=backend, device=device)
     label_sources = {name: read_label_source(table) for name, table in sources.items()}
+    cache = _image_cache(artifact, ds, splits, cache_folder, cache_progress) if cache_folder else None
     passes: dict[str, SplitPass] = {}
     errors: list[str] = []
     for part, split in enumerate(splits, start=1):
@@ -90,7 +98,7 @@ def evaluate_suite(
         tick(0, 0)
         try:
             passes[split] = predict_split(
-                artifact, ds, predictor, split, batch_size=batch_size, progress=tick
+                artifact, ds, predictor, split, batch_size=batch_size, progress=tick, cache=cache
             )
         except EvaluationError as exc:
             errors.append(f"{split} split: {exc}")
@@ -116,6 +124,27 @@ def evaluate_suite(
         n_images_predicted=sum(len(p.ids) + len(p.unreadable) for p in passes.values()),
         seconds=round(time.perf_counter() - started, 2),
     )
+
+
+def _image_cache(
+    artifact: Any, ds: Any, splits: Sequence[str], folder: str | Path, progress: Progress | None
+) -> Any:
+    """The cache holding every image of `splits`, or None when another process is building it (the
+    files are then decoded as without a cache)."""
+    from core.cache import CacheError, build_cache
+
+    files: dict[str, Path] = {}
+    for split in splits:
+        try:
+            ids, _ = split_images(ds, split, artifact.card)
+        except EvaluationError:
+            continue  # predict_split says why, for this split alone
+        files.update((str(path), path) for path in ds.image_paths(ids).values())
+    try:
+        return build_cache(files, folder, int(artifact.input_spec.get("resize_shorter_side", 256)),
+                           progress=progress)  # fmt: skip
+    except CacheError:
+        return None
 
 
 def _truth(split_pass: SplitPass, ds: Any, labels: LabelSource) -> tuple[np.ndarray, np.ndarray]:

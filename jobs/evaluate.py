@@ -26,6 +26,7 @@ from db.models import TrainingJob, utcnow
 from jobs.folders import require_dataset_folder, run_folder
 from jobs.labels import n_reviewed_images, reviewed_image_indexes
 from jobs.params import EvaluateParams
+from jobs.predict import cache_progress, registry_cache_folder
 from jobs.progress import ImageCount
 from jobs.run import JobRun
 
@@ -97,10 +98,13 @@ def evaluate_model(run: JobRun, model_dir: Path, data_dir: Path) -> dict[str, An
         run.update(stage="evaluate", stage_text=text,
                    evaluation=ImageCount(done=done, total=total, part=part, parts=parts))  # fmt: skip
 
+    # The predict job's cache: a version evaluated after another decodes no file a second time.
+    resize = int(read_artifact(model_dir).input_spec.get("resize_shorter_side", 256))
     try:
         suite = evaluate_suite(
             model_dir, data_dir, sources, SPLITS, sources_by_split=by_split, n_boot=run.settings.n_boot,
             backend=run.settings.eval_backend, progress=progress, should_cancel=run.should_cancel,
+            cache_folder=registry_cache_folder(resize), cache_progress=cache_progress(run),
         )  # fmt: skip
     except EvaluationError as exc:
         suite, setup_error = None, str(exc)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,8 @@ def registry_cache_folder(size: int) -> Path:
     return paths.cache_dir() / "images" / f"registry-{size}px"
 
 
-def _cached(
-    run: JobRun, images: list[tuple[int, str]], size: int
-) -> tuple[ImageCache, list[int], np.ndarray, int]:
-    """(the cache, the ids of the images it holds, their cache rows, how many files were unreadable)."""
+def cache_progress(run: JobRun) -> Callable[[int, int], None]:
+    """Shows the image cache being built on the job's page (the "cache" stage) and cancels between images."""
     run.update(stage="cache", stage_text="Preparing the image cache", force=True)
 
     def progress(done: int, total: int) -> None:
@@ -60,8 +59,15 @@ def _cached(
         if run.should_cancel():
             raise Cancelled("Cancelled while preparing the image cache.")
 
+    return progress
+
+
+def _cached(
+    run: JobRun, images: list[tuple[int, str]], size: int
+) -> tuple[ImageCache, list[int], np.ndarray, int]:
+    """(the cache, the ids of the images it holds, their cache rows, how many files were unreadable)."""
     cache = build_cache({path: path for _, path in images}, registry_cache_folder(size), size,
-                        workers=min(8, os.cpu_count() or 1), progress=progress)  # fmt: skip
+                        workers=min(8, os.cpu_count() or 1), progress=cache_progress(run))  # fmt: skip
     kept = [(image_id, path) for image_id, path in images if path in cache]
     rows = cache.rows(path for _, path in kept)
     return cache, [image_id for image_id, _ in kept], rows, len(images) - len(kept)

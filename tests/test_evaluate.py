@@ -223,3 +223,42 @@ def test_a_report_counts_positives_and_leaves_too_few_out_of_the_mean(
     assert report["n_pos"] == {label: int(report["support"][label]) for label in FINDINGS}
     assert set(report["too_few"]) == {f for f in FINDINGS if report["auroc"][f] is not None}
     assert report["mean_auroc_enough"] is None and "left out as too few" in report["mean_note"]
+
+
+def test_the_suite_reads_the_image_cache_instead_of_the_files(
+    model_dir: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    """With a cache folder, every split image is decoded once into it and the network reads it (boxed test
+    images excepted): the same probabilities, and a file damaged after caching no longer matters."""
+    import shutil
+
+    from core.cache import ImageCache
+    from core.evaluation_suite import evaluate_suite
+
+    data = Path(shutil.copytree(synthetic_data, tmp_path / "data"))
+    plain = evaluate_suite(model_dir, data, {"nlp": None}, n_boot=30, backend="torch", device="cpu")
+    ds = load_chestxray14(data)
+    card = read_artifact(model_dir).card
+    n_images = sum(len(split_images(ds, split, card)[0]) for split in ("test", "val"))
+    folder, ticks = tmp_path / "cache", []
+    tick = lambda done, total: ticks.append((done, total))  # noqa: E731
+    cached = evaluate_suite(model_dir, data, {"nlp": None}, n_boot=30, backend="torch", device="cpu",
+                            cache_folder=folder, cache_progress=tick)  # fmt: skip
+    assert ticks[-1] == (n_images, n_images) and len(ImageCache.open(folder)) == n_images
+    for split in ("test", "val"):
+        assert cached.stored[split].ids == plain.stored[split].ids
+        np.testing.assert_allclose(cached.stored[split].probabilities, plain.stored[split].probabilities,
+                                   atol=1e-5)  # fmt: skip
+    assert cached.reports["nlp"]["test"]["localization"] == plain.reports["nlp"]["test"]["localization"]
+
+    val_ids, _ = split_images(ds, "val", card)
+    ds.image_paths(val_ids[:1])[val_ids[0]].write_bytes(b"not a PNG any more")
+    ticks.clear()
+    again = evaluate_suite(model_dir, data, {"nlp": None}, n_boot=30, backend="torch", device="cpu",
+                           cache_folder=folder, cache_progress=tick)  # fmt: skip
+    assert ticks == [(0, 0)]  # nothing left to decode
+    assert again.stored["val"].ids == plain.stored["val"].ids  # the damaged file was read from the cache
+    np.testing.assert_allclose(again.stored["val"].probabilities, plain.stored["val"].probabilities,
+                               atol=1e-5)  # fmt: skip
+    without = evaluate_suite(model_dir, data, {"nlp": None}, n_boot=30, backend="torch", device="cpu")
+    assert val_ids[0] not in without.stored["val"].ids  # without the cache it is unreadable
