@@ -212,14 +212,24 @@ def reference_admin(references: list[Any]) -> None:
             st.rerun()
 
 
-def calibration(reports: dict[str, dict[str, Any]]) -> None:
-    usable = {name: r for name, r in reports.items() if r.get("calibration")}
+def _version_with(reports: dict[str, dict[str, Any]], part: str, what: str) -> tuple[Any, dict, str] | None:
+    """(the column beside the version choice, the chosen version's report, its name) among the reports
+    that have `part`; None, with a note, when none has."""
+    usable = {name: r for name, r in reports.items() if r.get(part)}
     if not usable:
-        st.info("No evaluation with calibration figures yet: press **Evaluate** for the version.")
-        return
+        st.info(f"No evaluation with {what} yet: press **Evaluate** for the version.")
+        return None
     columns = st.columns([2, 3])
-    name = columns[0].selectbox("Version", list(usable), key="calibration_version")
-    finding = columns[1].selectbox(
+    name = columns[0].selectbox("Version", list(usable), key=f"{part}_version")
+    return columns[1], usable, name
+
+
+def calibration(reports: dict[str, dict[str, Any]]) -> None:
+    chosen = _version_with(reports, "calibration", "calibration figures")
+    if chosen is None:
+        return
+    beside, usable, name = chosen
+    finding = beside.selectbox(
         "Reliability diagram of", list(FINDINGS), key="calibration_finding", format_func=pretty
     )
     frame = dashboards.calibration_frame(usable[name])
@@ -237,13 +247,11 @@ def calibration(reports: dict[str, dict[str, Any]]) -> None:
 
 
 def subgroups(reports: dict[str, dict[str, Any]]) -> None:
-    usable = {name: r for name, r in reports.items() if r.get("subgroups")}
-    if not usable:
-        st.info("No evaluation with subgroup figures yet: press **Evaluate** for the version.")
+    chosen = _version_with(reports, "subgroups", "subgroup figures")
+    if chosen is None:
         return
-    columns = st.columns([2, 3])
-    name = columns[0].selectbox("Version", list(usable), key="subgroup_version")
-    attribute = columns[1].segmented_control(
+    beside, usable, name = chosen
+    attribute = beside.segmented_control(
         "By",
         list(SUBGROUP_ATTRIBUTES),
         default="view",
