@@ -117,9 +117,9 @@ def _reason(args: argparse.Namespace) -> str:
 
 
 def _serving_line(name: str, version_id: int, replaced: str | None, what: str, by: str | None) -> str:
-    replacing = f", replacing {replaced!r}" if replaced else ""
     from core.settings import model_override
 
+    replacing = f", replacing {replaced!r}" if replaced else ""
     who = f"by {by}" if by else "from the command line"
     line = f"Now serving {name!r} (version id {version_id}{replacing}); recorded as {what} {who}."
     override = model_override()

@@ -112,7 +112,8 @@ def load_versions() -> list[VersionInfo]:
     """All registered versions, newest first (the registry is seeded at start-up, never here).
 
     Read once per change of the registry (db.changes.models_token: versions, promotions, jobs), not on
-    every rerun: each version's metrics hold curves and tables."""
+    every rerun, and without the evaluation reports' curves (`VersionInfo.report_with_curves` reads one
+    version's when a dashboard draws them)."""
     from db.changes import models_token
     from db.engine import default_url
 
