@@ -1,7 +1,7 @@
 """Get the served model ready for the web app while the worker is idle.
 
 The web app serves with OpenVINO from its cache (core.ov_backend). A version nobody has served on this
-machine yet must first be converted from PyTorch: ~12 s on a 2-core CPU, and torch (~300 MB) imported
+machine yet must first be converted from PyTorch: ~8 s on a 2-core CPU, and torch (~300 MB) imported
 into the web process for good. The worker, which has torch anyway, does it instead as soon as it sees a
 new active version (or CHEXNET_MODEL), between jobs. The cache entries are written atomically, so a web
 process converting the same model at the same moment is harmless: one of them wins.
