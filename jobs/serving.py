@@ -55,20 +55,25 @@ class ServingPreparer:
         self._prepared: tuple[str, int] | None = None  # (folder, mtime of its weights)
 
     def prepare_if_new(self) -> bool:
-        """Prepare the served model when it changed since the last call; True when it did something."""
+        """Prepare the served model when it changed since the last call; True when it did something.
+        Called on every idle poll, so an unchanged model costs one query and one stat, nothing more."""
+        if not web_serves_with_openvino():
+            return False
         model_dir = served_model_dir(self.engine)
-        if model_dir is None or not web_serves_with_openvino():
+        if model_dir is None:
             return False
         try:
-            artifact = read_artifact(model_dir)
-            key = (str(Path(model_dir).resolve()), (artifact.path / WEIGHTS_FILE).stat().st_mtime_ns)
-        except (ArtifactError, OSError):
+            key = (str(Path(model_dir).resolve()), (Path(model_dir) / WEIGHTS_FILE).stat().st_mtime_ns)
+        except OSError:
             return False  # the web app says why it cannot serve it; nothing to prepare
         if key == self._prepared:
             return False
         self._prepared = key
         try:
             info = prepare_for_serving(model_dir)
+        except ArtifactError:
+            self._prepared = None  # not a readable model (yet): look again at the next poll
+            return False
         except Exception:  # noqa: BLE001 - the web app can still convert it itself; never stop the worker
             log.exception("Could not prepare %s for serving with OpenVINO.", model_dir)
             return False

@@ -213,8 +213,8 @@ def reference_admin(references: list[Any]) -> None:
 
 
 def _version_with(reports: dict[str, dict[str, Any]], part: str, what: str) -> tuple[Any, dict, str] | None:
-    """(the column beside the version choice, the chosen version's report, its name) among the reports
-    that have `part`; None, with a note, when none has."""
+    """(the column beside the version choice, the reports that have `part` by version name, the chosen
+    name); None, with a note, when no report has `part`."""
     usable = {name: r for name, r in reports.items() if r.get(part)}
     if not usable:
         st.info(f"No evaluation with {what} yet: press **Evaluate** for the version.")
