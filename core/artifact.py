@@ -93,6 +93,17 @@ class ModelArtifact:
     def input_spec(self) -> dict[str, Any]:
         return self.card.get("input") or default_input_spec()
 
+    @property
+    def resize(self) -> int:
+        """The shorter side the image is resized to before the centre crop (256 for CheXNet); also the
+        size of the preprocessed image caches, whose pixels are then exactly the model's input."""
+        return int(self.input_spec.get("resize_shorter_side", 256))
+
+    @property
+    def crop(self) -> int:
+        """The side of the square the network sees (224 for CheXNet)."""
+        return int(self.input_spec.get("crop", 224))
+
     def weights_digest(self) -> str:
         """sha256 of the weights file: identifies exactly these weights (e.g. for compiled caches)."""
         digest = hashlib.sha256()

@@ -141,8 +141,7 @@ def _image_cache(
             continue  # predict_split says why, for this split alone
         files.update((str(path), path) for path in ds.image_paths(ids).values())
     try:
-        return build_cache(files, folder, int(artifact.input_spec.get("resize_shorter_side", 256)),
-                           progress=progress)  # fmt: skip
+        return build_cache(files, folder, artifact.resize, progress=progress)
     except CacheError:
         return None
 

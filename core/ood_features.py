@@ -57,10 +57,8 @@ class FeatureExtractor:
     """One model loaded once; `features(images)` for grey uint8 images of any size."""
 
     def __init__(self, artifact: ModelArtifact):
-        spec = artifact.input_spec
         self.artifact = artifact
-        self.resize = int(spec.get("resize_shorter_side", 256))
-        self.crop = int(spec.get("crop", 224))
+        self.resize, self.crop = artifact.resize, artifact.crop
         self.model = artifact.load_model("cpu")
 
     def features(

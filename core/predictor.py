@@ -87,9 +87,7 @@ class Predictor:
         self.artifact = artifact
         self.labels = artifact.labels
         self.thresholds = artifact.thresholds
-        spec = artifact.input_spec
-        self.resize = int(spec.get("resize_shorter_side", 256))
-        self.crop = int(spec.get("crop", 224))
+        self.resize, self.crop = artifact.resize, artifact.crop
         device = device or ("cuda" if cuda_available() else "cpu")
         digest = artifact.weights_digest() if backend != "torch" or artifact.card.get("ood") else None
         try:

@@ -99,7 +99,7 @@ def evaluate_model(run: JobRun, model_dir: Path, data_dir: Path) -> dict[str, An
                    evaluation=ImageCount(done=done, total=total, part=part, parts=parts))  # fmt: skip
 
     # The predict job's cache: a version evaluated after another decodes no file a second time.
-    resize = int(read_artifact(model_dir).input_spec.get("resize_shorter_side", 256))
+    resize = read_artifact(model_dir).resize
     try:
         suite = evaluate_suite(
             model_dir, data_dir, sources, SPLITS, sources_by_split=by_split, n_boot=run.settings.n_boot,

@@ -63,7 +63,7 @@ def run_fine_tune(run: JobRun, job: TrainingJob) -> None:
         settings=params.settings,
         init="artifact" if base_path else "random",
         base_model=base_path,
-        base_crop=int(read_artifact(base_path).input_spec.get("crop", 224)) if base_path else None,
+        base_crop=read_artifact(base_path).crop if base_path else None,
         labels_table=labels_path(params.name) if params.label_source == "effective" else None,
         device=run.settings.device,
         workers=run.settings.train_workers,

@@ -131,7 +131,7 @@ def run_predict(run: JobRun, job: TrainingJob) -> None:
         version_id, name = version.id, version.name
     run.update(version=name, force=True)
     artifact = read_artifact(model_dir)
-    size = int(artifact.input_spec.get("resize_shorter_side", 256))
+    size = artifact.resize
     cache, ids, rows, unreadable = _cached(run, images, size)
     text = f"Predicting with {name}"
     run.update(stage="predict", stage_text=text, fraction=0.0, force=True)
