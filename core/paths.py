@@ -64,7 +64,7 @@ def promoted_model_dir() -> Path | None:
 
 
 def is_model_folder(path: Path) -> bool:
-    # The two files core.artifact needs, checked without importing it (it imports torch).
+    # The two files core.inference.artifact needs, checked without importing it (it imports torch).
     return (path / "model.json").is_file() and (path / "model.safetensors").is_file()
 
 

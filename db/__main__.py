@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from core.console import run_command
+from core.cli.console import run_command
 from db.account_cli import add_commands as add_account_commands
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ format "data-entry": like NIH's Data_Entry_2017.csv, for people and other tools:
     Image Index, Finding Labels ("A|B" or "No Finding"), Patient ID, View Position,
     Reviewer Count, Exclude (0/1), then Label Status ("adjudicated", "consensus", "disputed" or
     "nlp"), Disputed Findings and Uncertain Findings ("A|B", "" for none)
-format "trainer": the labels table the trainer takes (core.dataset.labels_matrix's `label_table`):
+format "trainer": the labels table the trainer takes (core.data.dataset.labels_matrix's `label_table`):
     image_index, the 14 findings as 0/1 in FINDINGS order, exclude (0/1), then `uncertain` (the
     findings marked Uncertain, "A|B"; their columns hold 0) and `disputed` (the findings, and "exclude",
     the readers differ on while no admin has adjudicated the image). jobs.labels applies the fine-tune's

@@ -28,7 +28,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.dataset import GOOGLE_FINDINGS, load_chestxray14
+from core.data.dataset import GOOGLE_FINDINGS, load_chestxray14
 from core.labels import FINDINGS
 from core.paths import chexnet_home
 from db.bulk import bulk_insert
@@ -77,7 +77,7 @@ def import_chestxray14(
     hash_images: bool = True,
     progress: Progress | None = None,
 ) -> ImportStats:
-    """Import a ChestX-ray14 folder (official layout, see core.dataset) into the database.
+    """Import a ChestX-ray14 folder (official layout, see core.data.dataset) into the database.
 
     `target`: a Session (the caller commits) or an Engine (committed here). `require_images=False`
     imports every Data_Entry row even when its PNG is absent (`images.path` is then NULL).

@@ -5,7 +5,7 @@ every queue; only a reader's or an admin's "Exclude" leaves it out of training. 
 version); screening an image again replaces its row (or deletes it when the image now passes), so a
 cancelled screening leaves the images it reached up to date and the others as they were.
 
-`kind` says which check fired (core.ood: uniform, noise, document, colour, orientation, distance), or
+`kind` says which check fired (core.ood.gate: uniform, noise, document, colour, orientation, distance), or
 "unreadable" for a file the X-ray reader refused; `reason` is the sentence shown to people.
 """
 
@@ -26,7 +26,7 @@ DELETE_CHUNK = 500  # image ids per DELETE ... IN (...): well inside every backe
 
 @dataclass(frozen=True)
 class Flag:
-    """What the gate said about one image (core.ood.OodResult's check, reason and score)."""
+    """What the gate said about one image (core.ood.gate.OodResult's check, reason and score)."""
 
     check: str
     reason: str

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core import paths
-from core.prediction_sets import PredictionSetError, ReferencePredictions, read_reference_csv
+from core.evaluation.prediction_sets import PredictionSetError, ReferencePredictions, read_reference_csv
 from db.errors import DbUserError
 
 FOLDER = "references"

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, defer
 
 from core import paths
-from core.artifact import ArtifactError, read_artifact
+from core.inference.artifact import ArtifactError, read_artifact
 from core.labels import FINDINGS, NUM_FINDINGS
 from db import effective
 from db.bulk import bulk_insert

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core import settings
-from core.console import EXIT_INTERRUPTED, run_command
+from core.cli.console import EXIT_INTERRUPTED, run_command
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -1,7 +1,7 @@
 """The "evaluate" job: a registered version's test and validation reports (AUROC with bootstrap CIs and
 n positives, ROC/PR curves, thresholds chosen on validation and reported on test, calibration,
 subgroups) against the NLP labels and, where reviews exist, the reviewed ones, stored in the version's
-`metrics`. Each split is predicted once for both label sources (`core.evaluation_suite`); the per-image
+`metrics`. Each split is predicted once for both label sources (`core.evaluation.suite`); the per-image
 probabilities go to a compact .npz under CHEXNET_HOME/evaluations (named in `metrics["predictions"]`)
 so versions can be compared on the same images without running them again. A fine-tune evaluates its
 new version the same way."""
@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from core import paths
-from core.artifact import read_artifact, update_card
-from core.dataset import DatasetError, load_chestxray14
-from core.evaluate import EvaluationError, card_metrics_entry, split_images
-from core.evaluation_suite import evaluate_suite
-from core.prediction_store import save_stored
+from core.data.dataset import DatasetError, load_chestxray14
+from core.evaluation.evaluate import EvaluationError, card_metrics_entry, split_images
+from core.evaluation.prediction_store import save_stored
+from core.evaluation.suite import evaluate_suite
+from core.inference.artifact import read_artifact, update_card
 from db import registry
 from db.engine import session_scope
 from db.export import export_labels_dataframe
@@ -142,7 +142,7 @@ def evaluate_model(run: JobRun, model_dir: Path, data_dir: Path) -> dict[str, An
                 "file": str(stored_at.relative_to(paths.chexnet_home())),
                 "splits": {split: len(stored.ids) for split, stored in suite.stored.items()},
                 "sources": list(sources),
-                "format": "core.prediction_store npz",
+                "format": "core.evaluation.prediction_store npz",
             }
     return metrics
 

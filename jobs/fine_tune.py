@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from core.artifact import ModelArtifact, read_artifact
+from core.inference.artifact import ModelArtifact, read_artifact
 from core.paths import models_dir
 from core.training import TrainConfig, load_train_state, train
 from db import registry

@@ -17,7 +17,7 @@ import pandas as pd
 from sqlalchemy import func, select, true
 from sqlalchemy.orm import Session
 
-from core.dataset import DatasetError, load_chestxray14
+from core.data.dataset import DatasetError, load_chestxray14
 from core.labels import FINDINGS
 from db.export import TRAINER_COLUMNS, export_labels_dataframe
 from db.models import SOURCE_NLP, Adjudication, Image, NlpLabel, ReadStatus, Review, findings_of

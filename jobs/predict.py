@@ -1,7 +1,7 @@
 """The "predict" job: a version's (default: the active one's) 14 probabilities for every imported image,
 stored in `predictions`; the review page's "Model disagrees most" queue ranks images by them.
 
-The files are read once into the preprocessed image cache (core.cache: decoded in parallel, centre
+The files are read once into the preprocessed image cache (core.data.cache: decoded in parallel, centre
 squares at the model's resize, 256 px for CheXNet, so exactly the model input the files give), which
 every later version's predictions reuse.
 The network then runs over the cache BATCH images at a time, in this process or, with more than one
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from core import paths
-from core.artifact import read_artifact
-from core.cache import ImageCache, build_cache
+from core.data.cache import ImageCache, build_cache
 from core.errors import Cancelled, UserError
-from core.predictor import Predictor
+from core.inference.artifact import read_artifact
+from core.inference.predictor import Predictor
 from db import registry
 from db.engine import session_scope
 from db.models import TrainingJob

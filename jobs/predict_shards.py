@@ -1,7 +1,7 @@
 """Predicting a list of cached images, in this process or sharded over processes (one per GPU) with the
 same torchrun launch as training: `torchrun --standalone --nproc_per_node=N -m jobs.predict_shards SPEC`.
 
-SPEC is a JSON file: the model folder, the preprocessed image cache (core.cache), the cache rows to
+SPEC is a JSON file: the model folder, the preprocessed image cache (core.data.cache), the cache rows to
 predict, the backend and device kind, and an output folder. Rank r takes rows r, r+N, r+2N ...; it writes
 its probabilities to OUT/rank-r.npz when done and, as it goes, the number of rows it has finished to
 OUT/rank-r.progress. The worker sums those for the job's progress and merges the shards; storing them
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cache import ImageCache
+from core.data.cache import ImageCache
 from core.distributed import env_dist_info
 
 BATCH = 32
@@ -92,7 +92,7 @@ def merge_shards(out_dir: Path, n_rows: int, world_size: int) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
-    from core.predictor import Predictor
+    from core.inference.predictor import Predictor
 
     spec = ShardSpec.read(Path((argv if argv is not None else sys.argv[1:])[0]))
     info = env_dist_info()

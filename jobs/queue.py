@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.artifact import ArtifactError, read_artifact
+from core.inference.artifact import ArtifactError, read_artifact
 from core.paths import models_dir
 from core.training import STATE_FILE
 from db import registry

@@ -58,7 +58,7 @@ def _read(path: str):
     """(grey pixels, the file's bytes) of an X-ray file, or the sentence saying why it was refused."""
     from pathlib import Path
 
-    from core.imaging import ImageRejected, read_xray
+    from core.imaging.reader import ImageRejected, read_xray
 
     try:
         data = Path(path).read_bytes()
@@ -70,7 +70,7 @@ def _read(path: str):
 
 
 def run_screen(run: JobRun, job: TrainingJob) -> None:
-    from core.predictor import Predictor
+    from core.inference.predictor import Predictor
     from core.prefetch import prefetch_map
 
     params = ScreenParams.from_dict(job.params)

@@ -1,6 +1,7 @@
 """Get the served model ready for the web app while the worker is idle.
 
-The web app serves with OpenVINO from its cache (core.ov_backend). A version nobody has served on this
+The web app serves with OpenVINO from its cache (core.inference.openvino_backend). A version nobody has
+served on this
 machine yet must first be converted from PyTorch: ~8 s on a 2-core CPU, and torch (~300 MB) imported
 into the web process for good. The worker, which has torch anyway, does it instead as soon as it sees a
 new active version (or CHEXNET_MODEL), between jobs. The cache entries are written atomically, so a web
@@ -15,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from core import settings
-from core.artifact import WEIGHTS_FILE, ArtifactError, read_artifact
+from core.inference.artifact import WEIGHTS_FILE, ArtifactError, read_artifact
 from db.engine import session_scope
 from db.registry import get_active_version
 
@@ -34,7 +35,7 @@ def served_model_dir(engine: Engine) -> Path | None:
 
 def web_serves_with_openvino() -> bool:
     """Whether the web app's backend setting can pick OpenVINO, and OpenVINO is installed here."""
-    from core.predictor import openvino_available
+    from core.inference.predictor import openvino_available
 
     return settings.inference_backend() in ("auto", "openvino") and openvino_available()
 
@@ -42,7 +43,7 @@ def web_serves_with_openvino() -> bool:
 def prepare_for_serving(model_dir: Path) -> dict:
     """Build the model's OpenVINO cache entries (converted graph, precision decision, compiled model);
     returns the backend's description (its `compiled_from` says whether anything had to be built)."""
-    from core.predictor import Predictor
+    from core.inference.predictor import Predictor
 
     return Predictor(read_artifact(model_dir), backend="openvino", device="cpu").backend_info
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core.artifact import ModelArtifact, read_artifact
+from core.inference.artifact import ModelArtifact, read_artifact
 from core.paths import REPO_ROOT
 from core.settings import CHEXNET_WORKER_GPUS, subprocess_env
 from core.training import TrainConfig, TrainingCancelled, TrainingError

@@ -23,12 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.artifact import read_artifact  # noqa: E402
-from core.dataset import load_chestxray14  # noqa: E402
-from core.imaging import read_xray  # noqa: E402
-from core.ood import OodGate, colourfulness  # noqa: E402
-from core.ood_features import ADULT_AGE, FeatureExtractor  # noqa: E402
-from core.ood_probes import all_probes  # noqa: E402
+from core.data.dataset import load_chestxray14  # noqa: E402
+from core.evaluation.ood_fit import ADULT_AGE  # noqa: E402
+from core.imaging.reader import read_xray  # noqa: E402
+from core.inference.artifact import read_artifact  # noqa: E402
+from core.inference.features import FeatureExtractor  # noqa: E402
+from core.ood.gate import OodGate, colourfulness  # noqa: E402
+from core.ood.probes import all_probes  # noqa: E402
 from core.paths import BUNDLED_MODEL_DIR, SHARED_SAMPLE_DIR, cache_dir  # noqa: E402
 
 PROBE_SOURCES_PER_FOLD = 6

@@ -220,8 +220,8 @@ def evaluation_metrics(rng: Any) -> dict[str, Any]:
     """A version's `metrics`: full evaluation reports (curves included) as the evaluate job stores them."""
     import numpy as np
 
+    from core.evaluation.metrics import evaluation_report
     from core.labels import FINDINGS
-    from core.metrics import evaluation_report
 
     reports: dict[str, dict[str, Any]] = {}
     for labels in ("nlp", "reviewed"):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
-from core.artifact import default_input_spec, new_card, save_artifact
-from core.models import create_model
+from core.inference.artifact import default_input_spec, new_card, save_artifact
+from core.inference.models import create_model
 from db import accounts
 from db.engine import get_engine, session_scope
 from db.importer import import_chestxray14

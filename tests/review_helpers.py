@@ -11,9 +11,9 @@ import torch
 from argon2 import PasswordHasher
 from streamlit.testing.v1 import AppTest
 
-from core.artifact import new_card, save_artifact
+from core.inference.artifact import new_card, save_artifact
+from core.inference.models import create_model
 from core.labels import FINDINGS
-from core.models import create_model
 from core.paths import REPO_ROOT
 from db import accounts
 from db.engine import dispose_engine, get_engine, session_scope

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
-from core.artifact import read_artifact
+from core.inference.artifact import read_artifact
 from core.paths import REPO_ROOT, active_model_dir
 from core.training import TrainSettings
 from db import accounts

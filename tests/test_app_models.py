@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+from core.evaluation.prediction_store import load_stored
 from core.labels import FINDINGS
 from core.paths import REPO_ROOT, active_model_dir, chexnet_home
-from core.prediction_store import load_stored
 from db.cam_feedback import save_cam_feedback
 from db.engine import dispose_engine, session_scope
 from db.jobs import list_jobs

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.artifact import new_card, save_artifact, update_card
-from core.display import DISPLAY_MAX_SIDE
 from core.errors import UserError
+from core.imaging.display import DISPLAY_MAX_SIDE
+from core.inference.artifact import new_card, save_artifact, update_card
+from core.inference.models import create_model
 from core.labels import FINDINGS
-from core.models import create_model
 from core.paths import REPO_ROOT
 from webapp import predict_data
 
@@ -39,7 +39,7 @@ def _page(monkeypatch, model_dir, tmp_path) -> AppTest:
 
 
 def _entry(mean: float, split: str = "test", n_pos: int = 40, n_images: int = 2000) -> dict:
-    """A card metrics entry as jobs.evaluate writes it (core.evaluate.card_metrics_entry)."""
+    """A card metrics entry as jobs.evaluate writes it (core.evaluation.evaluate.card_metrics_entry)."""
     return {
         "split": split, "n_images": n_images, "mean_auroc": mean, "mean_auroc_ci": [mean - 0.02, mean + 0.02],
         "n_pos": {label: n_pos for label in FINDINGS}, "too_few": [], "mean_auroc_enough": mean,
@@ -170,7 +170,8 @@ def test_an_image_flagged_by_the_ood_gate_shows_no_findings(monkeypatch, tmp_pat
     at = _page(monkeypatch, validated, tmp_path)
     _upload(at, full_resolution_images[0])
     assert [h.value for h in at.subheader][0] == "Findings"
-    # What the predictor's OOD gate (core.ood) attaches to a Prediction; the page reads it through one hook.
+    # What the predictor's OOD gate (core.ood.gate) attaches to a Prediction; the page reads it through one
+    # hook.
     at.session_state["prediction"].ood = {
         "flagged": True,
         "score": 9.5,
@@ -320,7 +321,7 @@ def test_an_unavailable_active_version_is_named_and_the_demo_served_loudly(monke
 def test_a_blank_upload_is_flagged_by_the_real_gate_and_shows_no_findings(
     monkeypatch, tmp_path, full_resolution_images
 ) -> None:
-    """The predictor's own OOD verdict (core.ood's cheap checks, no stand-in) reaches the page's hook."""
+    """The predictor's own OOD verdict (core.ood.gate's cheap checks, no stand-in) reaches the page's hook."""
     import io
 
     from PIL import Image as PILImage

@@ -1,4 +1,5 @@
-"""core.artifact: model folders (save, read, card, errors) and importing the public CheXNet checkpoint."""
+"""core.inference.artifact: model folders (save, read, card, errors) and importing the public CheXNet
+checkpoint."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torchvision.models import densenet169, resnet18
 
-from core.artifact import (
+from core.inference.artifact import (
     CARD_FILE,
     WEIGHTS_FILE,
     ArtifactError,
@@ -28,8 +29,8 @@ from core.artifact import (
     save_artifact,
     update_card,
 )
+from core.inference.models import CheXNet, create_model
 from core.labels import FINDINGS
-from core.models import CheXNet, create_model
 from core.paths import REPO_ROOT
 
 

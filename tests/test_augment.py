@@ -1,4 +1,4 @@
-"""core.augment: the batched CheXNet input transform."""
+"""core.data.augment: the batched CheXNet input transform."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.augment import IMAGENET_MEAN, IMAGENET_STD, _gather_crops, _random_offsets, to_model_input
-from core.cache import load_preprocessed
-from core.imaging import read_xray_file
-from core.preprocess import model_input
+from core.data.augment import IMAGENET_MEAN, IMAGENET_STD, _gather_crops, _random_offsets, to_model_input
+from core.data.cache import load_preprocessed
+from core.imaging.preprocess import model_input
+from core.imaging.reader import read_xray_file
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.bench import _dense_macs
+from core.bench.inference import _dense_macs
 from core.cpu_info import cpu_description
-from core.models import create_model
+from core.inference.models import create_model
 
 
 def test_densenet121_at_224_is_2_83_giga_multiply_accumulates():

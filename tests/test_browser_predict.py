@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.artifact import new_card, save_artifact
+from core.inference.artifact import new_card, save_artifact
+from core.inference.models import create_model
 from core.labels import FINDINGS
-from core.models import create_model
-from core.ood_probes import blank_probes, document_probes, photo_probes
+from core.ood.probes import blank_probes, document_probes, photo_probes
 from core.paths import BUNDLED_MODEL_DIR
 from tests.browser_fixtures import streamlit_server
 

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
-from core.artifact import new_card, save_artifact
-from core.models import create_model
+from core.inference.artifact import new_card, save_artifact
+from core.inference.models import create_model
 from db import accounts
 from db.engine import dispose_engine, get_engine, session_scope
 from db.importer import import_chestxray14

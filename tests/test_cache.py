@@ -1,4 +1,4 @@
-"""core.cache: the preprocessed 256-px image cache, on a handful of real sample images."""
+"""core.data.cache: the preprocessed 256-px image cache, on a handful of real sample images."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.bench_loader import bench_loader
-from core.cache import (
+from core.bench.loader import bench_loader
+from core.data.cache import (
     DATA_FILE,
     CacheError,
     ImageCache,
@@ -21,8 +21,8 @@ from core.cache import (
     load_preprocessed,
     preprocess_pixels,
 )
-from core.imaging import read_xray_file
-from core.preprocess import resize_shorter_side_center_crop
+from core.imaging.preprocess import resize_shorter_side_center_crop
+from core.imaging.reader import read_xray_file
 
 
 @pytest.fixture(scope="module")

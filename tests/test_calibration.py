@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss
 
-from core.calibration import (
+from core.evaluation.calibration import (
     CalibrationError,
     apply_temperature,
     brier_score,
@@ -86,7 +86,7 @@ def test_apply_temperature_one_is_the_sigmoid_and_refuses_nonsense():
 
 
 def test_calibration_report_on_the_real_reference_predictions(sample_dir):
-    from core.dataset import labels_matrix, load_chestxray14
+    from core.data.dataset import labels_matrix, load_chestxray14
 
     ds = load_chestxray14(sample_dir)
     table = pd.read_csv(sample_dir / "reference_chexnet_predictions.csv").set_index("Image Index")

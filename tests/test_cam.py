@@ -1,4 +1,5 @@
-"""core.cam: CAMs land where the model looked, in the original image's pixels, and render faithfully."""
+"""core.inference.cam: CAMs land where the model looked, in the original image's pixels, and render
+faithfully."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from core.artifact import new_card, save_artifact
-from core.cam import cam_to_image, colorize, normalise, peak_location, render_overlay
-from core.display import DISPLAY_MAX_SIDE, display_copy, display_size
-from core.imaging import read_xray_file
+from core.imaging.display import DISPLAY_MAX_SIDE, display_copy, display_size
+from core.imaging.preprocess import CropWindow, crop_window, model_input
+from core.imaging.reader import read_xray_file
+from core.inference.artifact import new_card, save_artifact
+from core.inference.cam import cam_to_image, colorize, normalise, peak_location, render_overlay
+from core.inference.models import create_model
+from core.inference.predictor import Prediction, Predictor
 from core.labels import FINDINGS
-from core.models import create_model
-from core.predictor import Prediction, Predictor
-from core.preprocess import CropWindow, crop_window, model_input
 
 GRID = 7
 
@@ -227,7 +228,7 @@ def test_colormap_runs_from_dark_blue_to_dark_red():
 
 
 def test_a_screen_size_cam_is_the_full_cam_shrunk(probe, xray):
-    """The Predict page draws the CAM over a screen copy (core.display): the map over the copy must be
+    """The Predict page draws the CAM over a screen copy (core.imaging.display): the map over the copy must be
     the full-resolution map at that size, its cold sides included."""
     prediction = Predictor(probe["artifact"], backend="torch", device="cpu").predict_one(xray)
     height, width = xray.shape  # 700 x 1024

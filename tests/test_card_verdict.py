@@ -1,5 +1,6 @@
-"""When a model's outputs may be called findings (core.card_verdict), and a reference CSV compared on the
-images it covers (core.prediction_store) with DeLong's test exactly as on arrays."""
+"""When a model's outputs may be called findings (core.evaluation.card_verdict), and a reference CSV
+compared on the
+images it covers (core.evaluation.prediction_store) with DeLong's test exactly as on arrays."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.card_verdict import MIN_MEAN_AUROC, judge_card
-from core.compare import compare_predictions
+from core.evaluation.card_verdict import MIN_MEAN_AUROC, judge_card
+from core.evaluation.compare import compare_predictions
+from core.evaluation.prediction_store import StoredSplit, compare_stored, reference_split, significantly_worse
 from core.labels import FINDINGS
 from core.paths import BUNDLED_MODEL_DIR
-from core.prediction_store import StoredSplit, compare_stored, reference_split, significantly_worse
 
 
 def card(**entries) -> dict:

@@ -14,17 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from core.artifact import new_card, save_artifact
-from core.cam import render_overlay
-from core.cli import main
-from core.imaging import read_xray_file
+from core.cli.main import main
+from core.imaging.preprocess import crop_window
+from core.imaging.reader import read_xray_file
+from core.inference.artifact import new_card, save_artifact
+from core.inference.cam import render_overlay
+from core.inference.models import create_model
+from core.inference.predictor import Predictor
 from core.labels import FINDINGS
-from core.models import create_model
-from core.ood import COLOUR_REASON, DOCUMENT_REASON, UNIFORM_REASON
-from core.ood_probes import blank_probes, document_probes, photo_probes
+from core.ood.gate import COLOUR_REASON, DOCUMENT_REASON, UNIFORM_REASON
+from core.ood.probes import blank_probes, document_probes, photo_probes
 from core.paths import BUNDLED_MODEL_DIR, REPO_ROOT
-from core.predictor import Predictor
-from core.preprocess import crop_window
 
 MODEL_NAME = "cli-test"
 

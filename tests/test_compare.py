@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core.compare import CompareError, auroc_summary, compare_predictions, delong, holm
+from core.evaluation.compare import CompareError, auroc_summary, compare_predictions, delong, holm
+from core.evaluation.metrics import bootstrap_auroc_samples
 from core.labels import FINDINGS
-from core.metrics import bootstrap_auroc_samples
 
 
 @pytest.fixture(scope="module")
 def reference(sample_dir):
     """(y [550, 14], reference probabilities [550, 14], image ids, Data_Entry rows) of the real sample."""
-    from core.dataset import labels_matrix, load_chestxray14
+    from core.data.dataset import labels_matrix, load_chestxray14
 
     ds = load_chestxray14(sample_dir)
     table = pd.read_csv(sample_dir / "reference_chexnet_predictions.csv").set_index("Image Index")
@@ -156,7 +156,7 @@ def mini_test_split(tmp_path_factory, sample_dir, reference):
 
 
 def test_cli_compare_contract_with_a_reference_comparator(sample_dir, reference, mini_test_split, capsys):
-    from core.cli import main
+    from core.cli.main import main
     from core.paths import BUNDLED_MODEL_DIR
 
     csv = sample_dir / "reference_chexnet_predictions.csv"
@@ -189,15 +189,15 @@ def test_cli_compare_contract_with_a_reference_comparator(sample_dir, reference,
 
 
 def test_cli_compare_refuses_a_folder_that_is_not_a_model(tmp_path, mini_test_split, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["compare", str(tmp_path), str(tmp_path), "--data", str(mini_test_split), "--json"]) == 1
     assert "is not a model folder" in capsys.readouterr().err
 
 
 def test_the_cli_defaults_are_the_library_ones():
-    import core.cli_compare as cli_compare
-    from core.compare import MIN_POSITIVES
-    from core.evaluate import SPLITS
+    import core.cli.compare_commands as cli_compare
+    from core.evaluation.compare import MIN_POSITIVES
+    from core.evaluation.evaluate import SPLITS
 
     assert cli_compare.SPLITS == SPLITS and cli_compare.MIN_POSITIVES == MIN_POSITIVES

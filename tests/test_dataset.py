@@ -1,4 +1,4 @@
-"""core.dataset on the real NIH sample and on small ChestX-ray14-shaped folders built in tmp_path."""
+"""core.data.dataset on the real NIH sample and on small ChestX-ray14-shaped folders built in tmp_path."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.cache import build_cache
-from core.dataset import (
+from core.data.cache import build_cache
+from core.data.dataset import (
     DatasetError,
     apply_exclusions,
     format_summary,

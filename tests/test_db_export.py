@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine
 
-from core.dataset import labels_matrix, load_chestxray14
+from core.data.dataset import labels_matrix, load_chestxray14
 from core.labels import FINDINGS
 from db.__main__ import main
 from db.engine import session_scope

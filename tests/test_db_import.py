@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from core.dataset import load_chestxray14
+from core.data.dataset import load_chestxray14
 from core.labels import FINDINGS
 from db.engine import session_scope
 from db.importer import fill_missing_sha256, import_chestxray14, store_upload

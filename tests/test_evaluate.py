@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core.artifact import default_input_spec, new_card, read_artifact, save_artifact
-from core.dataset import labels_matrix, load_chestxray14
-from core.evaluate import EvaluationError, evaluate, split_images
+from core.data.dataset import labels_matrix, load_chestxray14
+from core.evaluation.evaluate import EvaluationError, evaluate, split_images
+from core.evaluation.metrics import image_set_fingerprint
+from core.inference.artifact import default_input_spec, new_card, read_artifact, save_artifact
+from core.inference.models import create_model
+from core.inference.predictor import Predictor
 from core.labels import FINDINGS
-from core.metrics import image_set_fingerprint
-from core.models import create_model
-from core.predictor import Predictor
 from tests.test_train import make_synthetic_dataset
 
 REPORT_KEYS = {
@@ -53,7 +53,7 @@ def model_dir(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _predictions(model: Path, data: Path, ids: list[str]) -> np.ndarray:
-    from core.imaging import read_xray_file
+    from core.imaging.reader import read_xray_file
 
     ds = load_chestxray14(data)
     paths = ds.image_paths(ids)
@@ -131,7 +131,7 @@ def test_unknown_split_and_model_are_sentences(model_dir: Path, synthetic_data: 
 
 
 def test_cli_prints_the_report_as_its_last_line(model_dir: Path, synthetic_data: Path, capsys) -> None:
-    from core.cli import main
+    from core.cli.main import main
 
     argv = ["evaluate", "--model", str(model_dir), "--data", str(synthetic_data), "--split", "val", "--json",
             "--n-boot", "20", "--backend", "torch", "--write-card"]  # fmt: skip
@@ -164,10 +164,10 @@ def test_suite_predicts_each_split_once_for_every_label_source(
 ) -> None:
     """One inference pass per split serves both label sources, with the same figures as one evaluate()
     per (split, labels); thresholds are chosen on val and reported on test; predictions are stored."""
-    from core.calibration import expected_calibration_error
-    from core.evaluation_suite import evaluate_suite
-    from core.metrics import youden_thresholds
-    from core.prediction_store import compare_stored, load_stored, save_stored
+    from core.evaluation.calibration import expected_calibration_error
+    from core.evaluation.metrics import youden_thresholds
+    from core.evaluation.prediction_store import compare_stored, load_stored, save_stored
+    from core.evaluation.suite import evaluate_suite
     from tests.test_train import write_labels_table
 
     ds = load_chestxray14(synthetic_data)
@@ -232,8 +232,8 @@ def test_the_suite_reads_the_image_cache_instead_of_the_files(
     images excepted): the same probabilities, and a file damaged after caching no longer matters."""
     import shutil
 
-    from core.cache import ImageCache
-    from core.evaluation_suite import evaluate_suite
+    from core.data.cache import ImageCache
+    from core.evaluation.suite import evaluate_suite
 
     data = Path(shutil.copytree(synthetic_data, tmp_path / "data"))
     plain = evaluate_suite(model_dir, data, {"nlp": None}, n_boot=30, backend="torch", device="cpu")

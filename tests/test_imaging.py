@@ -1,4 +1,4 @@
-"""core.imaging: every input file is built here, except the real NIH sample images."""
+"""core.imaging.reader: every input file is built here, except the real NIH sample images."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from core.imaging import ImageRejected, XrayImage, read_xray, read_xray_file
+from core.imaging.reader import ImageRejected, XrayImage, read_xray, read_xray_file
 
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 

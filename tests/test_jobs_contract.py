@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from core.artifact import ArtifactError
 from core.errors import UserError
+from core.inference.artifact import ArtifactError
 from core.paths import REPO_ROOT
 from core.training import SettingsError, TrainProgress, TrainSettings
 from core.training.config import number_text
@@ -25,7 +25,9 @@ from jobs.run import WorkerSettings
 from jobs.worker import Worker, error_sentence
 from webapp.formatting import duration_text
 
-FORBIDDEN_IN_DB = ("core.training", "core.train", "core.evaluate", "core.predictor", "core.distributed")
+FORBIDDEN_IN_DB = (
+    "core.training", "core.train", "core.evaluation.evaluate", "core.inference.predictor", "core.distributed"
+)  # fmt: skip
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -1,4 +1,4 @@
-"""core.localization on hand-computed boxes and synthetic CAMs."""
+"""core.evaluation.localization on hand-computed boxes and synthetic CAMs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from core.localization import (
+from core.evaluation.localization import (
     LocalizationInputError,
     cam_peak,
     cam_to_box,

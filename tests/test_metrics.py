@@ -1,4 +1,4 @@
-"""core.metrics against scikit-learn, hand-built cases and the real reference predictions."""
+"""core.evaluation.metrics against scikit-learn, hand-built cases and the real reference predictions."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from core.labels import FINDINGS
-from core.metrics import (
+from core.evaluation.metrics import (
     MetricsInputError,
     _percentile_interval,
     auroc_per_class,
@@ -34,6 +33,7 @@ from core.metrics import (
     sensitivity_thresholds,
     youden_thresholds,
 )
+from core.labels import FINDINGS
 
 LABELS3 = ["a", "b", "c"]
 

@@ -1,4 +1,4 @@
-"""core.models: CheXNet is torchvision's DenseNet-121 with a 14-way head, and its CAMs are exact."""
+"""core.inference.models: CheXNet is torchvision's DenseNet-121 with a 14-way head, and its CAMs are exact."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchvision.models import densenet121
 
+from core.inference.models import CheXNet, ModelInitError, create_model
 from core.labels import FINDINGS, NUM_FINDINGS, PUBLISHED_CHEXNET_AUROC
-from core.models import CheXNet, ModelInitError, create_model
 from core.paths import REPO_ROOT
 
 # The spec: the output order of CheXNet (Rajpurkar et al. 2017) and of its public reproduction's
@@ -103,7 +103,7 @@ def test_create_model_errors_are_sentences():
 def test_serving_a_model_does_not_import_torchvision():
     """torchvision pulls in torch._dynamo (seconds at every start): the web process and CLIs never need it."""
     code = (
-        "import sys, core.predictor, core.models; core.models.create_model(); "
+        "import sys, core.inference.predictor, core.inference.models; core.inference.models.create_model(); "
         "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -126,9 +126,10 @@ def test_training_mode_matches_torchvision_too(model: CheXNet, batch: torch.Tens
 def test_pages_that_only_list_models_do_not_import_torch():
     """Reading a card (the registry, Fine-tune, Models & ROC, Label quality) must not pay torch's import."""
     code = (
-        "import sys, core.artifact, db.registry, webapp.job_widgets, webapp.admin_data, webapp.dashboards, "
+        "import sys, core.inference.artifact, db.registry, webapp.job_widgets, webapp.admin_data, "
+        "webapp.dashboards, "
         "webapp.model_sections, webapp.quality_data; "
-        "core.artifact.read_artifact(core.paths.BUNDLED_MODEL_DIR); print('torch' in sys.modules)"
+        "core.inference.artifact.read_artifact(core.paths.BUNDLED_MODEL_DIR); print('torch' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.imaging import read_xray, read_xray_file
-from core.ood import (
+from core.imaging.reader import read_xray, read_xray_file
+from core.ood.gate import (
     COLOUR_REASON,
     DOCUMENT_REASON,
     NOISE_REASON,
@@ -26,7 +26,7 @@ from core.ood import (
     colourfulness,
     pixel_checks,
 )
-from core.ood_probes import blank_probes, document_probes, noise_probes, photo_probes, xray_probes
+from core.ood.probes import blank_probes, document_probes, noise_probes, photo_probes, xray_probes
 from core.paths import BUNDLED_MODEL_DIR, SHARED_SAMPLE_DIR
 
 N_FIT = 40
@@ -35,7 +35,7 @@ N_FIT = 40
 @pytest.fixture(scope="module")
 def ood_world(tmp_path_factory, sample_dir):
     """A copy of the demo model and a mini folder: 40 adult train_val images to fit on, the 4 test ones."""
-    from core.dataset import load_chestxray14
+    from core.data.dataset import load_chestxray14
     from tests.mini_dataset import make_mini_dataset
 
     entries = load_chestxray14(sample_dir).entries
@@ -51,7 +51,7 @@ def ood_world(tmp_path_factory, sample_dir):
 
 @pytest.fixture(scope="module")
 def fitted(ood_world):
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["ood", "fit", str(ood_world["model"]), "--data", str(ood_world["data"]), "--json"]) == 0
     return ood_world
@@ -64,8 +64,8 @@ def _write(folder, name: str, data: bytes):
 
 
 def test_fit_stores_a_small_gate_in_the_card(fitted):
-    from core.artifact import read_artifact
-    from core.ood_features import stored_gate
+    from core.inference.artifact import read_artifact
+    from core.ood.gate import stored_gate
 
     artifact = read_artifact(fitted["model"])
     stored = artifact.card["ood"]
@@ -79,7 +79,7 @@ def test_fit_stores_a_small_gate_in_the_card(fitted):
 
 
 def test_cli_check_refuses_probes_with_a_reason_and_passes_real_xrays(fitted, sample_dir, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     folder = fitted["root"] / "probes"
     folder.mkdir()
@@ -111,8 +111,9 @@ def test_cli_check_refuses_probes_with_a_reason_and_passes_real_xrays(fitted, sa
 
 
 def test_the_gate_survives_json_and_refuses_a_damaged_one(fitted, sample_dir):
-    from core.artifact import read_artifact
-    from core.ood_features import FeatureExtractor, stored_gate
+    from core.inference.artifact import read_artifact
+    from core.inference.features import FeatureExtractor
+    from core.ood.gate import stored_gate
 
     artifact = read_artifact(fitted["model"])
     gate = stored_gate(artifact)
@@ -132,8 +133,8 @@ def test_the_gate_survives_json_and_refuses_a_damaged_one(fitted, sample_dir):
 
 
 def test_a_gate_fitted_for_other_weights_is_not_used(fitted, tmp_path):
-    from core.artifact import read_artifact, update_card
-    from core.ood_features import stored_gate
+    from core.inference.artifact import read_artifact, update_card
+    from core.ood.gate import stored_gate
 
     model = tmp_path / "model"
     shutil.copytree(fitted["model"], model)
@@ -143,10 +144,11 @@ def test_a_gate_fitted_for_other_weights_is_not_used(fitted, tmp_path):
 
 
 def test_pooled_features_are_what_the_predictor_classifies(sample_dir):
-    """Same input tensor as core.predictor: the classifier applied to the features gives its probabilities."""
-    from core.artifact import read_artifact
-    from core.ood_features import FeatureExtractor
-    from core.predictor import Predictor
+    """Same input tensor as core.inference.predictor: the classifier applied to the features gives its
+    probabilities."""
+    from core.inference.artifact import read_artifact
+    from core.inference.features import FeatureExtractor
+    from core.inference.predictor import Predictor
 
     artifact = read_artifact(BUNDLED_MODEL_DIR)
     images = [read_xray_file(p).pixels for p in sorted((sample_dir / "full-resolution").glob("*.png"))[:3]]
@@ -159,8 +161,8 @@ def test_pooled_features_are_what_the_predictor_classifies(sample_dir):
 
 
 def test_a_model_without_a_gate_still_runs_the_pixel_checks(tmp_path, capsys):
-    from core.artifact import update_card
-    from core.cli import main
+    from core.cli.main import main
+    from core.inference.artifact import update_card
 
     model = tmp_path / "model"
     shutil.copytree(BUNDLED_MODEL_DIR, model)
@@ -200,8 +202,8 @@ def test_fitting_refuses_too_few_images():
 
 
 def test_the_demo_models_card_carries_a_gate_fitted_for_its_weights():
-    from core.artifact import read_artifact
-    from core.ood_features import stored_gate
+    from core.inference.artifact import read_artifact
+    from core.ood.gate import stored_gate
 
     artifact = read_artifact(BUNDLED_MODEL_DIR)
     gate = stored_gate(artifact)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.metrics import sensitivity_thresholds, youden_thresholds
-from core.operating_points import OperatingPointError, operating_points
+from core.evaluation.metrics import sensitivity_thresholds, youden_thresholds
+from core.evaluation.operating_points import OperatingPointError, operating_points
 
 
 def _data(n: int, seed: int):

@@ -1,4 +1,5 @@
-"""core.png_fast behind core.imaging: the same pixels and refusals as Pillow, on real and built PNGs."""
+"""core.imaging.png_fast behind core.imaging.reader: the same pixels and refusals as Pillow, on real and
+built PNGs."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from core import png_fast
-from core.imaging import ImageRejected, read_xray
+from core.imaging import png_fast
+from core.imaging.reader import ImageRejected, read_xray
 from core.paths import REPO_ROOT
 from tests.test_imaging import _mutations, png_chunk
 
@@ -270,8 +271,8 @@ def test_size_limits_are_refused_from_the_header_with_the_readers_sentences():
 _PILLOW_ONLY = """
 import pickle, sys
 sys.modules["numba"] = None  # as if numba were not installed: the fast path switches itself off
-from core import png_fast
-from core.imaging import ImageRejected, read_xray
+from core.imaging import png_fast
+from core.imaging.reader import ImageRejected, read_xray
 assert not png_fast.available()
 outcomes = []
 for data in pickle.load(sys.stdin.buffer):

@@ -1,4 +1,5 @@
-"""core.predictor on real NIH X-rays: both backends, thresholds, batching, threads and image geometry."""
+"""core.inference.predictor on real NIH X-rays: both backends, thresholds, batching, threads and image
+geometry."""
 
 from __future__ import annotations
 
@@ -17,18 +18,25 @@ from PIL import Image
 from torchvision import transforms
 
 from core import file_cache
-from core.artifact import ArtifactError, ModelArtifact, new_card, read_artifact, save_artifact, update_card
-from core.imaging import read_xray_file
+from core.imaging.preprocess import crop_window, model_input
+from core.imaging.reader import read_xray_file
+from core.inference.artifact import (
+    ArtifactError,
+    ModelArtifact,
+    new_card,
+    read_artifact,
+    save_artifact,
+    update_card,
+)
+from core.inference.features import pooled_features
+from core.inference.models import create_model
+from core.inference.openvino_backend import OUTPUTS_TAG, choose_precision
+from core.inference.predictor import OpenVinoBackend, Prediction, Predictor
+from core.inference.torch_backend import TorchBackend
 from core.labels import FINDINGS
-from core.models import create_model
-from core.ood import COLOUR_REASON, UNIFORM_REASON, OodGate, OodResult
-from core.ood_features import pooled_features
-from core.ood_probes import blank_probes, photo_probes
-from core.ov_backend import OUTPUTS_TAG, choose_precision
+from core.ood.gate import COLOUR_REASON, UNIFORM_REASON, OodGate, OodResult
+from core.ood.probes import blank_probes, photo_probes
 from core.paths import REPO_ROOT, cache_dir
-from core.predictor import OpenVinoBackend, Prediction, Predictor
-from core.preprocess import crop_window, model_input
-from core.torch_backend import TorchBackend
 
 # Compiling for OpenVINO takes ~10 s of CPU: its tests are marked slow (and nothing else triggers it).
 EACH_BACKEND = ["torch", pytest.param("openvino", marks=pytest.mark.slow)]
@@ -72,7 +80,7 @@ def images(files) -> list[np.ndarray]:
     return [read_xray_file(f).pixels for f in files]
 
 
-# The CheXNet reproduction's evaluation transform, written independently of core.preprocess.
+# The CheXNet reproduction's evaluation transform, written independently of core.imaging.preprocess.
 EVAL_TRANSFORM = transforms.Compose(
     [
         transforms.Resize(256),
@@ -259,7 +267,7 @@ def test_the_crop_window_is_where_the_model_input_comes_from():
 
 
 def _probe_pixels(data: bytes) -> np.ndarray:
-    from core.imaging import read_xray
+    from core.imaging.reader import read_xray
 
     return read_xray(data).pixels
 
@@ -343,8 +351,8 @@ def test_serving_from_the_openvino_cache_never_imports_torch(artifact, predictor
     expected = predictors["openvino"].predict_one(read_xray_file(files[0]).pixels).probabilities
     script = (
         "import json, sys\n"
-        "from core.imaging import read_xray_file\n"
-        "from core.predictor import Predictor\n"
+        "from core.imaging.reader import read_xray_file\n"
+        "from core.inference.predictor import Predictor\n"
         f"predictor = Predictor.from_path({str(artifact.path)!r}, backend='auto', device='cpu')\n"
         f"prediction = predictor.predict_one(read_xray_file({str(files[0])!r}).pixels)\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'probabilities': prediction.probabilities,\n"
@@ -460,7 +468,7 @@ def test_openvino_sends_no_telemetry(tmp_path):
     # openvino_telemetry writes a client id under ~/intel before it sends; with it blocked, nothing is.
     script = (
         "import sys\n"
-        "from core.ov_backend import import_openvino\n"
+        "from core.inference.openvino_backend import import_openvino\n"
         "ov = import_openvino()\n"
         "ov.Core().get_property('CPU', 'FULL_DEVICE_NAME')\n"
         "import openvino.tools.ovc\n"

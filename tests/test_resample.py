@@ -1,4 +1,5 @@
-"""core.resample and core.preprocess: Pillow's bilinear resize reproduced bit for bit, only where needed."""
+"""core.imaging.resample and core.imaging.preprocess: Pillow's bilinear resize reproduced bit for bit, only
+where needed."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.artifact import IMAGENET_MEAN, IMAGENET_STD
-from core.imaging import read_xray_file
+from core.imaging.preprocess import IMAGENET_MEAN, IMAGENET_STD, model_input, resize_shorter_side_center_crop
+from core.imaging.reader import read_xray_file
+from core.imaging.resample import bilinear_resize_window
 from core.paths import REPO_ROOT
-from core.preprocess import model_input, resize_shorter_side_center_crop
-from core.resample import bilinear_resize_window
 
 pytestmark = pytest.mark.usefixtures("numba_kernels")
 
@@ -85,7 +85,7 @@ def pillow_model_resize(pixels: np.ndarray) -> np.ndarray:
 def test_without_numba_pillow_gives_the_same_window():
     script = (
         "import sys, numpy as np; sys.modules['numba'] = None\n"
-        "from core import resample\n"
+        "from core.imaging import resample\n"
         "assert resample._kernel() is None\n"
         "square = np.random.default_rng(3).integers(0, 256, (1000, 1000), dtype=np.uint8)\n"
         "sys.stdout.buffer.write(resample.bilinear_resize_window(square, 256, 16, 240).tobytes())\n"
@@ -103,8 +103,8 @@ def test_a_web_process_never_waits_for_numba_and_sees_the_same_pixels(full_resol
     script = (
         "import sys\n"
         "import webapp\n"
-        "from core.imaging import read_xray_file\n"
-        "from core.preprocess import model_input\n"
+        "from core.imaging.reader import read_xray_file\n"
+        "from core.imaging.preprocess import model_input\n"
         f"pixels = read_xray_file({path!r}).pixels\n"
         "batch = model_input(pixels, 256, 224)\n"
         "assert 'numba' not in sys.modules, 'the web process imported numba'\n"

@@ -63,7 +63,7 @@ def synthetic(tmp_path_factory) -> Path:
 def test_prepare_data_applies_the_uncertain_policy(
     synthetic: Path, tmp_path: Path, policy: str, value: float
 ):
-    from core.dataset import load_chestxray14
+    from core.data.dataset import load_chestxray14
 
     entries = load_chestxray14(synthetic).entries
     table = entries[["image_index", *FINDINGS]].copy()

@@ -13,7 +13,7 @@ from PIL import Image as PilImage
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from core.ood import UNIFORM_REASON
+from core.ood.gate import UNIFORM_REASON
 from core.paths import BUNDLED_MODEL_DIR, REPO_ROOT
 from db import accounts
 from db.engine import dispose_engine, get_engine, session_scope
@@ -55,7 +55,7 @@ def _plant(root: Path, name: str, data: bytes | None, template: pd.Series) -> No
 def studio(tmp_path, monkeypatch, sample_dir, fast_password_hashing):
     """CHEXNET_HOME, a SQLite database with the mini folder imported, the demo model active, users
     "boss" (admin) and "reader" (clinician)."""
-    from core.dataset import load_chestxray14
+    from core.data.dataset import load_chestxray14
 
     monkeypatch.setenv("CHEXNET_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("CHEXNET_MODEL", raising=False)

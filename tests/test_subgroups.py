@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from core.evaluation.subgroups import SubgroupError, subgroup_report, view_only_baseline
 from core.labels import FINDINGS
-from core.subgroups import SubgroupError, subgroup_report, view_only_baseline
 
 
 @pytest.fixture(scope="module")
 def reference(sample_dir):
-    from core.dataset import labels_matrix, load_chestxray14
+    from core.data.dataset import labels_matrix, load_chestxray14
 
     ds = load_chestxray14(sample_dir)
     table = pd.read_csv(sample_dir / "reference_chexnet_predictions.csv").set_index("Image Index")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.artifact import read_artifact
-from core.bench_train import bench_training
+from core.bench.train import bench_training
+from core.inference.artifact import read_artifact
 from core.labels import FINDINGS, NO_FINDING
 from core.paths import BUNDLED_MODEL_DIR
 from core.training import (
@@ -108,7 +108,7 @@ def write_labels_table(data: Path, path: Path, exclude: list[str]) -> Path:
     Hernia), and an exclude column marking `exclude`."""
     import pandas as pd
 
-    from core.dataset import load_chestxray14
+    from core.data.dataset import load_chestxray14
 
     entries = load_chestxray14(data).entries
     table = entries[["image_index", *FINDINGS]].copy()
@@ -248,7 +248,7 @@ def test_configuration_errors_are_sentences(synthetic_data: Path, tmp_path: Path
         train(small_config(synthetic_data, tmp_path / "x", init="artifact"))
     with pytest.raises(SettingsError, match="validation fraction must be between"):
         small_config(synthetic_data, tmp_path / "x", val_fraction=0.0)
-    from core.dataset import load_chestxray14, split_patientwise
+    from core.data.dataset import load_chestxray14, split_patientwise
 
     val_ids = split_patientwise(load_chestxray14(synthetic_data), 0.25, 0)["val"]
     (tmp_path / "no-val.txt").write_text("\n".join(val_ids) + "\n")
@@ -294,7 +294,7 @@ def test_no_card_holds_an_absolute_path(trained, synthetic_data: Path) -> None:
 def test_cli_fine_tunes_with_the_settings_flags(trained, synthetic_data: Path, tmp_path: Path, capsys):
     """`python -m core train`: flags built from TrainSettings (old names and units kept), the base
     model's crop taken from its card, the settings recorded in the new card."""
-    from core.cli import main
+    from core.cli.main import main
 
     parent, _, _ = trained
     out = tmp_path / "cli-tuned"
@@ -345,7 +345,7 @@ def test_two_processes_under_torchrun(trained, synthetic_data: Path, tmp_path: P
 
 
 def test_settings_flags_are_checked_against_the_settings_bounds(tmp_path: Path, capsys) -> None:
-    from core.cli import main
+    from core.cli.main import main
 
     base = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "x")]
     assert main([*base, "--epochs", "0"]) == 1

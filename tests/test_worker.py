@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from core.artifact import read_artifact
-from core.cache import ImageCache
-from core.imaging import read_xray_file
+from core.data.cache import ImageCache
+from core.imaging.reader import read_xray_file
+from core.inference.artifact import read_artifact
+from core.inference.predictor import Predictor
 from core.labels import FINDINGS
 from core.paths import REPO_ROOT, active_model_dir, cache_dir
-from core.predictor import Predictor
 from core.training import STATE_FILE, SettingsError, TrainSettings
 from db import accounts
 from db.__main__ import main as db_main

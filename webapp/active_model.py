@@ -23,9 +23,9 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import paths, settings
-from core.artifact import CARD_FILE, ArtifactError, ModelArtifact
 from core.errors import UserError
-from core.predictor import Predictor
+from core.inference.artifact import CARD_FILE, ArtifactError, ModelArtifact
+from core.inference.predictor import Predictor
 from db.operating_points import OperatingPoint
 
 log = logging.getLogger(__name__)

@@ -188,7 +188,7 @@ def default_split(versions: list[VersionInfo]) -> str:
     return "val" if sizes["val"] > sizes["test"] else "test"
 
 
-MIN_POSITIVES = 10  # core.evaluate.MIN_POSITIVES: fewer positives and an AUROC is marked too few
+MIN_POSITIVES = 10  # core.evaluation.evaluate.MIN_POSITIVES: fewer positives and an AUROC is marked too few
 
 
 def _positives_text(n_pos: dict[str, int] | None, finding: str) -> str:

@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import UserError
-from core.prediction_sets import read_reference_csv
-from core.prediction_store import (
+from core.evaluation.prediction_sets import read_reference_csv
+from core.evaluation.prediction_store import (
     StoredSplit,
     compare_stored,
     load_stored,

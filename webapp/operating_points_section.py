@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.artifact import ArtifactError, read_artifact
 from core.errors import UserError
+from core.inference.artifact import ArtifactError, read_artifact
 from core.labels import FINDINGS
 from db.operating_points import OperatingPoint, current_operating_points, history, set_operating_point
 from db.registry import RegistryEventView, registry_events
@@ -31,7 +31,7 @@ EVENTS_SHOWN = 50
 
 def card_origin_text(card: dict[str, Any] | None) -> str:
     """How the model card's thresholds were chosen (the card's "operating_points", written by
-    core.operating_points, else its older notes)."""
+    core.evaluation.operating_points, else its older notes)."""
     if card is None:
         return "model card (unreadable)"
     points = card.get("operating_points") or {}

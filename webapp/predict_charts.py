@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from core.cam import colorize, normalise
-from core.predictor import Prediction
+from core.inference.cam import colorize, normalise
+from core.inference.predictor import Prediction
 from webapp.formatting import pretty
 
 ABOVE_COLOUR = "#d62728"

@@ -16,12 +16,12 @@ import streamlit as st
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.cam import render_overlay
-from core.card_verdict import bar_text, judge_card
-from core.display import display_copy
 from core.errors import UserError
-from core.imaging import read_xray
-from core.predictor import Prediction, Predictor
+from core.evaluation.card_verdict import bar_text, judge_card
+from core.imaging.display import display_copy
+from core.imaging.reader import read_xray
+from core.inference.cam import render_overlay
+from core.inference.predictor import Prediction, Predictor
 from db.importer import store_upload
 from db.operating_points import OperatingPoint
 from db.reviews import account_by_id
@@ -41,7 +41,7 @@ class UploadView:
     format: str
     width: int  # of the original
     height: int
-    display: np.ndarray  # grey uint8, at most core.display.DISPLAY_MAX_SIDE a side
+    display: np.ndarray  # grey uint8, at most core.imaging.display.DISPLAY_MAX_SIDE a side
 
     @property
     def display_size(self) -> tuple[int, int]:

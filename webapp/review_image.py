@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.cam import render_overlay
-from core.imaging import ImageRejected, read_xray, read_xray_file
+from core.imaging.reader import ImageRejected, read_xray, read_xray_file
+from core.inference.cam import render_overlay
+from core.inference.predictor import Prediction, Predictor
 from core.labels import FINDINGS
-from core.predictor import Prediction, Predictor
 from webapp.formatting import plain, pretty
 from webapp.model_loader import is_validated, load_active_predictor
 from webapp.review_data import ReviewTarget

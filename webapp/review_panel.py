@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.inference.predictor import Prediction, Predictor
 from core.labels import FINDINGS, NO_FINDING
-from core.predictor import Prediction, Predictor
 from db.reviews import REASON_CODES
 from webapp import review_form, review_image
 from webapp.formatting import pretty

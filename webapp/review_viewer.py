@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from core.inference.predictor import Prediction
 from core.labels import FINDINGS
-from core.predictor import Prediction
 from webapp import review_data, review_form, review_image
 from webapp.formatting import pretty
 from webapp.review_data import PRESENT, ReviewTarget

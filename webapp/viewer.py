@@ -17,8 +17,8 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from core.cam import colorize
-from core.dataset import BBOX_COORDINATE_SIZE
+from core.data.dataset import BBOX_COORDINATE_SIZE
+from core.inference.cam import colorize
 from webapp.formatting import pretty
 
 MAX_DISPLAY_SIDE = 1024  # larger X-rays are shown downsampled; zooming in still shows plenty of detail
@@ -58,7 +58,7 @@ def window_bounds(level: int, width: int) -> tuple[int, int]:
 
 
 def cam_colorscale() -> list[list]:
-    """The CAM overlay's colour map (core.cam.colorize) as a plotly colour scale."""
+    """The CAM overlay's colour map (core.inference.cam.colorize) as a plotly colour scale."""
     colours = colorize(np.array([CAM_STOPS]))[0]
     return [[stop, f"rgb({r},{g},{b})"] for stop, (r, g, b) in zip(CAM_STOPS, colours, strict=True)]
 

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from core.artifact import ModelArtifact, default_input_spec, new_card, save_artifact
-from core.dataset import DATASET_NAME
+from core.data.dataset import DATASET_NAME
+from core.evaluation.metrics import auroc_per_class, image_set_fingerprint, mean_auroc, youden_thresholds
+from core.inference.artifact import ModelArtifact, default_input_spec, new_card, save_artifact
 from core.labels import FINDINGS
-from core.metrics import auroc_per_class, image_set_fingerprint, mean_auroc, youden_thresholds
 from core.training.checkpoints import RunRecord, load_best_weights
 from core.training.config import TrainConfig, TrainingError
 from core.training.data import TrainData, file_reference
@@ -139,7 +139,7 @@ def _data_provenance(config: TrainConfig, data: TrainData, data_text: str) -> di
         "n_val_patients": data.n_val_patients,
         "n_unreadable": data.n_unreadable,
         "split": {
-            "method": "core.dataset.split_patientwise",
+            "method": "core.data.dataset.split_patientwise",
             "val_fraction": config.settings.val_fraction,
             "seed": config.settings.seed,
             "val_images_sha256": image_set_fingerprint(data.val_ids),

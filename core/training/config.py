@@ -296,7 +296,7 @@ class TrainConfig:
     @property
     def cache_size(self) -> int:
         """Side of the cached images: 256 for the standard 224 crop, the same 256:224 ratio otherwise."""
-        from core.cache import DEFAULT_SIZE  # here: importing the contract must stay light (CLI --help)
+        from core.data.cache import DEFAULT_SIZE  # here: importing the contract must stay light (CLI --help)
 
         size = self.image_size
         return DEFAULT_SIZE if size == DEFAULT_CROP else round(size * DEFAULT_SIZE / DEFAULT_CROP)

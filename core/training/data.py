@@ -1,7 +1,7 @@
 """A run's data: the patient-wise split, labels and exclusions, the filled image cache, and the batches.
 
-Images come only from the uint8 cache (`core.cache`), one `cache_size` px square per image; the
-training device crops and augments them (`core.augment`).
+Images come only from the uint8 cache (`core.data.cache`), one `cache_size` px square per image; the
+training device crops and augments them (`core.data.augment`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.cache import CacheError, ImageCache, build_cache, default_cache_folder
-from core.dataset import (
+from core.data.cache import CacheError, ImageCache, build_cache, default_cache_folder
+from core.data.dataset import (
     DatasetError,
     apply_exclusions,
     labels_matrix,

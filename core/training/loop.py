@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.artifact import ModelArtifact, read_artifact
-from core.augment import to_model_input
+from core.data.augment import to_model_input
 from core.devices import DeviceError, device_description, resolve_device
 from core.distributed import (
     DistInfo,
@@ -41,8 +40,9 @@ from core.distributed import (
     shard_epoch_order,
     shutdown_distributed,
 )
+from core.evaluation.metrics import auroc_per_class, mean_auroc
+from core.inference.artifact import ModelArtifact, read_artifact
 from core.labels import FINDINGS
-from core.metrics import auroc_per_class, mean_auroc
 from core.training.card import write_model_card
 from core.training.checkpoints import RunRecord, resume_or_start_afresh, save_best_weights, save_train_state
 from core.training.config import (

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.artifact import ArtifactError, read_artifact
-from core.augment import to_model_input
-from core.cache import ImageCache
+from core.data.augment import to_model_input
+from core.data.cache import ImageCache
+from core.inference.artifact import ArtifactError, read_artifact
+from core.inference.models import ModelInitError, create_model
 from core.labels import FINDINGS
-from core.models import ModelInitError, create_model
 from core.training.config import DEFAULT_CROP, TrainConfig, TrainingError
 from core.training.data import iterate_batches
 

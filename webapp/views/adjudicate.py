@@ -14,7 +14,7 @@ from webapp.auth import require_role
 user = require_role("admin")
 
 from core.errors import UserError  # noqa: E402
-from core.imaging import ImageRejected, read_xray_file  # noqa: E402
+from core.imaging.reader import ImageRejected, read_xray_file  # noqa: E402
 from core.labels import FINDINGS  # noqa: E402
 from webapp import adjudication_data as data  # noqa: E402
 from webapp.database import engine_or_stop  # noqa: E402

@@ -1,6 +1,7 @@
 """Predict: upload a chest X-ray, see CheXNet's 14 probabilities and a class activation map.
 
-Outputs are called "findings" (with some above threshold) only for a validated model (core.card_verdict)
+Outputs are called "findings" (with some above threshold) only for a validated model
+(core.evaluation.card_verdict)
 on an image the out-of-distribution gate passed; otherwise they are scores, marked as such.
 """
 
@@ -8,9 +9,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.cam import render_overlay
-from core.card_verdict import bar_text, judge_card
-from core.imaging import ImageRejected
+from core.evaluation.card_verdict import bar_text, judge_card
+from core.imaging.reader import ImageRejected
+from core.inference.cam import render_overlay
 from webapp import predict_charts, predict_data
 from webapp.active_model import served_model
 from webapp.auth import current_user
@@ -100,7 +101,8 @@ def cam_section(prediction, view: predict_data.UploadView, data: bytes) -> None:
         help="Off: each finding's map is stretched to the full colour range. On: one scale for all 14 "
         "findings of this image, so a weak map looks weak.",
     )
-    # Drawn at screen size (core.display): the full-resolution overlay is rendered only for the download.
+    # Drawn at screen size (core.imaging.display): the full-resolution overlay is rendered only for the
+    # download.
     size = view.display_size
     if fixed:
         cam = predict_charts.fixed_scale_cam(prediction, finding, size)

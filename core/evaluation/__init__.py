@@ -1,0 +1,1 @@
+"""Judging a model: metrics, split evaluation, comparison, calibration, subgroups, localization."""
