@@ -7,8 +7,11 @@ Modules:
 - migrate     upgrade(engine) (run automatically by get_engine), head_revision(), make_revision()
 - accounts    create_user, authenticate, ensure_initial_admin, set_password / set_role / set_active
 - importer    import_chestxray14(session_or_engine, root), store_upload(session, data, filename, user)
-- reviews     save_review, adjudicate, get_effective_label / effective_labels, label_history;
-              review_queue / review_lookup (the queues), effective (derived labels and disagreement)
+- label_rules the label types and rules every other review module builds on: validate_label, consensus,
+              EffectiveLabel, QueueItem, REASON_CODES
+- reviews     save_review, adjudicate (one transaction each, refreshing what depends on the label),
+              label_history; review_queue / review_lookup (the queues)
+- effective   derived labels and disagreement: get_effective_label / effective_labels
 - adjudication, assignments, study, reader_stats, cam_feedback   the reading study (issue 11)
 - audit       the label events' hash chain (`python -m db verify-audit`)
 - sessions, login_throttle   server-side login sessions and throttling

@@ -20,6 +20,8 @@ from sqlalchemy import delete, func, insert, select, true
 from sqlalchemy.orm import Session
 
 from core.labels import FINDINGS
+from db.effective import get_effective_label
+from db.label_rules import EffectiveLabel, finding_states
 from db.models import (
     EXCLUDE_BIT,
     Adjudication,
@@ -33,7 +35,6 @@ from db.models import (
     findings_of,
     utcnow,
 )
-from db.reviews import EffectiveLabel, finding_states, get_effective_label
 
 EXCLUDE = "exclude"  # the name of the exclusion in a list of disputed findings
 

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from db.bulk import bulk_insert
 from db.errors import NotAllowedError
+from db.label_rules import QueueItem
 from db.models import SHUFFLE_KEY_SQL, Assignment, Image, Review, User, utcnow
-from db.reviews import QueueItem
 from db.study import StudyError
 
 MAX_IMAGES_PER_BATCH = 50_000

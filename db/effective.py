@@ -1,15 +1,15 @@
 """The effective label in SQL: the `reviewed_labels` table and the stored disagreement of predictions.
 
-The rules of the effective label are db.reviews' (module doc). They are applied in Python, once per
-save: `refresh_image` rewrites the image's `reviewed_labels` row (adjudication, else the reviewers'
-consensus; no row: the NLP label applies) and the `disagreement` of its stored predictions, in the
-transaction of the review or adjudication being saved. Reading the label of any number of images is
-then one join (`label_select`), and the "model disagrees most" queue reads an index instead of
-scoring 112k predictions on every load.
+The rules of the effective label are db.reviews' (module doc; the code is db.label_rules). They are
+applied in Python, once per save: `refresh_image` rewrites the image's `reviewed_labels` row
+(adjudication, else the reviewers' consensus; no row: the NLP label applies) and the `disagreement` of
+its stored predictions, in the transaction of the review or adjudication being saved. Reading the label
+of any number of images is then one join (`label_select`), and the "model disagrees most" queue reads
+an index instead of scoring 112k predictions on every load.
 
 Why a maintained table rather than a GROUP BY over `reviews` in every query: labels are read on every
 queue load and statistics page, written once per save; the queue's ranking must sit in an index; and
-the tie and exclusion rules stay in one Python function (db.reviews.consensus) instead of being
+the tie and exclusion rules stay in one Python function (db.label_rules.consensus) instead of being
 restated in two SQL dialects.
 
 `rebuild` recomputes everything (after bulk loads, or to repair); `refresh_disagreement` scores the
@@ -29,6 +29,8 @@ from sqlalchemy.orm import Session, aliased
 
 from core.labels import FINDINGS
 from db.bulk import bulk_insert
+from db.errors import NotFoundError
+from db.label_rules import EffectiveLabel, consensus
 from db.models import (
     FINDING_COLUMNS,
     SOURCE_NLP,
@@ -40,7 +42,6 @@ from db.models import (
     ReviewedLabel,
     utcnow,
 )
-from db.reviews import EffectiveLabel, consensus
 
 NLP = aliased(NlpLabel, name="nlp")  # the NLP row of an image, joined beside its reviewed label
 _EFFECTIVE_IN_LIST = 500  # more ids than this: read every label in one pass instead of IN lists
@@ -248,3 +249,10 @@ def effective_labels(session: Session, image_ids: Iterable[int] | None = None) -
     if ids is None:
         return labels
     return {image_id: labels.get(image_id) or no_label() for image_id in ids}
+
+
+def get_effective_label(session: Session, image_id: int) -> EffectiveLabel:
+    """The label that counts for the image now (rules in db.reviews' module doc)."""
+    if session.get(Image, image_id) is None:
+        raise NotFoundError(f"There is no image with id {image_id}.")
+    return effective_labels(session, [image_id])[image_id]

@@ -293,7 +293,7 @@ class Review(FindingColumns, Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # Per-finding Uncertain (bit i: FINDINGS[i]; its boolean column is then False) and reason codes
-    # {finding: [code, ...]} (db.reviews.REASON_CODES). How the read was made: `blinded` (the reader saw
+    # {finding: [code, ...]} (db.label_rules.REASON_CODES). How the read was made: `blinded` (the reader saw
     # no other reader's label), `study_mode` (db.study: "ai_first" / "ai_hidden"), `read_seconds`.
     uncertain_mask: Mapped[int] = mapped_column(default=0, server_default="0")
     reasons: Mapped[dict[str, Any] | None]

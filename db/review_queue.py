@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from core.labels import FINDINGS
 from db.effective import NLP, disagreement_gaps, gaps_table, scored_gaps
+from db.label_rules import QueueError, QueueItem
 from db.models import (
     SHUFFLE_KEY_SQL,
     SOURCE_NLP,
@@ -34,7 +35,6 @@ from db.models import (
     User,
     finding_column,
 )
-from db.reviews import QueueError, QueueItem
 
 _SHUFFLE_KEYS = 2**32
 

@@ -1,4 +1,7 @@
-"""Clinician reviews, admin adjudications, the effective label of an image, and the review queue.
+"""Saving clinician reviews and admin adjudications, reading labels, and the review queue.
+
+The label types and rules (validation, consensus, EffectiveLabel, QueueItem) live in db.label_rules,
+below this module and every module a save refreshes (db.effective, db.adjudication, db.assignments).
 
 Every function takes a Session and leaves committing to the caller (`with session_scope() as s:`),
 so a save and its audit event always commit, or roll back, together.
@@ -30,17 +33,26 @@ save fail with StaleReviewError instead of silently overwriting it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.labels import FINDINGS, NO_FINDING
+from core.labels import FINDINGS
+from db import adjudication, assignments, effective
+from db import review_queue as queues
 from db.audit import append_label_event, lock_audit_chain
-from db.errors import DbUserError, InvalidLabelError, NotAllowedError, NotFoundError, StaleReviewError
+from db.errors import NotAllowedError, NotFoundError, StaleReviewError
+from db.label_rules import (
+    QueueItem,
+    QueueStrategy,
+    check_queue_arguments,
+    label_state,
+    validate_label,
+    validate_reasons,
+)
 from db.models import (
     FINDING_COLUMNS,
     SOURCE_NLP,
@@ -52,141 +64,9 @@ from db.models import (
     Prediction,
     Review,
     User,
-    findings_in,
-    findings_of,
     mask_of,
     utcnow,
 )
-
-LabelSource = Literal["adjudication", "consensus", "nlp", "none"]
-QueueStrategy = Literal["disagreement", "unreviewed", "random", "finding", "split"]
-QUEUE_STRATEGIES: tuple[str, ...] = ("disagreement", "unreviewed", "random", "finding", "split")
-# Why a finding is Uncertain or differs from the report: optional codes a reader attaches to a finding.
-REASON_CODES: dict[str, str] = {
-    "not_visible": "Not visible on this image",
-    "report_only": "Report-only finding",
-    "poor_quality": "Poor image quality",
-    "wrong_view": "Wrong view or body part",
-    "borderline": "Subtle or borderline",
-}
-
-
-class QueueError(DbUserError, ValueError):
-    """A review queue that cannot be built as asked (one human sentence)."""
-
-
-@dataclass(frozen=True)
-class EffectiveLabel:
-    findings: dict[str, bool]  # all 14, FINDINGS order
-    no_finding: bool
-    exclude: bool
-    source: LabelSource
-    n_reviews: int
-    disputed: tuple[str, ...] = ()  # findings (and "exclude") the readers differ on, unadjudicated
-    uncertain: tuple[str, ...] = ()  # findings whose effective state is Uncertain
-
-    @property
-    def positives(self) -> list[str]:
-        return [finding for finding, positive in self.findings.items() if positive]
-
-    @property
-    def finding_labels(self) -> str:
-        """Data_Entry spelling: "A|B" or "No Finding"."""
-        return "|".join(self.positives) or NO_FINDING
-
-
-@dataclass(frozen=True)
-class QueueItem:
-    image_id: int
-    image_index: str | None
-    split: str | None
-    n_reviews: int  # reviews by anyone
-    score: float | None = None  # "disagreement": max over findings of |probability - effective label|
-    top_finding: str | None = None  # "disagreement": the finding where that maximum is
-
-
-# ----------------------------------------------------------------------------------------------------
-# Label values
-
-
-def validate_label(
-    findings: Mapping[str, bool], no_finding: bool, exclude: bool, *, uncertain: Iterable[str] = ()
-) -> dict[str, bool]:
-    """All 14 findings as booleans (missing ones False); raises InvalidLabelError with a sentence.
-
-    `uncertain`: the findings the reader marked Uncertain (neither Present nor Absent).
-    """
-    uncertain = set(uncertain)
-    unknown = sorted((set(findings) | uncertain) - set(FINDINGS))
-    if unknown:
-        raise InvalidLabelError(f"Unknown finding(s): {', '.join(unknown)}.")
-    clean = {finding: bool(findings.get(finding, False)) for finding in FINDINGS}
-    positives = [finding for finding, positive in clean.items() if positive]
-    both = [finding for finding in positives if finding in uncertain]
-    if both:
-        raise InvalidLabelError(f"A finding is either Present or Uncertain, not both ({', '.join(both)}).")
-    if no_finding and (positives or uncertain):
-        named = positives + sorted(uncertain, key=FINDINGS.index)
-        raise InvalidLabelError(
-            f"“No Finding” cannot be combined with findings ({', '.join(named)}); untick one or the other."
-        )
-    if not no_finding and not positives and not uncertain and not exclude:
-        raise InvalidLabelError("Tick at least one finding or “No Finding”, or exclude the image.")
-    return clean
-
-
-def validate_reasons(reasons: Mapping[str, Iterable[str]] | None) -> dict[str, list[str]] | None:
-    """{finding: [reason code, ...]} with known findings and codes only (None when empty)."""
-    clean: dict[str, list[str]] = {}
-    for finding, codes in (reasons or {}).items():
-        if finding not in FINDINGS:
-            raise InvalidLabelError(f"Unknown finding {finding!r} in the reasons.")
-        codes = sorted(set(codes))
-        unknown = [code for code in codes if code not in REASON_CODES]
-        if unknown:
-            raise InvalidLabelError(f"Unknown reason code(s): {', '.join(unknown)}.")
-        if codes:
-            clean[finding] = codes
-    return {finding: clean[finding] for finding in FINDINGS if finding in clean} or None
-
-
-def label_state(row: Review | Adjudication) -> dict[str, Any]:
-    """The audit-trail snapshot of a review or adjudication."""
-    return {
-        "findings": {finding: bool(value) for finding, value in findings_of(row).items()},
-        "uncertain": list(findings_in(row.uncertain_mask)),
-        "reasons": dict(row.reasons or {}),
-        "no_finding": bool(row.no_finding),
-        "exclude": bool(row.exclude),
-        "comment": row.comment,
-        "version": row.version,
-    }
-
-
-def finding_states(row: Review | Adjudication) -> dict[str, str]:
-    """{finding: "present" | "absent" | "uncertain"} of a review or adjudication, in FINDINGS order."""
-    uncertain = set(findings_in(row.uncertain_mask))
-    return {
-        finding: "uncertain" if finding in uncertain else "present" if value else "absent"
-        for finding, value in findings_of(row).items()
-    }
-
-
-def consensus(votes: Sequence[tuple[Mapping[str, bool], bool]]) -> tuple[dict[str, bool], bool]:
-    """(findings, exclude) of reviewers' votes [(findings, exclude), ...]; rules in the module doc.
-
-    These are the values `reviewed_labels` holds; where the votes differ the image is disputed
-    (db.adjudication.dispute_mask), which the pages, exports and the trainer's labels say.
-    """
-    excluded = sum(1 for _, exclude in votes if exclude)
-    exclude = 2 * excluded > len(votes)
-    readers = [findings for findings, exclude in votes if not exclude]
-    findings = {
-        finding: 2 * sum(1 for votes_of in readers if votes_of.get(finding, False)) > len(readers)
-        for finding in FINDINGS
-    }
-    return findings, exclude
-
 
 # ----------------------------------------------------------------------------------------------------
 # Saving reviews and adjudications
@@ -239,8 +119,7 @@ def save_review(
         reasons=reasons,
         read=read,
     )
-    _refresh_effective(session, image.id)
-    _refresh_study(session, image.id, reader_id=user.id)
+    _refresh_derived(session, image.id, reader_id=user.id)
     return review
 
 
@@ -266,26 +145,18 @@ def adjudicate(
     if not (admin.active and admin.is_admin):
         raise NotAllowedError("Only an active admin can adjudicate labels.")
     image = _image(session, image_id)
-    adjudication = _save_label(
+    row = _save_label(
         session, Adjudication, "adjudication", image, admin, findings, no_finding, exclude, comment,
         expected_version, reason, uncertain=uncertain, reasons=reasons,
     )  # fmt: skip
-    _refresh_effective(session, image.id)
-    _refresh_study(session, image.id)
-    return adjudication
+    _refresh_derived(session, image.id)
+    return row
 
 
-def _refresh_effective(session: Session, image_id: int) -> None:
-    """The image's derived label rows (db.effective), in the transaction of the save."""
-    from db import effective  # late: db.effective builds on this module's rules
-
+def _refresh_derived(session: Session, image_id: int, reader_id: int | None = None) -> None:
+    """What a saved label changes, in the transaction of the save: the image's reviewed label and
+    prediction disagreement (db.effective), its read status (disputes), and the reader's assignment."""
     effective.refresh_image(session, image_id)
-
-
-def _refresh_study(session: Session, image_id: int, reader_id: int | None = None) -> None:
-    """The image's read status (disputes) and the reader's assignment, in the transaction of the save."""
-    from db import adjudication, assignments  # late: both build on this module's rules
-
     adjudication.refresh_status(session, image_id)
     if reader_id is not None:
         assignments.mark_done(session, image_id, reader_id)
@@ -450,19 +321,6 @@ def label_history(session: Session, image_id: int) -> list[LabelEvent]:
     )
 
 
-def get_effective_label(session: Session, image_id: int) -> EffectiveLabel:
-    """The label that counts for the image now (rules in the module doc)."""
-    _image(session, image_id)
-    return effective_labels(session, [image_id])[image_id]
-
-
-def effective_labels(session: Session, image_ids: Iterable[int] | None = None) -> dict[int, EffectiveLabel]:
-    """image id -> EffectiveLabel, for the given images (None: every image, by id), in one query."""
-    from db import effective  # late: db.effective builds on this module's rules
-
-    return effective.effective_labels(session, image_ids)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Review queue
 
@@ -488,9 +346,8 @@ def review_queue(
     - "split": images of the official `split` ("train_val" / "test"), fewest reviews first.
     A page of any queue is a few indexed statements, whatever the size of the dataset (db.review_queue).
     """
-    from db import review_queue as queues  # late: db.review_queue builds on this module's types
 
-    _check_queue_arguments(strategy, finding, split)
+    check_queue_arguments(strategy, finding, split)
     return queues.queue_items(
         session, user, strategy, finding=finding, split=split, model_version_id=model_version_id,
         limit=limit, seed=seed,
@@ -507,18 +364,8 @@ def remaining_count(
     model_version_id: int | None = None,
 ) -> int:
     """How many images the same queue holds in all (not only the first `limit`): one COUNT."""
-    from db import review_queue as queues
 
-    _check_queue_arguments(strategy, finding, split)
+    check_queue_arguments(strategy, finding, split)
     return queues.queue_size(
         session, user, strategy, finding=finding, split=split, model_version_id=model_version_id
     )
-
-
-def _check_queue_arguments(strategy: str, finding: str | None, split: str | None) -> None:
-    if strategy not in QUEUE_STRATEGIES:
-        raise QueueError(f"Unknown queue {strategy!r}; choose one of {', '.join(QUEUE_STRATEGIES)}.")
-    if strategy == "finding" and finding not in FINDINGS:
-        raise QueueError("The finding queue needs one of the 14 findings to be chosen.")
-    if strategy == "split" and not split:
-        raise QueueError("The split queue needs a split (train_val or test) to be chosen.")

@@ -15,11 +15,12 @@ from sqlalchemy import select
 
 from core.labels import FINDINGS
 from db import accounts, assignments
+from db.effective import effective_labels
 from db.engine import dispose_engine, get_engine, session_scope
 from db.importer import store_upload
 from db.models import Box, Image, LabelEvent, Review, User, findings_in
 from db.registry import promote, register_model_version, save_predictions
-from db.reviews import effective_labels, save_review
+from db.reviews import save_review
 from tests.review_helpers import (
     REVIEW_PAGE,
     answer,

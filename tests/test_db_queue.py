@@ -7,9 +7,10 @@ from sqlalchemy import Engine
 
 from core.labels import FINDINGS
 from db.engine import session_scope
+from db.label_rules import QueueError
 from db.models import User
 from db.registry import promote, register_model_version, save_predictions
-from db.reviews import QueueError, remaining_count, review_queue, save_review
+from db.reviews import remaining_count, review_queue, save_review
 
 
 def _review(engine: Engine, image_id: int, user: User, *positive: str) -> None:

@@ -6,23 +6,22 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from core.labels import FINDINGS
+from db.effective import get_effective_label
 from db.engine import session_scope
 from db.errors import InvalidLabelError, NotAllowedError, NotFoundError, StaleReviewError
+from db.label_rules import consensus, validate_label
 from db.models import Box, LabelEvent, Review, User
 from db.registry import register_model_version, save_predictions
 from db.reviews import (
     account_by_id,
     adjudicate,
-    consensus,
     count_images,
-    get_effective_label,
     get_review,
     has_predictions,
     image_boxes,
     image_splits,
     label_history,
     save_review,
-    validate_label,
 )
 
 

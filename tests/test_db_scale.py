@@ -27,7 +27,9 @@ from sqlalchemy.engine import make_url
 from core.labels import FINDINGS
 from db import changes, effective
 from db.bulk import bulk_insert
+from db.effective import effective_labels
 from db.engine import dispose_engine, get_engine, session_scope
+from db.label_rules import EffectiveLabel, consensus
 from db.label_status import label_status
 from db.migrate import downgrade, upgrade
 from db.models import (
@@ -46,15 +48,7 @@ from db.models import (
 )
 from db.quality import cohen_kappa, fleiss_kappa, label_quality
 from db.registry import promote, register_model_version, save_predictions
-from db.reviews import (
-    EffectiveLabel,
-    adjudicate,
-    consensus,
-    effective_labels,
-    remaining_count,
-    review_queue,
-    save_review,
-)
+from db.reviews import adjudicate, remaining_count, review_queue, save_review
 
 N_IMAGES = 20_000
 N_BULK_REVIEWS = 3_000

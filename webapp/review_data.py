@@ -17,8 +17,8 @@ from core.labels import FINDINGS, NO_FINDING
 from db import adjudication, assignments, registry, review_lookup, reviews, study
 from db import cam_feedback as cam_feedback_db
 from db.errors import NotFoundError
+from db.label_rules import EffectiveLabel, QueueItem, finding_states
 from db.models import SOURCE_GOOGLE, findings_of
-from db.reviews import EffectiveLabel, QueueItem
 from db.study import StudySettings
 from webapp.database import session
 from webapp.formatting import plain, pretty
@@ -235,7 +235,7 @@ def image_path(image_id: int) -> str | None:
 def values_of(row: Any) -> LabelValues:
     """The LabelValues of a Review or Adjudication row."""
     return LabelValues(
-        reviews.finding_states(row), bool(row.no_finding), bool(row.exclude), row.comment or "",
+        finding_states(row), bool(row.no_finding), bool(row.exclude), row.comment or "",
         dict(row.reasons or {}),
     )  # fmt: skip
 

@@ -15,7 +15,7 @@ import streamlit as st
 
 from core.inference.predictor import Prediction, Predictor
 from core.labels import FINDINGS, NO_FINDING
-from db.reviews import REASON_CODES
+from db.label_rules import REASON_CODES
 from webapp import review_form, review_image
 from webapp.formatting import pretty
 from webapp.review_data import ABSENT, PRESENT, UNCERTAIN, ReviewTarget, status_sentence
