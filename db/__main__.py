@@ -208,6 +208,18 @@ def _cmd_benchmark_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """`python -m db bench scale ...`: scripts/bench_scale.py, run as a script (it drives the pages, which
+    this package must not import), with the same arguments and the same JSON."""
+    import subprocess
+
+    from core.paths import REPO_ROOT
+    from core.settings import subprocess_env
+
+    script = REPO_ROOT / "scripts" / "bench_scale.py"
+    return subprocess.run([sys.executable, str(script), *args.arguments], env=subprocess_env()).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m db", description="CheXNet Studio database tools.")
     parser.add_argument(
@@ -281,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("benchmark-import", help="time a metadata-only import into a fresh database")
     bench.add_argument("dataset_dir")
     bench.set_defaults(run=_cmd_benchmark_import)
+
+    scale = commands.add_parser(
+        "bench", help="benchmarks: scale (every page at 112,120 images; scripts/bench_scale.py's arguments)"
+    )
+    scale.add_argument("what", choices=["scale"])
+    scale.add_argument("arguments", nargs=argparse.REMAINDER, help="passed on, e.g. --images 20000 --json")
+    scale.set_defaults(run=_cmd_bench)
     return parser
 
 

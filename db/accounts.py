@@ -78,6 +78,16 @@ def _account(user: User) -> Account:
 # Hashes and rules
 
 
+def set_password_hasher(hasher: PasswordHasher) -> None:
+    """Hash (and verify) with other argon2 parameters from now on, in this process.
+
+    For scripts that create thousands of accounts and measure something else (scripts/scale_database.py);
+    hashes made with weaker parameters are upgraded at the next login by a server on the defaults.
+    """
+    global _hasher
+    _hasher = hasher
+
+
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
 

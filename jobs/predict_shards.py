@@ -22,6 +22,7 @@ import numpy as np
 
 from core.data.cache import ImageCache
 from core.distributed import env_dist_info
+from jobs.batch_predict import Batch, predict_batches
 
 BATCH = 32
 
@@ -53,15 +54,13 @@ def predict_rows(
     """float32 [len(rows), n_labels] probabilities of cached images, BATCH at a time (the network runs
     on the cache's 256 px centre squares: the same model input as from the original files)."""
     out = np.empty((len(rows), len(predictor.labels)), dtype=np.float32)
-    for start in range(0, len(rows), BATCH):
-        if should_stop is not None and should_stop():
-            break
-        pixels = list(cache.batch(rows[start : start + BATCH]))
-        predictions = predictor.predict(pixels, batch_size=BATCH, check_ood=False)
-        for offset, prediction in enumerate(predictions):
-            out[start + offset] = [prediction.probabilities[label] for label in predictor.labels]
-        if on_batch is not None:
-            on_batch(min(start + BATCH, len(rows)))
+    spans = (range(start, min(start + BATCH, len(rows))) for start in range(0, len(rows), BATCH))
+    batches = (Batch(list(cache.batch(rows[s.start : s.stop])), len(s), list(s)) for s in spans)
+    for batch, predictions in predict_batches(
+        predictor, batches, check_ood=False, on_done=on_batch, should_stop=should_stop
+    ):
+        for position, prediction in zip(batch.keys, predictions, strict=True):
+            out[position] = [prediction.probabilities[label] for label in predictor.labels]
     return out
 
 

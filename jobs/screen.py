@@ -9,13 +9,17 @@ one gets the pixel checks only (blank, noise, document, colour), and the job say
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from core.errors import Cancelled
 from db.engine import session_scope
 from db.models import TrainingJob
 from db.ood_suspects import UNREADABLE, Flag, record_screening
+from jobs.batch_predict import Batch, predict_batches
 from jobs.params import JobParamsError
 from jobs.progress import ImageCount
 from jobs.run import JobRun
@@ -89,12 +93,14 @@ def run_screen(run: JobRun, job: TrainingJob) -> None:
     screened: list[int] = []
     flagged: dict[int, Flag] = {}
     decoded = prefetch_map(_read, [path for _, path in images], workers=2, depth=2 * BATCH, name="screen")
-    try:
+
+    def batches() -> Iterator[Batch]:
         for start in range(0, len(images), BATCH):
-            if run.should_cancel():
-                raise Cancelled(f"Cancelled after screening {count.done:,} of {len(images):,} images.")
-            ids, pixels, data = [], [], []
-            for image_id, _ in images[start : start + BATCH]:
+            part = images[start : start + BATCH]
+            ids: list[int] = []
+            pixels: list[np.ndarray] = []
+            data: list[bytes | None] = []
+            for image_id, _ in part:
                 item = next(decoded)
                 if isinstance(item, str):  # the reader's sentence: listed too, for a person to look at
                     count.unreadable += 1
@@ -103,22 +109,37 @@ def run_screen(run: JobRun, job: TrainingJob) -> None:
                     ids.append(image_id)
                     pixels.append(item[0])
                     data.append(item[1])
-            screened.extend(image_id for image_id, _ in images[start : start + BATCH])
-            predictions = predictor.predict(pixels, BATCH, file_bytes=data)
-            for image_id, verdict in zip(ids, (p.ood for p in predictions), strict=True):
+            screened.extend(image_id for image_id, _ in part)
+            yield Batch(pixels, len(part), ids, data)
+
+    def store() -> None:
+        nonlocal n_flagged
+        with session_scope(run.engine) as session:
+            n_flagged += record_screening(session, version_id, screened, flagged, job_id=job.id)
+        count.stored = n_flagged
+        screened.clear()
+        flagged.clear()
+
+    def progress(done: int) -> None:
+        count.done = done
+        run.update(stage="predict", stage_text=text, fraction=done / max(len(images), 1), predicted=count)
+
+    try:
+        for batch, predictions in predict_batches(
+            predictor, batches(), check_ood=True, on_done=progress, should_stop=run.should_cancel
+        ):
+            for image_id, verdict in zip(batch.keys, (p.ood for p in predictions), strict=True):
                 if verdict.flagged:
                     flagged[image_id] = Flag(verdict.check, verdict.reason, verdict.score)
-            count.done = min(start + BATCH, len(images))
-            if len(screened) >= WRITE_EVERY or count.done == len(images):
-                with session_scope(run.engine) as session:
-                    n_flagged += record_screening(session, version_id, screened, flagged, job_id=job.id)
-                count.stored = n_flagged
-                screened, flagged = [], {}
-            run.update(
-                stage="predict", stage_text=text, fraction=count.done / max(len(images), 1), predicted=count
-            )
+            if len(screened) >= WRITE_EVERY:
+                store()
     finally:
         decoded.close()
+    if count.done < len(images):
+        raise Cancelled(f"Cancelled after screening {count.done:,} of {len(images):,} images.")
+    if screened:
+        store()
+        run.update(stage="predict", stage_text=text, fraction=1.0, predicted=count, force=True)
     with session_scope(run.engine) as session:
         run.succeed(
             session,

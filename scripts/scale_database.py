@@ -71,7 +71,8 @@ def build_database(
     )
     from db.registry import promote, register_model_version, save_predictions
 
-    accounts._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)  # logins are not measured
+    # Thousands of accounts, logins not measured: cheap hashes.
+    accounts.set_password_hasher(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
     rng = np.random.default_rng(args.seed)
     engine = get_engine(url)
     import_chestxray14(engine, data, require_images=False, hash_images=False)

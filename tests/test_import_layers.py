@@ -1,4 +1,5 @@
-"""The package imports, read from the source: no circle in core/ or db/, and core's packages stacked.
+"""The package imports, read from the source: no circle in core/ or db/, core's packages stacked, no private
+name used across modules.
 
 Every import counts, those inside functions and under TYPE_CHECKING too: a lazy import is still an arrow,
 and a circle through one is a circle. The order of core's packages is written in docs/CONVENTIONS.md.
@@ -132,3 +133,44 @@ def test_each_package_says_in_one_line_what_it_is_for(level: str) -> None:
 def test_the_conventions_write_the_order_down() -> None:
     text = " ".join((REPO_ROOT / "docs" / "CONVENTIONS.md").read_text().split())
     assert " < ".join(f"`{level}`" for level in CORE_LEVELS[1:]) in text
+
+
+def _private_uses(path: Path) -> list[str]:
+    """`from x import _name` and `module._name` (module imported from the project) in one file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    project = ("core", "db", "jobs", "webapp")
+    modules: set[str] = set()  # local names bound to project modules
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in project:
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{path.name}:{node.lineno} from {node.module} import {alias.name}")
+                modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            modules.update(
+                a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in project
+            )
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("package", ["core", "db", "jobs", "webapp", "scripts"])
+def test_no_module_uses_another_ones_private_names(package: str) -> None:
+    assert [use for path in sorted((REPO_ROOT / package).rglob("*.py")) for use in _private_uses(path)] == []
+
+
+def test_the_private_use_finder_finds_one(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from core.evaluation.evaluate import _read_images\nfrom db import accounts\naccounts._hasher\n"
+    )
+    assert len(_private_uses(sample)) == 2

@@ -66,7 +66,24 @@ class PerBackend(dict):
 
 @pytest.fixture(scope="module")
 def predictors(artifact: ModelArtifact) -> PerBackend:
-    return PerBackend(lambda backend: Predictor(artifact, backend=backend, device="cpu"))
+    """ "torch", "openvino" (pinned to fp32: the exactness tests hold on every CPU) and "bf16" (OpenVINO
+    asked for bf16; its tests skip where the CPU has none)."""
+
+    def make(key: str) -> Predictor:
+        if key == "bf16":
+            return Predictor(artifact, backend="openvino", device="cpu", precision="bf16")
+        return Predictor(artifact, backend=key, device="cpu", precision="f32")
+
+    return PerBackend(make)
+
+
+def cpu_has_bf16() -> bool:
+    from core.inference.openvino_backend import import_openvino
+
+    return "BF16" in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+needs_bf16 = pytest.mark.skipif("not cpu_has_bf16()", reason="no BF16: OpenVINO reports no bf16 on this CPU")
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +352,7 @@ def test_auto_picks_openvino_on_cpu_and_reuses_the_compiled_cache(artifact, pred
     assert all(f"-{OUTPUTS_TAG}-" in path.name for path in entries.values())  # the 3-output graph's names
     assert all(file_cache.read_entry(path) is not None for path in entries.values())  # whole and checked
     written = {kind: path.stat().st_mtime_ns for kind, path in entries.items()}
-    auto = Predictor(artifact, backend="auto", device="cpu")
+    auto = Predictor(artifact, backend="auto", device="cpu", precision="f32")
     assert isinstance(auto.backend, OpenVinoBackend)
     assert auto.backend_info["compiled_from"] == "cache"
     assert auto.backend_info["ir_from"] is None  # neither traced nor even read: the compiled model sufficed
@@ -353,7 +370,8 @@ def test_serving_from_the_openvino_cache_never_imports_torch(artifact, predictor
         "import json, sys\n"
         "from core.imaging.reader import read_xray_file\n"
         "from core.inference.predictor import Predictor\n"
-        f"predictor = Predictor.from_path({str(artifact.path)!r}, backend='auto', device='cpu')\n"
+        f"predictor = Predictor.from_path({str(artifact.path)!r}, backend='auto', device='cpu', "
+        "precision='f32')\n"
         f"prediction = predictor.predict_one(read_xray_file({str(files[0])!r}).pixels)\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'probabilities': prediction.probabilities,\n"
         "                  'from': predictor.backend_info['compiled_from']}))\n"
@@ -370,16 +388,23 @@ def test_serving_from_the_openvino_cache_never_imports_torch(artifact, predictor
 def test_without_a_backend_the_server_setting_decides(artifact, predictors, monkeypatch):
     monkeypatch.setenv("CHEXNET_INFERENCE_BACKEND", "torch")
     assert isinstance(Predictor(artifact, device="cpu").backend, TorchBackend)
-    monkeypatch.setenv("CHEXNET_INFERENCE_BACKEND", "OpenVINO")  # compiled already: read from the cache
-    assert isinstance(Predictor(artifact, device="cpu").backend, OpenVinoBackend)
+    monkeypatch.setenv("CHEXNET_INFERENCE_BACKEND", "OpenVINO")
+    monkeypatch.setenv("CHEXNET_INFERENCE_PRECISION", "F32")  # compiled already: read from the cache
+    served = Predictor(artifact, device="cpu")
+    assert isinstance(served.backend, OpenVinoBackend)
+    assert served.backend_info["precision_decision"]["requested"] == "f32"
+    monkeypatch.setenv("CHEXNET_INFERENCE_PRECISION", "int4")
+    with pytest.raises(ValueError, match="Unknown precision 'int4'"):
+        Predictor(artifact, device="cpu")
+    monkeypatch.delenv("CHEXNET_INFERENCE_PRECISION")
     monkeypatch.setenv("CHEXNET_INFERENCE_BACKEND", "tensorrt")
     with pytest.raises(ValueError, match="Unknown inference backend 'tensorrt'"):
         Predictor(artifact, device="cpu")
 
 
 @pytest.mark.slow
-def test_the_precision_is_chosen_by_measurement_on_this_machine(predictors):
-    info = predictors["openvino"].backend_info
+def test_the_precision_is_chosen_by_measurement_on_this_machine(artifact):
+    info = Predictor(artifact, backend="openvino", device="cpu", precision="auto").backend_info
     decision = info["precision_decision"]
     assert info["precision"] == decision["precision"]  # what OpenVINO runs is what was decided
     if "BF16" in info["capabilities"]:
@@ -397,6 +422,76 @@ def test_bf16_is_kept_only_when_clearly_faster_and_within_the_bound():
     assert choose_precision(35.0, 33.0, 0.0012)[0] == "f32"  # within timing noise: the exact fp32 stays
     assert choose_precision(35.0, 18.0, 0.02)[0] == "f32"  # fast but not accurate enough
     assert "0.0200" in choose_precision(35.0, 18.0, 0.02)[1]
+
+
+# ------------------------------------------------------------------------------------------------- bf16
+# What a bf16 CPU runs when the measurement picks bf16: close to fp32, not equal to it.
+BF16_PROBABILITY_BOUND = 0.01  # the backend's own bound (MAX_PROBABILITY_DIFFERENCE)
+
+
+@needs_bf16
+@pytest.mark.slow
+def test_bf16_probabilities_stay_within_the_bound_and_the_decision_is_recorded(predictors, batched):
+    info = predictors["bf16"].backend_info
+    decision = info["precision_decision"]
+    assert info["precision"] == decision["precision"] == "bf16" and decision["requested"] == "bf16"
+    assert decision["fp32_ms"] > 0 and decision["bf16_ms"] > 0
+    assert 0 < decision["max_probability_difference"] <= BF16_PROBABILITY_BOUND
+    assert file_cache.read_json_entry(Path(info["cache"]["decision"])) == decision
+    difference = np.abs(probabilities(batched["bf16"]) - probabilities(batched["torch"]))
+    assert 0 < difference.max() <= BF16_PROBABILITY_BOUND  # bf16 really ran, and stayed close
+
+
+@needs_bf16
+@pytest.mark.slow
+def test_bf16_cams_look_the_same_as_fp32_ones(batched):
+    """Each finding's map, on the scale the overlay gives it (its own range): under 1% of that range off on
+    average and 5% at most (a random-init model's maps, nearly flat, measured 0.4% and 2.5%), the same
+    pattern (correlation 0.99), and a hottest cell that fp32 too ranks within 5% of its top."""
+    for ours, theirs in zip(batched["torch"], batched["bf16"], strict=True):
+        for fp32, bf16 in zip(ours.cams, theirs.cams, strict=True):
+            span = float(fp32.max() - fp32.min())
+            difference = np.abs(bf16 - fp32)
+            assert difference.mean() <= 0.01 * span and difference.max() <= 0.05 * span
+            assert np.corrcoef(fp32.ravel(), bf16.ravel())[0, 1] >= 0.99
+            assert fp32.flat[int(bf16.argmax())] >= fp32.max() - 0.05 * span
+
+
+@needs_bf16
+@pytest.mark.slow
+def test_bf16_pooled_features_come_from_the_same_pass(artifact, batched):
+    features = np.stack([p.features for p in batched["bf16"]])
+    head = artifact.load_model().classifier
+    weight, bias = head.weight.detach().double().numpy(), head.bias.detach().double().numpy()
+    logits = features.astype(np.float64) @ weight.T + bias
+    # The graph's own classifier ran in bf16; the same head in float64 on its features lands close.
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), probabilities(batched["bf16"]), rtol=0, atol=5e-3)
+
+
+@needs_bf16
+@pytest.mark.slow
+@pytest.mark.parametrize(("bf16_ms", "expected"), [(18.0, "bf16"), (34.0, "f32")])
+def test_auto_keeps_bf16_only_when_its_measured_time_says_so(
+    bf16_ms, expected, artifact, predictors, tmp_path, monkeypatch
+):
+    """The whole decision path with the trial's timings faked (the probabilities it compares are real)."""
+    source = Path(predictors["openvino"].backend_info["cache"]["ir"])  # built in the shared cache first
+    monkeypatch.setenv("CHEXNET_HOME", str(tmp_path))
+    private_cache = tmp_path / "cache" / "openvino"
+    private_cache.mkdir(parents=True)
+    shutil.copy(source, private_cache / source.name)  # spare the conversion; decide afresh in this cache
+    real_trial = OpenVinoBackend._trial
+
+    def trial(self, fp32, bf16):
+        _, _, difference = real_trial(self, fp32, bf16)
+        return 35.0, bf16_ms, difference
+
+    monkeypatch.setattr(OpenVinoBackend, "_trial", trial)
+    info = Predictor(artifact, backend="openvino", device="cpu", precision="auto").backend_info
+    decision = info["precision_decision"]
+    assert (decision["precision"], info["precision"]) == (expected, expected)
+    assert (decision["fp32_ms"], decision["bf16_ms"]) == (35.0, bf16_ms)
+    assert decision["reason"] == choose_precision(35.0, bf16_ms, decision["max_probability_difference"])[1]
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -418,7 +513,7 @@ def test_damaged_cache_entries_are_discarded_and_rebuilt(artifact, predictors, i
     entries["ir"].write_bytes(b"")  # what a full disk left before: a 0-byte model
     entries["decision"].write_bytes(b"\x00" * 100)  # zeroed blocks after a crash
     file_cache.write_entry(entries["compiled"], b"<net>not a compiled model</net>")  # whole, but unusable
-    predictor = Predictor(artifact, backend="openvino", device="cpu")
+    predictor = Predictor(artifact, backend="openvino", device="cpu", precision="f32")
     info = predictor.backend_info
     assert info["ir_from"] == "converted" and info["compiled_from"] == "compiled"
     assert all(file_cache.read_entry(path) is not None for path in entries.values())  # rebuilt, whole
@@ -442,17 +537,18 @@ def test_a_full_disk_costs_time_but_never_a_prediction_or_a_partial_file(artifac
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # files over 1 MiB cannot be written: "full"
     try:
-        starved = Predictor(artifact, backend="openvino", device="cpu")
+        starved = Predictor(artifact, backend="openvino", device="cpu", precision="f32")
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
     expected = predictors["openvino"].predict_one(images[0]).probabilities
     assert starved.predict_one(images[0]).probabilities == pytest.approx(expected, abs=1e-6)
     assert not compiled.exists() and not leftovers(private_cache)  # the 28 MB model did not fit: no trace
-    refilled = Predictor(artifact, backend="openvino", device="cpu")  # space again: the entry is written
+    refilled = Predictor(artifact, backend="openvino", device="cpu", precision="f32")  # space again
     assert refilled.backend_info["compiled_from"] == "compiled"
     assert file_cache.read_entry(compiled) is not None
-    assert Predictor(artifact, backend="openvino", device="cpu").backend_info["compiled_from"] == "cache"
+    again = Predictor(artifact, backend="openvino", device="cpu", precision="f32")
+    assert again.backend_info["compiled_from"] == "cache"
 
 
 def test_the_torch_backend_says_what_it_runs(predictors):

@@ -315,35 +315,6 @@ def test_cli_fine_tunes_with_the_settings_flags(trained, synthetic_data: Path, t
     assert card["provenance"]["hyperparameters"]["pos_weight"] is not None
 
 
-@pytest.mark.slow
-def test_two_processes_under_torchrun(trained, synthetic_data: Path, tmp_path: Path) -> None:
-    """`torchrun --nproc_per_node=2 -m core train`: two CPU (gloo) ranks stand in for two GPUs; rank 0
-    alone validates and writes the model, and prints the summary."""
-    import subprocess
-    import sys
-
-    from core.paths import REPO_ROOT
-    from core.settings import subprocess_env
-
-    parent, _, _ = trained
-    out = tmp_path / "two-ranks"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "core", "train", "--data", str(synthetic_data), "--out", str(out), "--epochs", "1",
-               "--image-size", str(CROP), "--val-fraction", "0.25", "--device", "cpu", "--threads", "1",
-               "--workers", "1", "--cache", str(parent.path.parent / "cache"), "--json"]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(OMP_NUM_THREADS="1"),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    summaries = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(summaries) == 1 and json.loads(summaries[0])["model"] == "two-ranks"
-    card = read_artifact(out).card
-    assert card["provenance"]["device"] == "CPU (1 thread) x 2 processes"
-    assert [h["epoch"] for h in card["history"]] == [1]
-    data = card["provenance"]["data"]
-    assert data["n_train_images"] + data["n_val_images"] == 96  # every train_val image, nothing excluded
-    assert not (tmp_path / "two-ranks.work").exists()  # rank 0 removed the work folder after success
-
-
 def test_settings_flags_are_checked_against_the_settings_bounds(tmp_path: Path, capsys) -> None:
     from core.cli.main import main
 

@@ -328,7 +328,9 @@ def test_dead_worker_is_interrupted_and_the_job_resumes_from_its_saved_epoch(stu
 
 
 def test_multi_process_fine_tune_runs_under_torchrun(studio) -> None:
-    """CHEXNET_WORKER_GPUS > 1 makes the worker run torchrun; two CPU (gloo) processes stand in for GPUs."""
+    """CHEXNET_WORKER_GPUS > 1 makes the worker run torchrun; two CPU (gloo) processes stand in for GPUs.
+
+    The one 2-process training test: rank 0 alone validates, reports and writes the model folder."""
     job_id = _enqueue(studio.engine, epochs=2, name="ddp")
     assert Worker(studio.engine, settings=fast_settings(nproc=2)).run_once() == job_id
     job = _job(studio.engine, job_id)
@@ -338,6 +340,8 @@ def test_multi_process_fine_tune_runs_under_torchrun(studio) -> None:
     assert [e.epoch for e in progress.epochs_done] == [1, 2] and progress.loss_history
     card = read_artifact(studio.home / "models" / "ddp").card
     assert card["provenance"]["device"].endswith("x 2 processes")
+    assert [h["epoch"] for h in card["history"]] == [1, 2]  # one history, not one per rank
+    assert not (studio.home / "models" / "ddp.work").exists()  # rank 0 removed the work folder
     with session_scope(studio.engine, read_only=True) as session:
         assert get_version(session, "ddp").metrics["evaluations"]["nlp"]["test"]["n_images"] == 8
 

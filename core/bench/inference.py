@@ -222,6 +222,9 @@ def bench_inference(args: argparse.Namespace) -> dict:
             "one CAM"
         ),
         "backend": info,
+        # What ran, and why: on a CPU without BF16 fp32 by necessity, on one with it by measurement.
+        "precision": info.get("precision", "f32"),
+        "precision_reason": (info.get("precision_decision") or {}).get("reason", "PyTorch runs fp32"),
         "naive_ms": summary["naive"],
         "project_ms": summary["project"],
         "speedup": round(summary["naive"]["total"] / summary["project"]["total"], 2),

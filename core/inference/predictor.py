@@ -82,8 +82,16 @@ def openvino_available() -> bool:
 
 
 class Predictor:
-    def __init__(self, artifact: ModelArtifact, *, backend: str | None = None, device: str | None = None):
-        # backend None: the server's setting (CHEXNET_INFERENCE_BACKEND, "auto" unless set).
+    def __init__(
+        self,
+        artifact: ModelArtifact,
+        *,
+        backend: str | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+    ):
+        # backend / precision None: the server's settings (CHEXNET_INFERENCE_BACKEND and
+        # CHEXNET_INFERENCE_PRECISION, "auto" unless set); the precision is OpenVINO's (torch runs fp32).
         backend = backend or settings.inference_backend()
         self.artifact = artifact
         self.labels = artifact.labels
@@ -100,8 +108,10 @@ class Predictor:
         if backend == "openvino":
             # The PyTorch model is only loaded (and torch imported) if nothing usable is cached; it is
             # then traced once. OpenVINO takes as many threads as PyTorch would: one setting for both.
-            self.backend = OpenVinoBackend(lambda: artifact.load_model("cpu"), self.crop,
-                                           cache_key=digest, threads=inference_threads())  # fmt: skip
+            self.backend = OpenVinoBackend(
+                lambda: artifact.load_model("cpu"), self.crop, cache_key=digest, threads=inference_threads(),
+                precision=precision or settings.inference_precision(),
+            )  # fmt: skip
         elif backend == "torch":
             from core.inference.torch_backend import TorchBackend
 
