@@ -180,6 +180,7 @@ def test_blind_double_read_dispute_adjudication_history_and_export(
     # The export (downloaded as an admin does) and the fine-tune's labels carry the decision.
     admin.get_by_role("link", name="Label quality").click()
     admin.get_by_text("Export the consensus labels").wait_for()
+    settle(admin)  # a click during the page's run can be lost with the button it redraws
     with admin.expect_download() as download_info:
         admin.get_by_role("button", name=re.compile("Trainer labels table")).click()
     exported = pd.read_csv(io.BytesIO(open(download_info.value.path(), "rb").read()), keep_default_na=False)

@@ -472,12 +472,10 @@ def test_bf16_pooled_features_come_from_the_same_pass(artifact, batched):
 @pytest.mark.slow
 @pytest.mark.parametrize(("bf16_ms", "expected"), [(18.0, "bf16"), (34.0, "f32")])
 def test_auto_keeps_bf16_only_when_its_measured_time_says_so(
-    bf16_ms, expected, artifact, predictors, tmp_path, monkeypatch
+    bf16_ms, expected, artifact, predictors, private_cache, monkeypatch
 ):
     """The whole decision path with the trial's timings faked (the probabilities it compares are real)."""
-    source = Path(predictors["openvino"].backend_info["cache"]["ir"])  # built in the shared cache first
-    monkeypatch.setenv("CHEXNET_HOME", str(tmp_path))
-    private_cache = tmp_path / "cache" / "openvino"
+    source = Path(predictors["openvino"].backend_info["cache"]["ir"])
     private_cache.mkdir(parents=True)
     shutil.copy(source, private_cache / source.name)  # spare the conversion; decide afresh in this cache
     real_trial = OpenVinoBackend._trial
@@ -500,7 +498,8 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture
-def private_cache(tmp_path, monkeypatch) -> Path:
+def private_cache(predictors, tmp_path, monkeypatch) -> Path:
+    predictors["openvino"]  # built in the shared cache first: the tests name or copy its entries
     monkeypatch.setenv("CHEXNET_HOME", str(tmp_path))
     return tmp_path / "cache" / "openvino"
 
