@@ -409,19 +409,25 @@ def test_the_precision_is_chosen_by_measurement_on_this_machine(artifact):
     assert info["precision"] == decision["precision"]  # what OpenVINO runs is what was decided
     if "BF16" in info["capabilities"]:
         assert decision["fp32_ms"] > 0 and decision["bf16_ms"] > 0
-        expected, _ = choose_precision(decision["fp32_ms"], decision["bf16_ms"],
-                                       decision["max_probability_difference"])  # fmt: skip
+        measured = {"bf16": (decision["bf16_ms"], decision["max_probability_difference"])}
+        expected, _ = choose_precision(decision["fp32_ms"], measured)
         assert decision["precision"] == expected
     else:
         assert decision["precision"] == "f32" and "no BF16" in decision["reason"]
         assert decision["bf16_ms"] is None
 
 
-def test_bf16_is_kept_only_when_clearly_faster_and_within_the_bound():
-    assert choose_precision(35.0, 18.0, 0.0012)[0] == "bf16"
-    assert choose_precision(35.0, 33.0, 0.0012)[0] == "f32"  # within timing noise: the exact fp32 stays
-    assert choose_precision(35.0, 18.0, 0.02)[0] == "f32"  # fast but not accurate enough
-    assert "0.0200" in choose_precision(35.0, 18.0, 0.02)[1]
+def test_a_lower_precision_is_kept_only_when_clearly_faster_and_within_the_bound():
+    assert choose_precision(35.0, {"bf16": (18.0, 0.0012)})[0] == "bf16"
+    assert choose_precision(35.0, {"bf16": (33.0, 0.0012)})[0] == "f32"  # timing noise: the exact fp32 stays
+    assert choose_precision(35.0, {"bf16": (18.0, 0.02)})[0] == "f32"  # fast but not accurate enough
+    assert "0.0200" in choose_precision(35.0, {"bf16": (18.0, 0.02)})[1]
+    # The fastest of those within the bound; one outside it is refused however fast, and said so.
+    both = {"bf16": (18.0, 0.002), "int8": (9.0, 0.004)}
+    assert choose_precision(35.0, both)[0] == "int8"
+    chosen, reason = choose_precision(35.0, {"bf16": (18.0, 0.002), "int8": (9.0, 0.03)})
+    assert chosen == "bf16" and "int8 moved a probability by 0.0300" in reason
+    assert choose_precision(35.0, {})[0] == "f32"
 
 
 # ------------------------------------------------------------------------------------------------- bf16
@@ -480,16 +486,17 @@ def test_auto_keeps_bf16_only_when_its_measured_time_says_so(
     shutil.copy(source, private_cache / source.name)  # spare the conversion; decide afresh in this cache
     real_trial = OpenVinoBackend._trial
 
-    def trial(self, fp32, bf16):
-        _, _, difference = real_trial(self, fp32, bf16)
-        return 35.0, bf16_ms, difference
+    def trial(self, fp32, candidates):
+        measured = real_trial(self, fp32, candidates)
+        return {"f32": (35.0, 0.0), "bf16": (bf16_ms, measured["bf16"][1])}
 
     monkeypatch.setattr(OpenVinoBackend, "_trial", trial)
     info = Predictor(artifact, backend="openvino", device="cpu", precision="auto").backend_info
     decision = info["precision_decision"]
     assert (decision["precision"], info["precision"]) == (expected, expected)
     assert (decision["fp32_ms"], decision["bf16_ms"]) == (35.0, bf16_ms)
-    assert decision["reason"] == choose_precision(35.0, bf16_ms, decision["max_probability_difference"])[1]
+    measured = {"bf16": (bf16_ms, decision["max_probability_difference"])}
+    assert decision["reason"].startswith(choose_precision(35.0, measured)[1])
 
 
 def leftovers(folder: Path) -> list[str]:

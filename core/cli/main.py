@@ -380,8 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     from core.cli.compare_commands import add_commands  # compare, ood
+    from core.cli.quantize_command import add_command as add_quantize
 
     add_commands(sub)
+    add_quantize(sub)
     return parser
 
 

@@ -2,9 +2,12 @@
 
 Precision is chosen per machine when a model is first loaded there, by measurement, never assumed:
 fp32 always; bf16 too when OpenVINO reports BF16 among the CPU's OPTIMIZATION_CAPABILITIES (AVX-512
-BF16 or AMX). Both run the same fixed inputs; bf16 is kept only if it is clearly faster
-(`BF16_MAX_TIME_RATIO`) and its probabilities stay within `MAX_PROBABILITY_DIFFERENCE` of fp32's. The
-decision (precision, measured ms, max difference) is stored and exposed as `OpenVinoBackend.info`.
+BF16 or AMX); int8 too when the model folder holds a quantized graph accepted on held-out images for
+these weights (core.inference.quantize). All run the same fixed inputs; a lower precision is kept only
+if it is clearly faster (`MAX_TIME_RATIO` of fp32's time) and its probabilities stay within
+`MAX_PROBABILITY_DIFFERENCE` of fp32's; the fastest such wins. The decision (precision, measured ms,
+max differences, why) is stored and exposed as `OpenVinoBackend.info`. CHEXNET_INFERENCE_PRECISION
+(core.settings) pins one instead.
 
 Three cache entries per model and machine, each written atomically and checked when read
 (core.file_cache): the converted model (IR, machine-independent: tracing PyTorch takes ~10 s), the
@@ -38,29 +41,36 @@ from core.cpu_info import cpu_description
 if TYPE_CHECKING:  # torch is imported only to convert a model that is not cached yet
     import torch
 
-__all__ = ["BF16_MAX_TIME_RATIO", "MAX_PROBABILITY_DIFFERENCE", "OpenVinoBackend", "choose_precision"]
+__all__ = ["MAX_TIME_RATIO", "MAX_PROBABILITY_DIFFERENCE", "OpenVinoBackend", "choose_precision"]
 
+PRECISIONS = ("auto", "f32", "bf16", "int8")
 MAX_PROBABILITY_DIFFERENCE = 0.01
-# bf16 must take at most this share of fp32's time: a tie on a noisy machine keeps the exact fp32.
-BF16_MAX_TIME_RATIO = 0.9
+# A lower precision must take at most this share of fp32's time: a tie on a noisy machine keeps fp32.
+MAX_TIME_RATIO = 0.9
 _TRIAL_ROUNDS = 5
-_DECISION_FORMAT = 1
+_DECISION_FORMAT = 2
 # The graph's outputs, in cache entry names: "lcp" = logits, CAMs, pooled features. Entries of the older
 # two-output graph ("logits, CAMs", unnamed) are left alone and never read.
 OUTPUTS_TAG = "lcp"
 _N_OUTPUTS = 3
 
 
-def choose_precision(fp32_ms: float, bf16_ms: float, max_difference: float) -> tuple[str, str]:
-    """(precision, reason) from measured times and the largest probability difference to fp32."""
-    if max_difference > MAX_PROBABILITY_DIFFERENCE:
-        return "f32", f"bf16 moved a probability by {max_difference:.4f} (> {MAX_PROBABILITY_DIFFERENCE})"
-    if bf16_ms > BF16_MAX_TIME_RATIO * fp32_ms:
-        return "f32", f"bf16 was not faster enough ({bf16_ms:.1f} ms vs {fp32_ms:.1f} ms for fp32)"
-    return (
-        "bf16",
-        f"bf16 {bf16_ms:.1f} ms vs fp32 {fp32_ms:.1f} ms, max probability difference {max_difference:.4f}",
-    )
+def choose_precision(fp32_ms: float, candidates: dict[str, tuple[float, float]]) -> tuple[str, str]:
+    """(precision, reason) from fp32's measured ms and each lower precision's (ms, largest probability
+    difference to fp32): the fastest one within the bound and clearly faster than fp32, else fp32."""
+    refused, kept = [], []
+    for name, (ms, difference) in candidates.items():
+        if difference > MAX_PROBABILITY_DIFFERENCE:
+            refused.append(f"{name} moved a probability by {difference:.4f} (> {MAX_PROBABILITY_DIFFERENCE})")
+        elif ms > MAX_TIME_RATIO * fp32_ms:
+            refused.append(f"{name} was not faster enough ({ms:.1f} ms vs {fp32_ms:.1f} ms for fp32)")
+        else:
+            kept.append((ms, name, difference))
+    if not kept:
+        return "f32", "; ".join(refused) or "nothing but fp32 to choose from"
+    ms, name, difference = min(kept)
+    reason = f"{name} {ms:.1f} ms vs fp32 {fp32_ms:.1f} ms, max probability difference {difference:.4f}"
+    return name, "; ".join([reason, *refused])
 
 
 def import_openvino():
@@ -75,15 +85,37 @@ def import_openvino():
 
 
 def _config(precision: str, threads: int | None) -> dict:
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    # An int8 graph runs its quantized layers in int8 and keeps the rest (first convolution, head) fp32.
+    hint = "f32" if precision == "int8" else precision
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
 
 
+def compile_for_cpu(core, model, precision: str, threads: int | None):
+    """`model` (an OpenVINO graph) compiled for this CPU at `precision` ("f32", "bf16"; "int8" for a
+    quantized graph), with `threads` inference threads (None: OpenVINO's choice)."""
+    return core.compile_model(model, "CPU", _config(precision, threads))
+
+
 def _effective_precision(compiled) -> str:
     """What OpenVINO actually runs: a bf16 hint on a CPU without bf16 silently runs fp32."""
     return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def convert_model(model: torch.nn.Module, crop: int):
+    """The PyTorch model as an OpenVINO graph with three outputs: logits, CAMs and pooled features."""
+    ov = import_openvino()
+    import torch
+
+    from core.inference.features import FeatureOutputs
+
+    example = torch.zeros(1, 3, crop, crop)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # OpenVINO traces with torch.jit internally
+        shape = ov.PartialShape([-1, 3, crop, crop])
+        return ov.convert_model(FeatureOutputs(model.float().eval()), example_input=example, input=[shape])
 
 
 def _probe_inputs(crop: int) -> np.ndarray:
@@ -113,17 +145,22 @@ class OpenVinoBackend:
         *,
         precision: str = "auto",
         threads: int | None = None,
+        int8_graph: Path | None = None,
     ):
         """`model` may be a function that loads it: then it is only called when nothing usable is cached.
-        `threads`: inference threads (None: OpenVINO's choice, all cores)."""
+        `threads`: inference threads (None: OpenVINO's choice, all cores). `int8_graph`: the model
+        folder's quantized graph (core.inference.quantize), a candidate of "auto" and what "int8" runs."""
         ov = import_openvino()
 
-        if precision not in ("auto", "f32", "bf16"):
-            raise ValueError(f"Unknown precision '{precision}': use auto, f32 or bf16.")
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision '{precision}': use {', '.join(PRECISIONS)}.")
+        if precision == "int8" and int8_graph is None:
+            raise ValueError("This model has no quantized graph; make one with: python -m core quantize DIR")
         started = time.perf_counter()
         self._ov, self._core = ov, ov.Core()
         self._model, self._crop, self._threads = model, crop, threads
         self._ir = None
+        self._int8_graph = int8_graph
         capabilities = tuple(self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         folder = _cache_folder() if cache_key else None
         machine = self._machine_key(capabilities)
@@ -131,6 +168,8 @@ class OpenVinoBackend:
         if folder is not None:
             ov_tag = hashlib.sha256(ov.get_version().encode()).hexdigest()[:8]
             stem = f"{cache_key}-{crop}-{OUTPUTS_TAG}"
+            if int8_graph is not None:  # another quantized graph, another decision
+                stem += "-q" + hashlib.sha256(int8_graph.with_suffix(".bin").read_bytes()).hexdigest()[:8]
             paths = {
                 "ir": folder / f"{stem}-{ov_tag}.ir",
                 "decision": folder / f"{stem}-{machine}-{precision}.decision",
@@ -152,7 +191,7 @@ class OpenVinoBackend:
                 compiled = self._import(paths["compiled"], chosen)
                 compiled_from = "cache" if compiled is not None else None
         if compiled is None:
-            compiled = self._core.compile_model(self._read_ir(), "CPU", _config(chosen, self._threads))
+            compiled = compile_for_cpu(self._core, self._graph(chosen), chosen, self._threads)
             compiled_from = "compiled"
         if paths and compiled_from == "compiled":
             self._store_compiled(paths["compiled"], compiled)
@@ -163,7 +202,7 @@ class OpenVinoBackend:
         self.info = {
             "name": self.name,
             "device": self._core.get_property("CPU", "FULL_DEVICE_NAME"),
-            "precision": _effective_precision(compiled),
+            "precision": "int8" if chosen == "int8" else _effective_precision(compiled),
             "precision_decision": decision,
             "capabilities": list(capabilities),
             "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
@@ -175,44 +214,69 @@ class OpenVinoBackend:
 
     # ------------------------------------------------------------------------------------ the decision
 
+    def _graph(self, precision: str):
+        """The graph a precision compiles: the quantized one for int8, else the converted fp32 one."""
+        if precision == "int8":
+            return self._core.read_model(str(self._int8_graph))
+        return self._read_ir()
+
     def _decide(self, precision: str, capabilities: tuple[str, ...]) -> tuple[dict, object]:
         """Measure (when there is a choice) and return (decision, the compiled model chosen)."""
-        fp32 = self._core.compile_model(self._read_ir(), "CPU", _config("f32", self._threads))
+        fp32 = compile_for_cpu(self._core, self._read_ir(), "f32", self._threads)
         decision = {
             "format": _DECISION_FORMAT,
             "requested": precision,
             "capabilities": list(capabilities),
             "fp32_ms": None,
             "bf16_ms": None,
-            "max_probability_difference": None,
+            "int8_ms": None,
+            "max_probability_difference": None,  # bf16's
+            "int8_max_probability_difference": None,
         }
-        if precision == "f32" or (precision == "auto" and "BF16" not in capabilities):
-            why = (
-                "asked for fp32" if precision == "f32" else "the CPU reports no BF16 support, so fp32 is used"
-            )
+        if precision == "f32":
+            return {**decision, "precision": "f32", "reason": "asked for fp32"}, fp32
+        candidates: dict[str, object] = {}
+        notes = []
+        if precision in ("auto", "bf16"):
+            if "BF16" not in capabilities:
+                notes.append("the CPU reports no BF16 support")
+            else:
+                bf16 = compile_for_cpu(self._core, self._read_ir(), "bf16", self._threads)
+                if _effective_precision(bf16) == "bf16":
+                    candidates["bf16"] = bf16
+                else:
+                    notes.append("OpenVINO ran the bf16 hint as fp32 here")
+        if precision in ("auto", "int8"):
+            if self._int8_graph is None:
+                notes.append("the model has no accepted int8 graph (python -m core quantize)")
+            else:
+                candidates["int8"] = compile_for_cpu(self._core, self._graph("int8"), "int8", self._threads)
+        if not candidates or (precision != "auto" and precision not in candidates):
+            why = "; ".join(notes) + ", so fp32 is used"
             return {**decision, "precision": "f32", "reason": why}, fp32
-        bf16 = self._core.compile_model(self._read_ir(), "CPU", _config("bf16", self._threads))
-        if _effective_precision(bf16) != "bf16":
-            return {**decision, "precision": "f32", "reason": "OpenVINO ran the bf16 hint as fp32 here"}, fp32
-        fp32_ms, bf16_ms, difference = self._trial(fp32, bf16)
-        measured = {"fp32_ms": round(fp32_ms, 3), "bf16_ms": round(bf16_ms, 3),
-                    "max_probability_difference": round(difference, 6)}  # fmt: skip
-        if precision == "bf16":
-            return {**decision, **measured, "precision": "bf16", "reason": "asked for bf16"}, bf16
-        chosen, reason = choose_precision(fp32_ms, bf16_ms, difference)
-        return {**decision, **measured, "precision": chosen, "reason": reason}, (
-            bf16 if chosen == "bf16" else fp32
-        )
+        measured = self._trial(fp32, candidates)
+        decision["fp32_ms"] = round(measured["f32"][0], 3)
+        for name in candidates:
+            ms, difference = measured[name]
+            decision[f"{name}_ms"] = round(ms, 3)
+            key = "max_probability_difference" if name == "bf16" else f"{name}_max_probability_difference"
+            decision[key] = round(difference, 6)
+        if precision != "auto":
+            asked = {"precision": precision, "reason": f"asked for {precision}"}
+            return {**decision, **asked}, candidates[precision]
+        chosen, reason = choose_precision(measured["f32"][0], {k: measured[k] for k in candidates})
+        reason = "; ".join([reason, *notes])
+        return {**decision, "precision": chosen, "reason": reason}, candidates.get(chosen, fp32)
 
-    def _trial(self, fp32, bf16) -> tuple[float, float, float]:
-        """Median ms per image of each (alternating, so both see the same machine load) and the largest
-        probability difference between them on the fixed inputs."""
+    def _trial(self, fp32, candidates: dict[str, object]) -> dict[str, tuple[float, float]]:
+        """{precision: (median ms per image, largest probability difference to fp32)} on the fixed
+        inputs, fp32 included (difference 0); run alternately, so all see the same machine load."""
         inputs = _probe_inputs(self._crop)
-        models = {"f32": fp32, "bf16": bf16}
+        models = {"f32": fp32, **candidates}
         requests = {key: model.create_infer_request() for key, model in models.items()}
-        times: dict[str, list[float]] = {"f32": [], "bf16": []}
-        logits: dict[str, list[np.ndarray]] = {"f32": [], "bf16": []}
-        for round_index in range(_TRIAL_ROUNDS + 1):  # round 0 warms both up and is not timed
+        times: dict[str, list[float]] = {key: [] for key in models}
+        logits: dict[str, list[np.ndarray]] = {key: [] for key in models}
+        for round_index in range(_TRIAL_ROUNDS + 1):  # round 0 warms all up and is not timed
             for x in inputs:
                 for key, request in requests.items():
                     started = time.perf_counter()
@@ -225,15 +289,20 @@ class OpenVinoBackend:
         probabilities = {
             key: 1 / (1 + np.exp(-np.concatenate(v).astype(np.float64))) for key, v in logits.items()
         }
-        difference = float(np.abs(probabilities["f32"] - probabilities["bf16"]).max())
-        return statistics.median(times["f32"]) * 1000, statistics.median(times["bf16"]) * 1000, difference
+        return {
+            key: (
+                statistics.median(times[key]) * 1000,
+                float(np.abs(probabilities[key] - probabilities["f32"]).max()),
+            )
+            for key in models
+        }
 
     @staticmethod
     def _read_decision(path: Path) -> dict | None:
         decision = file_cache.read_json_entry(path)
         if decision is None:
             return None
-        if decision.get("format") != _DECISION_FORMAT or decision.get("precision") not in ("f32", "bf16"):
+        if decision.get("format") != _DECISION_FORMAT or decision.get("precision") not in PRECISIONS[1:]:
             file_cache.discard(path)
             return None
         return decision
@@ -292,29 +361,13 @@ class OpenVinoBackend:
         import torch
 
         model = self._model if isinstance(self._model, torch.nn.Module) else self._model()
-        self._ir = self._convert(model, self._crop)
+        self._ir = convert_model(model, self._crop)
         self.ir_source = "converted"
         if path is not None:
             packed = self._pack_ir(self._ir)
             if packed is not None:
                 file_cache.write_entry(path, packed)
         return self._ir
-
-    @staticmethod
-    def _convert(model: torch.nn.Module, crop: int):
-        ov = import_openvino()
-        import torch
-
-        from core.inference.features import FeatureOutputs
-
-        example = torch.zeros(1, 3, crop, crop)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # OpenVINO traces with torch.jit internally
-            return ov.convert_model(
-                FeatureOutputs(model.float().eval()),
-                example_input=example,
-                input=[ov.PartialShape([-1, 3, crop, crop])],
-            )
 
     def _pack_ir(self, converted) -> bytes | None:
         """The IR's .xml and .bin as one payload (8-byte .xml length first); None if it cannot be saved."""

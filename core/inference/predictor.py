@@ -33,6 +33,7 @@ from core.imaging.preprocess import CropWindow, crop_window, model_input
 from core.inference.artifact import ArtifactError, ModelArtifact, read_artifact
 from core.inference.cam import cam_to_image
 from core.inference.openvino_backend import OpenVinoBackend, import_openvino
+from core.inference.quantize import usable_int8_graph
 from core.ood.gate import OodError, OodGate, OodResult, check_image, colourfulness, stored_gate
 
 __all__ = ["OpenVinoBackend", "Prediction", "Predictor", "openvino_available"]
@@ -108,9 +109,12 @@ class Predictor:
         if backend == "openvino":
             # The PyTorch model is only loaded (and torch imported) if nothing usable is cached; it is
             # then traced once. OpenVINO takes as many threads as PyTorch would: one setting for both.
+            precision = precision or settings.inference_precision()
+            # A quantized graph takes part when it was accepted on held-out images, or when asked for.
+            int8 = usable_int8_graph(artifact, digest, accepted_only=precision != "int8")
             self.backend = OpenVinoBackend(
                 lambda: artifact.load_model("cpu"), self.crop, cache_key=digest, threads=inference_threads(),
-                precision=precision or settings.inference_precision(),
+                precision=precision, int8_graph=int8,
             )  # fmt: skip
         elif backend == "torch":
             from core.inference.torch_backend import TorchBackend
