@@ -11,6 +11,8 @@ Modules:
 - worker        Worker: claim, dispatch to HANDLERS, endings; `python -m jobs` runs it
 - fine_tune, evaluate, predict   one module per job kind
 - torchrun, train_runner         a fine-tune over several GPUs (`torchrun -m jobs.train_runner`)
+- dicomweb      a PACS over DICOMweb (QIDO-RS, WADO-RS, STOW-RS); every failure one sentence (PacsError)
+- pacs_import   the pacs_import and pacs_write_back job kinds: de-identified import, SR + heat map back
 - labels        the labels table a fine-tune trains on and its snapshot
 - folders       the imported dataset's folder, each run's folder
 - worker_status which workers are alive, on which device (files under CHEXNET_HOME/workers)

@@ -25,6 +25,8 @@ JOB_KIND_TEXT = {
     JOB_PREDICT: "Store predictions",
     JOB_EVALUATE: "Evaluate",
     "screen_ood": "Screen for suggested exclusions",
+    "pacs_import": "Import from a PACS",
+    "pacs_write_back": "Write results back to a PACS",
 }
 
 LABEL_SOURCES: dict[str, str] = {

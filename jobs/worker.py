@@ -30,6 +30,7 @@ from db.jobs import claim_next_job, mark_stale_jobs_interrupted
 from db.models import TrainingJob, utcnow
 from jobs.evaluate import run_evaluate
 from jobs.fine_tune import run_fine_tune
+from jobs.pacs_import import JOB_PACS_IMPORT, JOB_PACS_WRITE_BACK, run_pacs_import, run_pacs_write_back
 from jobs.params import JOB_EVALUATE, JOB_FINE_TUNE, JOB_PREDICT, JobParamsError
 from jobs.predict import run_predict
 from jobs.run import JobRun, WorkerSettings
@@ -47,6 +48,8 @@ HANDLERS: dict[str, Handler] = {
     JOB_EVALUATE: run_evaluate,
     JOB_PREDICT: run_predict,
     JOB_SCREEN: run_screen,
+    JOB_PACS_IMPORT: run_pacs_import,
+    JOB_PACS_WRITE_BACK: run_pacs_write_back,
 }
 INTERRUPTED_REASON = "The worker was stopped while running this job; resume it to continue."
 

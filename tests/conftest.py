@@ -11,7 +11,7 @@ import torch
 
 from core.paths import SHARED_SAMPLE_DIR
 
-pytest_plugins = ["tests.browser_fixtures", "tests.db_fixtures"]
+pytest_plugins = ["tests.browser_fixtures", "tests.db_fixtures", "tests.orthanc_fixtures"]
 
 # Runtime data of the tests never touches the developer's ./var; each pytest-xdist worker has its own.
 os.environ.setdefault(

@@ -18,6 +18,7 @@ from db.models import Base, LabelEvent, User
 EXPECTED_TABLES = {
     "users", "images", "nlp_labels", "boxes", "reviews", "label_events", "adjudications",
     "predictions", "model_versions", "training_jobs", "user_sessions", "login_attempts",
+    "pacs_connections", "pacs_instances",
 }  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from webapp.database import engine_or_stop, outage_guard, session  # noqa: E402
 from webapp.dataset_widgets import import_inputs, import_progress_bar, label_status_summary  # noqa: E402
 from webapp.formatting import flash, plain, show_flash  # noqa: E402
 from webapp.job_widgets import STATUS_BADGES, fine_tune_inputs, job_panel, worker_panel  # noqa: E402
+from webapp.pacs_section import pacs_section  # noqa: E402
 from webapp.queue_button import queue_job  # noqa: E402
 
 state = st.session_state
@@ -188,3 +189,4 @@ st.divider()
 st.subheader("Jobs")
 jobs_fragment()
 predictions_section()
+pacs_section(user.id)

@@ -1,0 +1,305 @@
+"""Results written back to a PACS as DICOM (issue 18): a Comprehensive SR of the 14 findings and a
+Secondary Capture of the CAM overlay, both in the source study (same Study Instance UID, each in a new
+series), and `read_findings_sr`, which reads such an SR back.
+
+Pure functions making pydicom Datasets from plain values; the caller sends them (jobs.dicomweb). The
+SR's concept names use this application's local coding scheme (`CODING_SCHEME`, "99" prefix: a private
+scheme, PS3.16 8.2) because no standard template covers a 14-finding classifier's output; each finding
+is a container holding its name, probability, threshold and whether the probability is at or above it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+CODING_SCHEME = "99CHEXNET"
+RESEARCH_NOTICE = "Research use only - not for diagnosis."
+MANUFACTURER = "CheXNet Studio"
+# Patient and study attributes copied from the source study, so the PACS files the results with it.
+STUDY_ATTRIBUTES = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName",
+    "StudyDescription",
+)  # fmt: skip
+
+_CODES = {
+    "report": ("CXS-REPORT", "Chest X-ray AI findings"),
+    "notice": ("CXS-NOTICE", "Intended use"),
+    "model": ("CXS-MODEL", "Model name"),
+    "version": ("CXS-VERSION", "Model version"),
+    "sha256": ("CXS-SHA256", "Model weights SHA-256"),
+    "ood": ("CXS-OOD", "Out-of-distribution verdict"),
+    "ood_reason": ("CXS-OOD-REASON", "Out-of-distribution reason"),
+    "finding": ("CXS-FINDING", "Finding"),
+    "name": ("CXS-NAME", "Finding name"),
+    "probability": ("CXS-PROB", "Probability"),
+    "threshold": ("CXS-THRESH", "Operating threshold"),
+    "verdict": ("CXS-VERDICT", "Probability versus threshold"),
+    "image": ("CXS-IMAGE", "Image analysed"),
+}
+ABOVE, BELOW = "at or above threshold", "below threshold"
+FLAGGED, NOT_FLAGGED = "flagged as unlike the model's training X-rays", "not flagged"
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """The PACS instance the results are about (its real UIDs: write-back only)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FindingResult:
+    name: str
+    probability: float
+    threshold: float
+
+    @property
+    def above(self) -> bool:
+        return self.probability >= self.threshold
+
+
+def _code(key: str):
+    from pydicom.dataset import Dataset
+
+    value, meaning = _CODES[key]
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, CODING_SCHEME, meaning
+    return code
+
+
+def _item(value_type: str, key: str, relationship: str = "CONTAINS"):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.RelationshipType = relationship
+    item.ValueType = value_type
+    item.ConceptNameCodeSequence = [_code(key)]
+    return item
+
+
+def _text(key: str, value: str):
+    item = _item("TEXT", key)
+    item.TextValue = value[:1024]
+    return item
+
+
+def _num(key: str, value: float):
+    from pydicom.dataset import Dataset
+
+    item = _item("NUM", key)
+    measured = Dataset()
+    measured.NumericValue = f"{value:.6f}"  # DS: at most 16 characters
+    unit = Dataset()
+    unit.CodeValue, unit.CodingSchemeDesignator, unit.CodeMeaning = "1", "UCUM", "no units"
+    measured.MeasurementUnitsCodeSequence = [unit]
+    item.MeasuredValueSequence = [measured]
+    return item
+
+
+def _reference(source: SourceImage):
+    from pydicom.dataset import Dataset
+
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.sop_class_uid
+    ref.ReferencedSOPInstanceUID = source.sop_uid
+    return ref
+
+
+def _evidence(source: SourceImage):
+    from pydicom.dataset import Dataset
+
+    series = Dataset()
+    series.SeriesInstanceUID = source.series_uid
+    series.ReferencedSOPSequence = [_reference(source)]
+    study = Dataset()
+    study.StudyInstanceUID = source.study_uid
+    study.ReferencedSeriesSequence = [series]
+    return [study]
+
+
+def _base(study: Mapping[str, Any], source: SourceImage, sop_class: str, modality: str, series_number: int,
+          description: str, now: dt.datetime):  # fmt: skip
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    for keyword in STUDY_ATTRIBUTES:
+        value = study.get(keyword)
+        if value is not None and value != "":
+            setattr(ds, keyword, value)
+    ds.StudyInstanceUID = source.study_uid  # the source study, whatever `study` says
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "AccessionNumber", "StudyID", "ReferringPhysicianName"):  # fmt: skip
+        if keyword not in ds:  # type 2: present, possibly empty
+            setattr(ds, keyword, "")
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = modality
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = 1
+    ds.SeriesDescription = description[:64]
+    ds.Manufacturer = MANUFACTURER
+    ds.ContentDate = ds.InstanceCreationDate = ds.SeriesDate = now.strftime("%Y%m%d")
+    ds.ContentTime = ds.InstanceCreationTime = ds.SeriesTime = now.strftime("%H%M%S")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    return ds
+
+
+def findings_sr(
+    study: Mapping[str, Any],
+    source: SourceImage,
+    findings: Sequence[FindingResult],
+    model: ModelIdentity,
+    *,
+    ood_flagged: bool,
+    ood_reason: str = "",
+    series_number: int = 9901,
+    now: dt.datetime | None = None,
+):
+    """A Comprehensive SR of the findings of one image, in the source study (a new series)."""
+    now = now or dt.datetime.now(dt.UTC)
+    ds = _base(study, source, COMPREHENSIVE_SR, "SR", series_number, "AI findings (research use only)", now)
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = [_code("report")]
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.CurrentRequestedProcedureEvidenceSequence = _evidence(source)
+    image = _item("IMAGE", "image")
+    image.ReferencedSOPSequence = [_reference(source)]
+    content = [
+        _text("notice", RESEARCH_NOTICE),
+        _text("model", model.name),
+        _text("version", model.version),
+        _text("sha256", model.sha256),
+        _text("ood", FLAGGED if ood_flagged else NOT_FLAGGED),
+    ]
+    if ood_reason:
+        content.append(_text("ood_reason", ood_reason))
+    content.append(image)
+    for finding in findings:
+        container = _item("CONTAINER", "finding")
+        container.ContinuityOfContent = "SEPARATE"
+        container.ContentSequence = [
+            _text("name", finding.name),
+            _num("probability", finding.probability),
+            _num("threshold", finding.threshold),
+            _text("verdict", ABOVE if finding.above else BELOW),
+        ]
+        content.append(container)
+    ds.ContentSequence = content
+    return ds
+
+
+def overlay_capture(
+    study: Mapping[str, Any],
+    source: SourceImage,
+    overlay_rgb: np.ndarray,
+    *,
+    finding: str,
+    model: ModelIdentity,
+    series_number: int = 9902,
+    now: dt.datetime | None = None,
+):
+    """A Secondary Capture (RGB) of the CAM overlay of `finding`, in the source study (a new series)."""
+    from pydicom.dataset import Dataset
+
+    rgb = np.ascontiguousarray(overlay_rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError("The overlay must be an RGB image (height x width x 3).")
+    now = now or dt.datetime.now(dt.UTC)
+    description = f"AI heat map: {finding} (research use only)"
+    ds = _base(study, source, SECONDARY_CAPTURE, "OT", series_number, description, now)
+    ds.ConversionType = "WSD"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.BurnedInAnnotation = "NO"
+    ds.DerivationDescription = f"Class activation map of {finding} by {model.name} {model.version}"[:1024]
+    ds.ImageComments = f"{RESEARCH_NOTICE} Model weights SHA-256 {model.sha256}."
+    source_image = Dataset()
+    source_image.ReferencedSOPClassUID = source.sop_class_uid
+    source_image.ReferencedSOPInstanceUID = source.sop_uid
+    ds.SourceImageSequence = [source_image]
+    ds.Rows, ds.Columns = int(rgb.shape[0]), int(rgb.shape[1])
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = rgb.tobytes()
+    return ds
+
+
+def to_bytes(ds) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _meaning(item) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+
+def _number(item) -> float:
+    return float(item.MeasuredValueSequence[0].NumericValue)
+
+
+def read_findings_sr(ds) -> dict[str, Any]:
+    """What `findings_sr` wrote, read back: {"notice", "model": {name, version, sha256}, "ood": {flagged,
+    reason}, "image": SOP Instance UID, "findings": {name: {probability, threshold, above}}}."""
+    if str(ds.SOPClassUID) != COMPREHENSIVE_SR or _meaning(ds) != _CODES["report"][0]:
+        raise ValueError("This is not a CheXNet Studio findings report.")
+    texts: dict[str, str] = {}
+    findings: dict[str, dict[str, Any]] = {}
+    image = ""
+    by_code = {value: key for key, (value, _) in _CODES.items()}
+    for item in ds.ContentSequence:
+        key = by_code.get(_meaning(item))
+        if item.ValueType == "TEXT" and key:
+            texts[key] = str(item.TextValue)
+        elif item.ValueType == "IMAGE":
+            image = str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        elif item.ValueType == "CONTAINER" and key == "finding":
+            parts = {by_code.get(_meaning(child)): child for child in item.ContentSequence}
+            findings[str(parts["name"].TextValue)] = {
+                "probability": _number(parts["probability"]),
+                "threshold": _number(parts["threshold"]),
+                "above": str(parts["verdict"].TextValue) == ABOVE,
+            }
+    return {
+        "notice": texts.get("notice", ""),
+        "model": {
+            "name": texts.get("model", ""),
+            "version": texts.get("version", ""),
+            "sha256": texts.get("sha256", ""),
+        },  # fmt: skip
+        "ood": {"flagged": texts.get("ood") == FLAGGED, "reason": texts.get("ood_reason", "")},
+        "image": image,
+        "findings": findings,
+    }

@@ -1,0 +1,149 @@
+"""The Fine-tune page's "Import from a PACS" section (admins, issue 18): DICOMweb connections (the secret is
+never shown back), a search with its preview count, the import job and its resumption, and writing
+results back (off by default per connection). The work runs in the worker (jobs.pacs_import)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import streamlit as st
+
+from core.errors import UserError
+from db.models import User
+from db.pacs import create_connection, list_connections, set_write_back
+from jobs.dicomweb import PacsClient, PacsSettings
+from jobs.pacs_import import (
+    PacsImportParams,
+    client_for,
+    enqueue_pacs_import,
+    enqueue_pacs_write_back,
+    last_stopped_import,
+    preview,
+    resume_pacs_import,
+)
+from webapp.database import session
+from webapp.formatting import flash, plain
+
+AUTH_TEXT = {"none": "None", "basic": "User name and password", "bearer": "Bearer token"}
+
+
+def _date(value: dt.date | None) -> str:
+    return value.strftime("%Y%m%d") if value else ""
+
+
+def _add_connection_form(user_id: int) -> None:
+    with st.form("pacs_new_connection", clear_on_submit=True):
+        st.markdown("**New connection**")
+        name = st.text_input("Name", placeholder="Hospital PACS", key="pacs_name")
+        example = "https://pacs.example.org/dicom-web"
+        url = st.text_input("DICOMweb address", placeholder=example, key="pacs_url")
+        auth = st.radio(
+            "Authentication", list(AUTH_TEXT), format_func=AUTH_TEXT.get, horizontal=True, key="pacs_auth"
+        )
+        username = st.text_input("User name (basic)", key="pacs_user")
+        secret = st.text_input("Password or token", type="password", key="pacs_secret")
+        write_back = st.checkbox(
+            "Write results back to this PACS (SR and heat map)", key="pacs_new_write_back"
+        )
+        if not st.form_submit_button("Save connection", icon=":material/save:"):
+            return
+    try:
+        PacsClient(PacsSettings(url.strip(), auth, username.strip(), secret)).check()
+        with session() as db:
+            saved = create_connection(
+                db, name, url, auth=auth, username=username, secret=secret, write_back=write_back,
+                created_by=db.get(User, user_id),
+            )  # fmt: skip
+    except UserError as exc:
+        st.error(plain(exc), icon=":material/error:")
+        return
+    flash("success", f"Connection {plain(saved.name)} saved; the PACS answered.")
+    st.rerun()
+
+
+def _search_form(connection_id: int, user_id: int) -> None:
+    with st.form(f"pacs_search_{connection_id}"):
+        first, last, modalities = st.columns(3)
+        date_from = first.date_input("Studies from", value=None)
+        date_to = last.date_input("to", value=None)
+        chosen = modalities.multiselect("Modalities", ["CR", "DX"], default=["CR", "DX"])
+        description = st.text_input("Study description (wildcards * and ?)", placeholder="*CHEST*")
+        look, start = st.columns(2)
+        asked_preview = look.form_submit_button("Preview count", icon=":material/search:")
+        asked_import = start.form_submit_button(
+            "Import from the PACS", icon=":material/cloud_download:", type="primary"
+        )
+    if not (asked_preview or asked_import):
+        return
+    try:
+        params = PacsImportParams(connection_id, _date(date_from), _date(date_to), tuple(chosen), description)
+        if asked_preview:
+            with session(read_only=True) as db:
+                client = client_for(db, connection_id)
+            n_studies, n_instances = preview(client, params.criteria())
+            st.info(
+                f"{n_studies:,} studies with {n_instances:,} instances match; the import keeps the "
+                "single-frame frontal (PA/AP) radiographs and lists the rest with why."
+            )
+            return
+        with session() as db:
+            job_id = enqueue_pacs_import(db, params, db.get(User, user_id)).id
+    except UserError as exc:
+        st.error(plain(exc), icon=":material/error:")
+        return
+    flash("success", f"Job #{job_id} queued: import from the PACS.")
+    st.rerun()
+
+
+def _jobs_buttons(connection_id: int, write_back: bool, user_id: int) -> None:
+    with session(read_only=True) as db:
+        stopped = last_stopped_import(db)
+        stopped_id = stopped.id if stopped is not None else None
+    left, right = st.columns(2)
+    try:
+        resume = f"Resume import #{stopped_id}"
+        if stopped_id is not None and left.button(resume, icon=":material/play_circle:"):
+            with session() as db:
+                job_id = resume_pacs_import(db, stopped_id, db.get(User, user_id)).id
+            flash("success", f"Job #{job_id} queued: continuing import #{stopped_id}.")
+            st.rerun()
+        explain = "A structured report and a heat map per imported image, with the active model."
+        icon = ":material/cloud_upload:"
+        if right.button("Write results back", icon=icon, disabled=not write_back, help=explain):
+            with session() as db:
+                job_id = enqueue_pacs_write_back(db, connection_id, db.get(User, user_id)).id
+            flash("success", f"Job #{job_id} queued: write results back to the PACS.")
+            st.rerun()
+    except UserError as exc:
+        st.error(plain(exc), icon=":material/error:")
+
+
+def pacs_section(user_id: int) -> None:
+    with st.expander("Import from a PACS (DICOMweb)", icon=":material/cloud_download:"):
+        st.caption(
+            "Imported instances are de-identified (DICOM basic profile; age, sex and view kept) and join the "
+            "review queues like the dataset's images. Nothing identifying is stored."
+        )
+        with session(read_only=True) as db:
+            connections = list_connections(db)
+        if connections:
+            st.dataframe(
+                [
+                    {"name": c.name, "address": c.base_url, "authentication": AUTH_TEXT[c.auth],
+                     "user": c.username, "secret": "set" if c.has_secret else "—", "write back": c.write_back}
+                    for c in connections
+                ],  # fmt: skip
+                hide_index=True,
+                width="stretch",
+            )
+        _add_connection_form(user_id)
+        if not connections:
+            return
+        chosen = st.selectbox("Connection", connections, format_func=lambda c: c.name, key="pacs_connection")
+        wanted = st.toggle("Write results back", value=chosen.write_back, key=f"pacs_write_back_{chosen.id}")
+        if wanted != chosen.write_back:
+            with session() as db:
+                set_write_back(db, chosen.id, wanted)
+            st.rerun()
+        _search_form(chosen.id, user_id)
+        _jobs_buttons(chosen.id, chosen.write_back, user_id)
