@@ -62,7 +62,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         data_dir, args.calibration, args.control, args.validation, args.seed
     )
     entry = quantize_artifact(
-        read_artifact(args.model_dir), calibration, validation, control=control,
+        read_artifact(args.model_dir), calibration, validation, control=control, max_drop=args.max_drop,
         progress=lambda text: print(f"{text} ...", file=sys.stderr),
     )  # fmt: skip
     if not args.json:
@@ -72,7 +72,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(
             f"INT8 graph written to {Path(args.model_dir) / entry['file']} ({entry['method']}, "
-            f"{entry['calibration_images']} calibration images). On {figures['images']} held-out test "
+            f"{entry['calibration_images']} calibration images). On {figures['images']} held-out "
             f"images: max |Δprob| {figures['max_probability_difference']:.4f}, CAM mean difference "
             f"{figures['cam_mean_difference']:.2%} of range, min correlation "
             f"{figures['cam_min_correlation']:.4f} - {verdict}."
@@ -89,7 +89,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--control", type=int, default=100, help="other train_val images for accuracy control (0: plain PTQ)"
     )
-    p.add_argument("--validation", type=int, default=100, help="held-out test images for the figures")
+    p.add_argument("--validation", type=int, default=100, help="held-out images, test split first")
+    p.add_argument(
+        "--max-drop", type=float, default=0.01, help="accuracy control: largest probability change allowed"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="only the card's int8 entry, as JSON")
     p.set_defaults(func=cmd_quantize)

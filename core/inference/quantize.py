@@ -116,13 +116,15 @@ def quantize_artifact(
     validation: Sequence[Path],
     *,
     control: Sequence[Path] = (),
+    max_drop: float = MAX_PROBABILITY_DIFFERENCE,
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Quantize, validate, write model-int8.xml/.bin and the card's "int8" entry; returns that entry.
 
     With `control` images, NNCF's accuracy-controlled quantization reverts layers to fp32 until no
-    probability on them moves by more than the bound; without, plain post-training quantization.
+    probability on them moves by more than `max_drop`; without, plain post-training quantization. The
+    held-out validation images then decide acceptance, whatever the control images said.
     """
     import nncf
 
@@ -161,7 +163,7 @@ def quantize_artifact(
 
         quantized = nncf.quantize_with_accuracy_control(
             fp32_graph, nncf.Dataset(calibration_inputs), nncf.Dataset(control_inputs), control_metric,
-            max_drop=MAX_PROBABILITY_DIFFERENCE / 2, drop_type=nncf.DropType.ABSOLUTE, **options,
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **options,
         )  # fmt: skip
     else:
         say(f"Quantizing on {len(calibration_inputs)} calibration images")
@@ -183,6 +185,7 @@ def quantize_artifact(
         "validation": {"images": len(validation_inputs), **measured.to_dict()},
         "calibration_images": len(calibration_inputs),
         "control_images": len(control_inputs),
+        "control_max_drop": max_drop if control_inputs else None,
         "method": "nncf accuracy control" if control_inputs else "nncf post-training",
         "fp32_layers": len(ignored.names),
         "nncf": nncf.__version__,
