@@ -147,7 +147,10 @@ def test_quality_page_reader_statistics_say_too_few_and_export_is_admin_only(db_
     assert agreement.loc["Mass", "All readers agree"] == "0.0%" and agreement.loc["Mass", "Images"] == 2
     per_reader = clinician.dataframe[2].value
     assert set(per_reader["Reader"]) == {"alice", "bob"} and (per_reader["Reads"] == 2).all()
-    times = clinician.dataframe[3].value.set_index("Reader")
+    by_mode = clinician.dataframe[3].value  # saved without a study mode: one row, said so
+    assert list(by_mode["Read with"]) == ["not recorded (older reviews)"] and list(by_mode["Reads"]) == [4]
+    assert "Effusion kappa" in by_mode.columns
+    times = clinician.dataframe[4].value.set_index("Reader")
     assert times.loc["alice", "Median s per image"] == "12.00"
     assert len(clinician.get("download_button")) == 0  # exports are for admins
 

@@ -21,6 +21,7 @@ from db.importer import store_upload
 from db.models import Box, Image, LabelEvent, Review, User, findings_in
 from db.registry import promote, register_model_version, save_predictions
 from db.reviews import save_review
+from db.study_mode_agreement import nlp_agreement_by_mode
 from tests.review_helpers import (
     REVIEW_PAGE,
     answer,
@@ -217,7 +218,7 @@ def test_ai_hidden_shows_neither_the_nlp_label_nor_the_model(db_url, model_dir, 
     assert not at.exception
     assert present(at) == [] and not answer(at)["no_finding"]  # an empty answer
     assert len(at.dataframe) == 0  # no model, NLP or label table
-    assert at.toggle(key="review_cam").disabled
+    assert at.button(key="review_cam").disabled  # the CAM overlay has no model output to show
     image_id = current(at).image_id
     tick(at, "Hernia")
     save(at)
@@ -372,7 +373,7 @@ def test_viewer_boxes_cam_scale_window_presets_and_zoom_kept(db_url, model_dir, 
     assert table["Model"].between(0, 1).all() and "NLP" in table.columns
     plain_source = figure["data"][0]["source"]
 
-    at.toggle(key="review_cam").set_value(True).run()
+    at.button(key="review_cam").click().run()  # the toolbar's CAM button (key K)
     assert not at.exception
     assert any("CAM of" in c.value for c in at.caption)
     with_cam = figure_of(at)
@@ -381,11 +382,12 @@ def test_viewer_boxes_cam_scale_window_presets_and_zoom_kept(db_url, model_dir, 
     assert with_cam["layout"]["uirevision"] == box_image.id
 
     level, width = at.slider(key="review_level").value, at.slider(key="review_width").value
-    at.get("button_group")[0].set_value("Lung").run()
+    at.button(key="review_preset_Lung").click().run()  # the Lung preset (key 2)
     assert (at.slider(key="review_level").value, at.slider(key="review_width").value) != (level, width)
-    at.toggle(key="review_invert").set_value(True).run()
+    at.button(key="review_invert").click().run()
+    assert at.button(key="review_invert").proto.type == "primary"  # shown as on
     assert figure_of(at)["layout"]["uirevision"] == box_image.id
-    at.toggle(key="review_boxes").set_value(False).run()
+    at.button(key="review_boxes").click().run()
     assert "shapes" not in figure_of(at)["layout"]
 
 
@@ -396,7 +398,7 @@ def test_cam_feedback_is_stored_per_model(db_url, model_dir, monkeypatch):
     at = page(db_url, "alice")
     at.run()
     image_id = current(at).image_id  # NLP: Cardiomegaly
-    at.toggle(key="review_cam").set_value(True).run()
+    at.button(key="review_cam").click().run()
     at.selectbox(key="review_cam_finding").set_value("Cardiomegaly").run()
     assert any("Does the heat map point at Cardiomegaly?" in c.value for c in at.caption)
     at.button(key="review_cam_feedback_False").click().run()
@@ -466,3 +468,125 @@ def test_page_stops_for_anonymous_visitors(db_url):
     assert not at.exception
     assert any("Please log in" in w.value for w in at.warning)
     assert len(at.button) == 0 and len(at.get("plotly_chart")) == 0 and len(at.metric) == 0
+
+
+def test_the_reader_chooses_per_session_whether_the_ai_shows_and_each_review_records_it(
+    db_url, model_dir, monkeypatch
+):
+    monkeypatch.setenv("CHEXNET_MODEL", str(model_dir))
+    at = page(db_url, "alice")
+    at.run()
+    first = current(at)
+    assert at.toggle(key="review_show_ai").value and first.ai_shown
+    assert present(at) == ["Cardiomegaly"] and len(at.dataframe) == 1  # AI-first: NLP pre-ticked, scores
+    at.toggle(key="review_show_ai").set_value(False).run()
+    # This image's AI answer has been seen: it stays AI-first; the choice applies from the next image.
+    assert current(at).image_id == first.image_id and current(at).ai_shown and len(at.dataframe) == 1
+    save(at)
+    second = current(at)
+    assert not second.ai_shown and present(at) == [] and len(at.dataframe) == 0
+    assert at.button(key="review_cam").disabled
+    assert any("Blinded read" in c.value and "AI hidden" in c.value for c in at.caption)
+    tick(at, "Hernia")
+    save(at)
+    third = current(at)
+    assert not third.ai_shown and present(at) == []
+    tick(at, "Mass")
+    at.toggle(key="review_show_ai").set_value(True).run()  # shown at once, the answer so far kept
+    assert current(at).image_id == third.image_id and current(at).ai_shown
+    assert present(at) == ["Mass"] and len(at.dataframe) == 1 and not at.button(key="review_cam").disabled
+    save(at)
+    with session_scope(db_url) as session:
+        modes = {r.image_id: r.study_mode for r in session.scalars(select(Review))}
+    assert modes == {first.image_id: "ai_first", second.image_id: "ai_hidden", third.image_id: "ai_first"}
+    # The agreement with the NLP label, split by how each read was made. Image 1: NLP Cardiomegaly,
+    # answered Cardiomegaly; image 2: NLP No Finding, answered Hernia; image 3: NLP Mass and Nodule,
+    # answered Mass.
+    with session_scope(db_url) as session:
+        split = {entry.study_mode: entry for entry in nlp_agreement_by_mode(session)}
+    assert set(split) == {"ai_first", "ai_hidden"}
+    assert (split["ai_first"].reads, split["ai_hidden"].reads) == (2, 1)
+    assert split["ai_first"].agreement == pytest.approx(27 / 28)
+    assert split["ai_hidden"].agreement == pytest.approx(13 / 14)
+    assert split["ai_hidden"].by_finding["Hernia"].agreement == 0.0
+    assert split["ai_first"].by_finding["Nodule"].agreement == 0.5
+    assert split["ai_first"].by_finding["Cardiomegaly"].agreement == 1.0
+
+    set_study(db_url, study_mode="ai_hidden")  # an AI-hidden study: no reader may show it
+    at = page(db_url, "bob")
+    at.run()
+    assert at.toggle(key="review_show_ai").disabled and not current(at).ai_shown and len(at.dataframe) == 0
+
+
+def _add_follow_ups(url: str, sample_dir) -> None:
+    """Patient 1's follow-ups 001 and 002 with their real NIH labels; the sample has one image per patient,
+    so their files are other sample images (the pairing is tested, not the pixels)."""
+    from db.models import FINDING_COLUMNS, NlpLabel
+
+    series = {
+        "00000001_001.png": ("00000002_000.png", ("cardiomegaly", "emphysema")),
+        "00000001_002.png": ("00000004_000.png", ("cardiomegaly", "effusion")),
+    }
+    with session_scope(url) as session:
+        for name, (source, positives) in series.items():
+            image = Image(
+                image_index=name, path=str(sample_dir / "images" / source), patient_id=1, view="PA",
+                split="train_val", source="dataset",
+            )  # fmt: skip
+            session.add(image)
+            session.flush()
+            labels = {column: column in positives for column in FINDING_COLUMNS}
+            session.add(NlpLabel(image_id=image.id, source="nlp", **labels))
+
+
+def test_prior_study_beside_the_image_with_its_place_and_label(db_url, sample_dir):
+    from db.prior_study import follow_up_number, prior_study
+
+    _add_follow_ups(db_url, sample_dir)
+    at = page(db_url, "alice")
+    at.run()
+    open_by_name(at, "00000001_002.png")
+    assert at.button(key="review_prior").proto.type == "secondary" and len(at.get("plotly_chart")) == 1
+    at.button(key="review_prior").click().run()  # the prior view (key W)
+    assert not at.exception and len(at.get("plotly_chart")) == 2
+    caption = next(c.value for c in at.caption if "Prior:" in c.value)
+    assert plain("00000001_001.png") in caption and "follow-up 1 (earlier) of 3 image(s)" in caption
+    assert plain("NLP label: Cardiomegaly, Emphysema") in caption
+    assert any("This image:" in c.value and "follow-up 2" in c.value for c in at.caption)
+    prior_figure, current_figure = (json.loads(chart.proto.spec) for chart in at.get("plotly_chart"))
+    assert prior_figure["data"][0]["source"] != current_figure["data"][0]["source"]
+    at.button(key="review_preset_Bone").click().run()  # one window for both: the prior's picture changes
+    windowed = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert windowed["data"][0]["source"] != prior_figure["data"][0]["source"]
+    # The answer is the current image's.
+    tick(at, "Mass")
+    save(at)
+    with session_scope(db_url) as session:
+        saved = session.scalars(select(Review)).one()
+        assert session.get(Image, saved.image_id).image_index == "00000001_002.png" and saved.mass
+
+    # Blinded, the prior shows the reader's own review of it, never other readers' consensus.
+    open_by_name(at, "00000001_001.png")
+    assert any("Prior:" in c.value and plain("00000001_000.png") in c.value for c in at.caption)
+    tick(at, "Nodule")
+    save(at)
+    bob = page(db_url, "bob")
+    bob.run()
+    open_by_name(bob, "00000001_002.png")
+    bob.button(key="review_prior").click().run()
+    caption = next(c.value for c in bob.caption if "Prior:" in c.value)
+    assert "Nodule" not in caption and plain("NLP label: Cardiomegaly, Emphysema") in caption
+    set_study(db_url, blinding=False)
+    bob = page(db_url, "bob")
+    bob.run()
+    open_by_name(bob, "00000001_002.png")
+    bob.button(key="review_prior").click().run()
+    assert any(plain("1 review, consensus: Nodule") in c.value for c in bob.caption)
+    open_by_name(bob, "00000001_000.png")  # the first of the series: nothing earlier
+    assert any("No earlier image of this patient" in c.value for c in bob.caption)
+    assert len(bob.get("plotly_chart")) == 1
+
+    with session_scope(db_url) as session:
+        assert follow_up_number("00000001_002.png") == 2 and follow_up_number("upload.png") is None
+        first = session.scalars(select(Image).where(Image.image_index == "00000001_000.png")).one()
+        assert prior_study(session, first.id) is None

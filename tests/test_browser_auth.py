@@ -55,6 +55,14 @@ def log_in(page, app_url: str, username: str) -> None:
     settle(page)
 
 
+def click_in_sidebar(page, name: str) -> None:
+    """Click a navigation link, opening the sidebar first where the page starts it collapsed (Review)."""
+    expand = page.get_by_test_id("stExpandSidebarButton")
+    if expand.count() and expand.is_visible():
+        expand.click()
+    page.get_by_role("link", name=name).click()
+
+
 def test_login_survives_reload_and_second_tab_and_logout_ends_both(new_page, auth_app):
     app_url, engine = auth_app
     first = new_page()
@@ -75,13 +83,13 @@ def test_login_survives_reload_and_second_tab_and_logout_ends_both(new_page, aut
     second.get_by_role("heading", name="Review labels").wait_for()
     assert urlparse(second.url).path.endswith("/review")
 
-    first.get_by_role("link", name=f"Log out ({ADMIN})").click()
+    click_in_sidebar(first, f"Log out ({ADMIN})")
     first.get_by_role("link", name="Log in").wait_for()
     with session_scope(engine, read_only=True) as session:
         assert session.query(UserSession).filter(UserSession.revoked_at.is_(None)).count() == 0
 
     # The other tab still shows the page; its next run finds the session revoked.
-    second.get_by_role("link", name="Predict").click()
+    click_in_sidebar(second, "Predict")
     second.get_by_role("link", name="Log in").wait_for()
     assert second.get_by_role("link", name=re.compile("Log out")).count() == 0
     second.goto(f"{app_url}/models")

@@ -17,6 +17,7 @@ from db.engine import default_url, session_scope
 from db.export import ExportFormat, export_labels_dataframe
 from db.quality import LabelQuality, label_quality
 from db.reader_stats import MIN_POSITIVES, Kappa
+from db.study_mode_agreement import ModeAgreement, nlp_agreement_by_mode
 from webapp.database import session
 from webapp.formatting import pretty
 
@@ -97,6 +98,25 @@ def load_reader_stats() -> tuple[dict[str, Kappa], list, list]:
             reader_stats.reader_agreement(db_session),
             reader_stats.reading_times(db_session),
         )
+
+
+MODE_NAMES = {"ai_first": "AI shown first", "ai_hidden": "AI hidden", "": "not recorded (older reviews)"}
+
+
+def load_mode_agreement() -> list[ModeAgreement]:
+    with session(read_only=True) as db_session:
+        return nlp_agreement_by_mode(db_session)
+
+
+def mode_agreement_table(modes: list[ModeAgreement]) -> pd.DataFrame:
+    """Per way of reading (AI shown first or hidden): blinded reads, agreement with the NLP label, and
+    Cohen's kappa against it for each finding."""
+    rows: dict[str, list] = {"Read with": [MODE_NAMES.get(m.study_mode, m.study_mode) for m in modes]}
+    rows["Reads"] = [m.reads for m in modes]
+    rows["Same answer as the NLP label"] = [percent(m.agreement) for m in modes]
+    for finding in FINDINGS:
+        rows[f"{pretty(finding)} kappa"] = [kappa_text(m.by_finding[finding]) for m in modes]
+    return pd.DataFrame(rows)
 
 
 def inter_reader_table(kappas: dict[str, Kappa]) -> pd.DataFrame:

@@ -10,7 +10,7 @@ what the reader was shown is what the saved review records.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.labels import FINDINGS, NO_FINDING
@@ -93,6 +93,7 @@ class ReviewTarget:
     own_version: int | None  # its version when the page opened it: the save's expected_version
     settings: StudySettings = field(default_factory=StudySettings)  # as when the image was opened
     opened_at: float = 0.0  # time.monotonic() when opened: the read's duration
+    ai_allowed: bool = True  # the study lets readers see the AI (the reader may still hide it)
 
     @property
     def blinded(self) -> bool:
@@ -196,7 +197,12 @@ def find_image_id(text: str) -> int | None:
         return review_lookup.find_image_id(db_session, text)
 
 
-def load_target(image_id: int, user_id: int, settings: StudySettings | None = None) -> ReviewTarget:
+def load_target(
+    image_id: int, user_id: int, settings: StudySettings | None = None, *, hide_ai: bool = False
+) -> ReviewTarget:
+    """A snapshot of the image for the reader. `hide_ai`: the reader chose, for this session, to answer
+    before seeing the NLP label and the model; the review then records "ai_hidden" as the mode it was
+    made in, as in an AI-hidden study."""
     with session(read_only=True) as db_session:
         user = reviews.account_by_id(db_session, user_id)
         image = reviews.get_image(db_session, image_id)
@@ -206,6 +212,10 @@ def load_target(image_id: int, user_id: int, settings: StudySettings | None = No
         nlp_row = reviews.get_source_labels(db_session, image_id)
         google_row = reviews.get_source_labels(db_session, image_id, SOURCE_GOOGLE)
         own = reviews.get_review(db_session, image_id, user)
+        settings = settings or study.study_settings(db_session)
+        ai_allowed = settings.ai_shown
+        if hide_ai and settings.ai_shown:
+            settings = replace(settings, study_mode="ai_hidden")
         return ReviewTarget(
             image_id=image.id,
             name=image.label,
@@ -220,8 +230,9 @@ def load_target(image_id: int, user_id: int, settings: StudySettings | None = No
             google=None if google_row is None else dict(google_row.extra or {}),
             own=None if own is None else values_of(own),
             own_version=None if own is None else own.version,
-            settings=settings or study.study_settings(db_session),
+            settings=settings,
             opened_at=time.monotonic(),
+            ai_allowed=ai_allowed,
         )
 
 

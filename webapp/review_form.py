@@ -8,6 +8,8 @@ Finding while No Finding clears every finding, so no combination needs an error 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import streamlit as st
 
 from core.errors import UserError
@@ -140,10 +142,28 @@ def toggle_exclude() -> None:
 # Opening images and the queue
 
 
+def hides_ai() -> bool:
+    """The reader's choice for this session: answer before seeing the NLP label and the model."""
+    return not st.session_state.get("review_show_ai", True)
+
+
 def open_image(user_id: int, image_id: int) -> None:
-    target = review_data.load_target(image_id, user_id)
+    target = review_data.load_target(image_id, user_id, hide_ai=hides_ai())
     st.session_state.update(review_target=target, review_problem=None, review_stale=False)
     write_form(target.prefill())
+
+
+def ai_choice_changed(user_id: int) -> None:
+    """Showing the AI takes effect at once (the image is opened again, AI-first, keeping the reader's
+    answer so far); hiding it, from the next image: the reader has seen it on this one, and the review
+    records what they saw."""
+    target = st.session_state.get("review_target")
+    if target is None or hides_ai() or target.ai_shown or not target.ai_allowed:
+        return
+    values = current_values()
+    reopened = review_data.load_target(target.image_id, user_id)
+    st.session_state["review_target"] = replace(reopened, opened_at=target.opened_at)  # the read goes on
+    write_form(values)
 
 
 def next_image(user_id: int) -> None:
@@ -204,6 +224,7 @@ def open_by_name(user_id: int) -> None:
         )
         return
     st.session_state["review_open_problem"] = None
+    st.session_state["review_open_popover"] = False  # closed: the image it opened is what to see
     open_image(user_id, image_id)
     st.session_state["review_reason"] = "Opened by name or number."
 

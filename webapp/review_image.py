@@ -19,7 +19,7 @@ from core.labels import FINDINGS
 from webapp.formatting import plain, pretty
 from webapp.model_loader import is_validated, load_active_predictor
 from webapp.review_data import ReviewTarget
-from webapp.viewer import apply_window
+from webapp.viewer import EncodedPicture, apply_window, encode_picture
 
 MOST_PROBABLE = "__most_probable__"  # the CAM finding choice "whichever is most probable"
 CACHED_PREDICTIONS = 8
@@ -110,20 +110,39 @@ def cam_choice_text(prediction: Prediction, choice: str) -> str:
     return f"{pretty(choice)} {probabilities[choice]:.2f}"
 
 
+def windowed_picture(
+    image_id: int, pixels: np.ndarray, window: tuple[int, int], invert: bool
+) -> EncodedPicture:
+    """The windowed image encoded for the figure, kept for the image on screen and the next one (read
+    ahead with the window it will open with), so Save & next does not wait for the PNG."""
+    cache: dict = st.session_state.setdefault("review_picture_cache", {})
+    key = (image_id, window, invert)
+    if key not in cache:
+        picture = encode_picture(apply_window(pixels, window[0], window[1], invert))
+        _remember(cache, key, picture, CACHED_PIXELS)
+    return cache[key]
+
+
 def viewer_picture(
+    image_id: int,
     pixels: np.ndarray,
     window: tuple[int, int],  # (low, high) grey levels
     invert: bool,
     prediction: Prediction | None,
     cam_choice: str | None,
     opacity: float,
-) -> tuple[np.ndarray, str | None]:
+) -> tuple[np.ndarray | EncodedPicture, str | None]:
     """(the windowed image, with the CAM of the chosen finding laid over it when asked; that finding)."""
-    shown = apply_window(pixels, window[0], window[1], invert)
     if prediction is None or cam_choice is None:
-        return shown, None
+        return windowed_picture(image_id, pixels, window, invert), None
+    shown = apply_window(pixels, window[0], window[1], invert)
     finding = prediction.most_probable() if cam_choice == MOST_PROBABLE else cam_choice
     return render_overlay(shown, prediction.cam(finding), opacity), finding
+
+
+def cached_pixels(image_id: int, path: str | None) -> np.ndarray | None:
+    """The pixels read (ahead) of an image, if they are in the cache."""
+    return _pixel_cache().get((image_id, path))
 
 
 def viewer_notes(boxes: list[tuple[str, float, float, float, float]], cam_finding: str | None) -> str:

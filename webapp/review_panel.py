@@ -1,5 +1,8 @@
-"""The reader's answer beside the X-ray: one button per finding (Present; the "?" beside it: Uncertain),
-No Finding, exclude, reason codes, comment, and Save & next / Skip / Undo, each with its hotkey.
+"""The reader's answer beside the X-ray: Save & next / Skip / Undo on top, then one button per finding
+in two columns of seven (Present; the "?" beside it: Uncertain), No Finding, exclude, comment and reason
+codes, each with its hotkey; below them what the reader may see of the labels (the model and NLP label,
+AI-first; the current label, unblinded). Save sits above the findings so that reason codes opening
+under them never push it off the screen.
 
 The buttons keep their keys from image to image (they hold no value, the answer lives in the session
 state under a key of its own per image), so the browser updates them instead of building them anew;
@@ -41,8 +44,8 @@ def hotkey_legend() -> str:
 
 def _heading(target: ReviewTarget) -> None:
     if target.blinded:
-        shown = "the NLP label and the model are shown" if target.ai_shown else "AI-hidden study"
-        st.caption(f":material/visibility_off: Blinded read: other readers' answers are hidden; {shown}.")
+        shown = "NLP label and model shown" if target.ai_shown else "AI hidden"
+        st.caption(f":material/visibility_off: Blinded read: other readers' answers hidden; {shown}.")
     else:
         st.markdown(f":material/group: **{status_sentence(target.effective)}**")
     if target.own is not None:
@@ -53,26 +56,40 @@ def _heading(target: ReviewTarget) -> None:
         st.caption(st.session_state["review_reason"])
 
 
-def _finding_rows(target: ReviewTarget) -> None:
-    now = review_form.answer()
+def _finding_button(finding: str, state: str) -> None:
+    key = FINDING_KEYS[finding]
+    with st.container(horizontal=True, gap="xxsmall", vertical_alignment="center"):
+        st.button(
+            pretty(finding), key=f"review_f_{finding}", shortcut=key, icon=STATE_ICONS[state],
+            type="primary" if state == PRESENT else "secondary", width="stretch",
+            on_click=review_form.toggle_finding, args=(finding,),
+            help=f"{pretty(finding)}: present ({key}); again to clear.",
+        )  # fmt: skip
+        st.button(
+            "?", key=f"review_u_{finding}", shortcut=f"Shift+{key}",
+            type="primary" if state == UNCERTAIN else "tertiary",
+            on_click=review_form.toggle_uncertain, args=(finding,),
+            help=f"{pretty(finding)}: uncertain (Shift+{key}); again to clear.",
+        )  # fmt: skip
+
+
+def _finding_grid() -> None:
+    """Two columns of seven, in CheXNet order down each column."""
+    states = review_form.answer()["states"]
+    half = (len(FINDINGS) + 1) // 2
+    with st.container(horizontal=True, gap="xsmall", key="review_grid"):
+        for part in (FINDINGS[:half], FINDINGS[half:]):
+            with st.container(gap="xxsmall", width="stretch"):
+                for finding in part:
+                    _finding_button(finding, states[finding])
+
+
+def _reasons(target: ReviewTarget) -> None:
+    """Reason codes of each finding marked Uncertain, or left Absent against a positive NLP label."""
+    states = review_form.answer()["states"]
     for finding in FINDINGS:
-        state = now["states"][finding]
-        key = FINDING_KEYS[finding]
-        with st.container(horizontal=True, gap="small", vertical_alignment="center"):
-            st.button(
-                pretty(finding), key=f"review_f_{finding}", shortcut=key, icon=STATE_ICONS[state],
-                type="primary" if state == PRESENT else "secondary", width="stretch",
-                on_click=review_form.toggle_finding, args=(finding,),
-                help=f"{pretty(finding)}: present ({key}); again to clear.",
-            )  # fmt: skip
-            st.button(
-                "?", key=f"review_u_{finding}", shortcut=f"Shift+{key}",
-                type="primary" if state == UNCERTAIN else "tertiary",
-                on_click=review_form.toggle_uncertain, args=(finding,),
-                help=f"{pretty(finding)}: uncertain (Shift+{key}); again to clear.",
-            )  # fmt: skip
         nlp_positive = bool(target.ai_shown and target.nlp and target.nlp.get(finding))
-        if state == UNCERTAIN or (state == ABSENT and nlp_positive):
+        if states[finding] == UNCERTAIN or (states[finding] == ABSENT and nlp_positive):
             review_form.prepare_reasons(finding)
             st.pills(
                 f"Why ({pretty(finding)}, optional)", list(REASON_CODES), selection_mode="multi",
@@ -86,9 +103,9 @@ def answer_panel(user_id: int, target: ReviewTarget, prediction: Prediction | No
     st.html(_CSS)
     _heading(target)
     message_slot = st.container()
-    _finding_rows(target)
+    _finding_grid()
     now = review_form.answer()
-    with st.container(horizontal=True, gap="small"):
+    with st.container(horizontal=True, gap="xsmall", key="review_marks"):
         st.button(
             NO_FINDING, key="review_no_finding", shortcut=NO_FINDING_KEY, width="stretch",
             icon=STATE_ICONS[PRESENT if now["no_finding"] else ABSENT],
@@ -101,7 +118,9 @@ def answer_panel(user_id: int, target: ReviewTarget, prediction: Prediction | No
             type="primary" if now["exclude"] else "secondary", on_click=review_form.toggle_exclude,
             help="Not diagnostic quality: leaves the image out of training and evaluation.",
         )  # fmt: skip
-    st.text_input("Comment", key=review_form.comment_key(), placeholder="Optional")
+    comment_key = review_form.comment_key()
+    st.text_input("Comment", key=comment_key, placeholder="Comment (optional)", label_visibility="collapsed")
+    _reasons(target)
     if st.session_state.get("review_problem"):
         with message_slot:
             st.error(st.session_state["review_problem"], icon=":material/error:")
@@ -112,26 +131,27 @@ def answer_panel(user_id: int, target: ReviewTarget, prediction: Prediction | No
                 )  # fmt: skip
 
 
-def actions(
-    user_id: int, target: ReviewTarget, prediction: Prediction | None, predictor: Predictor | None
-) -> None:
-    """Save & next, Skip, Undo last save (whole-page reruns), the hotkeys, and what the reader may see
-    beside the answer (the model and NLP label in AI-first, the current label without blinding);
-    `predictor`: the model of this run's `prediction`."""
-    with st.container(horizontal=True, gap="small"):
+def actions(user_id: int, target: ReviewTarget) -> None:
+    """Save & next, Skip, Undo last save: whole-page reruns (outside the answer's fragment)."""
+    with st.container(horizontal=True, gap="xsmall", key="review_actions"):
         st.button(
             "Save & next", key="review_save", type="primary", icon=":material/check:", shortcut=SAVE_KEY,
-            on_click=review_form.submit, args=(user_id, target),
+            on_click=review_form.submit, args=(user_id, target), width="stretch",
         )  # fmt: skip
         st.button(
             "Skip", key="review_skip", icon=":material/skip_next:", shortcut=SKIP_KEY,
             on_click=review_form.skip, args=(target.image_id,),
         )  # fmt: skip
         st.button(
-            "Undo last save", key="review_undo", icon=":material/undo:", shortcut=UNDO_KEY,
+            "Undo", key="review_undo", icon=":material/undo:", shortcut=UNDO_KEY,
             on_click=review_form.undo_last_save, args=(user_id,),
+            help="Undo last save: reopen the image you saved last, to change your answer.",
         )  # fmt: skip
-    st.caption(hotkey_legend())
+
+
+def label_details(target: ReviewTarget, prediction: Prediction | None, predictor: Predictor | None) -> None:
+    """What the reader may see beside the answer (the model and NLP label in AI-first, the current label
+    without blinding); `predictor`: the model of this run's `prediction`."""
     table = review_image.label_table(target, prediction)
     if table is not None:
         st.dataframe(

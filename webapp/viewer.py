@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -21,7 +22,9 @@ from core.data.dataset import BBOX_COORDINATE_SIZE
 from core.inference.cam import colorize
 from webapp.formatting import pretty
 
-MAX_DISPLAY_SIDE = 1024  # larger X-rays are shown downsampled; zooming in still shows plenty of detail
+# The picture sent to the browser: NIH's 1024-px originals whole (shown 1:1 where they fit, and zoom goes
+# to their full resolution); larger X-rays downsampled to this, still sharp on a 2x screen.
+MAX_DISPLAY_SIDE = 2048
 BOX_COLOUR = "#ffb000"
 PLOTLY_CONFIG = {
     "scrollZoom": True,
@@ -102,24 +105,39 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+@dataclass(frozen=True)
+class EncodedPicture:
+    """An image as the figure shows it: at most MAX_DISPLAY_SIDE, as a PNG data URI, with its size."""
+
+    source: str
+    width: int
+    height: int
+
+
+def encode_picture(image: np.ndarray) -> EncodedPicture:
+    shown = downsample(image)
+    return EncodedPicture(png_data_uri(shown), shown.shape[1], shown.shape[0])
+
+
 def xray_figure(
-    image: np.ndarray,
+    image: np.ndarray | EncodedPicture,
     boxes: Iterable[tuple[str, float, float, float, float]] = (),
-    height: int = 640,
+    height: int | None = 640,
     *,
     uirevision: object = None,
     cam_scale: str | None = None,
 ) -> go.Figure:
     """A zoomable figure of a grey or RGB uint8 image, with (finding, x, y, w, h) NIH boxes drawn on it.
 
-    `uirevision`: zoom and pan survive a new figure with the same value. `cam_scale`: the finding whose
-    CAM is laid over the image; a colour bar (low to high activation) is drawn beside it.
+    `height`: None leaves it to the page (st.plotly_chart(height="stretch") sizes the figure to its
+    container). `uirevision`: zoom and pan survive a new figure with the same value. `cam_scale`: the
+    finding whose CAM is laid over the image; a colour bar (low to high activation) is drawn beside it.
     """
-    shown = downsample(image)
-    shown_height, shown_width = shown.shape[:2]
+    picture = image if isinstance(image, EncodedPicture) else encode_picture(image)
+    shown_width, shown_height = picture.width, picture.height
     # An image trace with our own PNG (fast compression): a tenth of plotly express' imshow time, and
     # the grey levels arrive exactly as windowed.
-    figure = go.Figure(go.Image(source=png_data_uri(shown), hoverinfo="skip"))
+    figure = go.Figure(go.Image(source=picture.source, hoverinfo="skip"))
     for finding, x, y, w, h in boxes:
         x0, y0, x1, y1 = scale_box(x, y, w, h, shown_width, shown_height)
         figure.add_shape(

@@ -69,6 +69,12 @@ with readers_tab:
         f"with a 95% bootstrap interval; fewer than {MIN_POSITIVES} reference positives: too few."
     )
     st.dataframe(quality_data.reader_table(per_reader), hide_index=True, width="stretch")
+    st.caption(
+        "Agreement with the NLP label by how the read was made: the NLP label and the model shown before "
+        "answering (AI first) or hidden until then. Readers who saw it agreeing more is the anchoring effect."
+    )
+    modes = quality_data.load_mode_agreement()
+    st.dataframe(quality_data.mode_agreement_table(modes), hide_index=True, width="stretch")
     st.caption("Reading time per image: from opening the image to saving its review.")
     st.dataframe(quality_data.reading_time_table(reading), hide_index=True, width="stretch")
 
