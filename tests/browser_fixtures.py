@@ -124,3 +124,11 @@ def new_page(chromium_browser, tmp_path) -> Iterator[Callable]:
     yield make
     for context in contexts:
         context.close()
+
+
+def click_in_sidebar(page, name: str) -> None:
+    """Click a navigation link, opening the sidebar first where a page starts it collapsed (Review)."""
+    expand = page.get_by_test_id("stExpandSidebarButton")
+    if expand.count() and expand.is_visible():
+        expand.click()
+    page.get_by_role("link", name=name).click()

@@ -16,7 +16,7 @@ from core.paths import REPO_ROOT
 from db.engine import dispose_engine, session_scope
 from db.registry import get_active_version
 from tests.admin_helpers import ONE_THREAD_ENV, PASSWORD, make_studio, synthetic_dataset
-from tests.browser_fixtures import streamlit_server
+from tests.browser_fixtures import click_in_sidebar, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -83,7 +83,7 @@ def test_admin_fine_tunes_promotes_and_predict_uses_the_new_model(new_page, admi
     page.get_by_role("button", name="Log in").click()
     page.get_by_role("link", name="Log out (boss)").wait_for()
 
-    page.get_by_role("link", name="Fine-tune").click()
+    click_in_sidebar(page, "Fine-tune")
     page.get_by_text("Training worker").first.wait_for(timeout=30_000)  # the worker announced its CPU
     form = page.get_by_test_id("stForm")
     form.get_by_role("textbox", name="New version name").fill("browser-ft")
@@ -102,7 +102,7 @@ def test_admin_fine_tunes_promotes_and_predict_uses_the_new_model(new_page, admi
     assert page.locator("[data-testid='stException']").count() == 0
     screenshot(page, "admin.png", tmp_path)
 
-    page.get_by_role("link", name="Models & ROC").click()
+    click_in_sidebar(page, "Models & ROC")
     page.get_by_text("Compare versions").wait_for()
     page.get_by_test_id("stSelectbox").filter(has_text="Version").first.click()
     page.get_by_role("option", name="browser-ft").click()
@@ -114,7 +114,7 @@ def test_admin_fine_tunes_promotes_and_predict_uses_the_new_model(new_page, admi
     page.locator(".js-plotly-plot").first.wait_for()
     screenshot(page, "models.png", tmp_path)
 
-    page.get_by_role("link", name="Predict").click()
+    click_in_sidebar(page, "Predict")
     try:
         page.get_by_text("Model card: browser-ft").wait_for()
     except Exception:

@@ -13,7 +13,7 @@ import pytest
 from db import accounts
 from db.engine import dispose_engine, get_engine, session_scope
 from db.models import LoginAttempt, UserSession
-from tests.browser_fixtures import streamlit_server
+from tests.browser_fixtures import click_in_sidebar, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -53,14 +53,6 @@ def log_in(page, app_url: str, username: str) -> None:
     submit_login(page, username, PASSWORD)
     page.get_by_role("link", name=f"Log out ({username})").wait_for()
     settle(page)
-
-
-def click_in_sidebar(page, name: str) -> None:
-    """Click a navigation link, opening the sidebar first where the page starts it collapsed (Review)."""
-    expand = page.get_by_test_id("stExpandSidebarButton")
-    if expand.count() and expand.is_visible():
-        expand.click()
-    page.get_by_role("link", name=name).click()
 
 
 def test_login_survives_reload_and_second_tab_and_logout_ends_both(new_page, auth_app):

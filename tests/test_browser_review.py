@@ -27,7 +27,7 @@ from db.engine import dispose_engine, get_engine, session_scope
 from db.importer import import_chestxray14
 from db.models import Image, LabelEvent, Review
 from jobs.labels import write_labels_table
-from tests.browser_fixtures import streamlit_server
+from tests.browser_fixtures import click_in_sidebar, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -103,7 +103,7 @@ def test_blind_double_read_dispute_adjudication_history_and_export(
     # The admin assigns one image to both clinicians: a 100 % double read.
     admin = new_page()
     log_in(admin, app_url, ADMIN)
-    admin.get_by_role("link", name="Assignments & study").click()
+    click_in_sidebar(admin, "Assignments & study")
     admin.get_by_text("Assign images").first.wait_for()
     readers = admin.get_by_test_id("stMultiSelect")
     for name in (READER_A, READER_B):
@@ -156,7 +156,7 @@ def test_blind_double_read_dispute_adjudication_history_and_export(
     reader_b.get_by_text("You have read every image assigned to you").wait_for()
 
     # The admin finds it under Adjudicate, sees both answers, decides with a reason.
-    admin.get_by_role("link", name="Adjudicate").click()
+    click_in_sidebar(admin, "Adjudicate")
     admin.get_by_text("Readers differ on: Cardiomegaly.").wait_for()
     admin.get_by_role("heading", name=assigned).wait_for()
     decision = admin.locator("[class*='st-key-adjudicate_'][class*='_Cardiomegaly']").first
@@ -167,7 +167,7 @@ def test_blind_double_read_dispute_adjudication_history_and_export(
     admin.get_by_text("No image is disputed").wait_for()
 
     # Its history: all three events, who and why.
-    admin.get_by_role("link", name="Image history").click()
+    click_in_sidebar(admin, "Image history")
     image_box = admin.get_by_role("textbox", name="Image")
     image_box.fill(assigned)
     image_box.press("Enter")
@@ -178,7 +178,7 @@ def test_blind_double_read_dispute_adjudication_history_and_export(
         assert text in history, text
 
     # The export (downloaded as an admin does) and the fine-tune's labels carry the decision.
-    admin.get_by_role("link", name="Label quality").click()
+    click_in_sidebar(admin, "Label quality")
     admin.get_by_text("Export the consensus labels").wait_for()
     settle(admin)  # a click during the page's run can be lost with the button it redraws
     with admin.expect_download() as download_info:
