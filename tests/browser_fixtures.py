@@ -126,9 +126,21 @@ def new_page(chromium_browser, tmp_path) -> Iterator[Callable]:
         context.close()
 
 
-def click_in_sidebar(page, name: str) -> None:
-    """Click a navigation link, opening the sidebar first where a page starts it collapsed (Review)."""
-    expand = page.get_by_test_id("stExpandSidebarButton")
-    if expand.count() and expand.is_visible():
-        expand.click()
-    page.get_by_role("link", name=name).click()
+def click_in_sidebar(page, name: str, timeout_s: float = 60.0) -> None:
+    """Click a navigation link, opening the sidebar where a page collapses it (Review does, once its
+    script has run: so the sidebar may collapse after the link was found, and the click is retried)."""
+    import time
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        expand = page.get_by_test_id("stExpandSidebarButton")
+        if expand.count() and expand.is_visible():
+            expand.click()
+        try:
+            page.get_by_role("link", name=name).click(timeout=3_000)
+            return
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
