@@ -75,6 +75,8 @@ def test_login_survives_reload_and_second_tab_and_logout_ends_both(new_page, aut
     second.get_by_role("heading", name="Review labels").wait_for()
     assert urlparse(second.url).path.endswith("/review")
 
+    first.goto(f"{app_url}/models")  # log out from a page with the sidebar open (Review collapses it)
+    first.get_by_role("heading", name="Models & ROC").wait_for()
     click_in_sidebar(first, f"Log out ({ADMIN})")
     first.get_by_role("link", name="Log in").wait_for()
     with session_scope(engine, read_only=True) as session:
