@@ -22,7 +22,7 @@ from core.cli.quantize_command import split_sets
 from core.imaging.reader import read_xray_file
 from core.inference.artifact import new_card, read_artifact, save_artifact
 from core.inference.models import create_model
-from core.inference.openvino_backend import MAX_PROBABILITY_DIFFERENCE, OpenVinoBackend
+from core.inference.openvino_backend import MAX_PROBABILITY_DIFFERENCE, OpenVinoBackend, QuantizedGraph
 from core.inference.predictor import Predictor
 from core.inference.quantize import INT8_XML, QuantizationError, quantize_artifact, usable_int8_graph
 from core.labels import FINDINGS
@@ -108,7 +108,8 @@ def test_only_an_accepted_graph_of_these_very_weights_is_used(quantized, tmp_pat
     copy = Path(shutil.copytree(folder, tmp_path / "m"))
     artifact = read_artifact(copy)
     digest = artifact.weights_digest()
-    assert usable_int8_graph(artifact, digest, accepted_only=False) == copy / INT8_XML
+    graph = QuantizedGraph(copy / INT8_XML, entry["sha256"])
+    assert usable_int8_graph(artifact, digest, accepted_only=False) == graph
     assert (usable_int8_graph(artifact, digest) is not None) == entry["accepted"]
     assert usable_int8_graph(artifact, "0" * 64, accepted_only=False) is None  # other weights
     weights = (copy / INT8_XML).with_suffix(".bin")
@@ -125,7 +126,7 @@ def test_auto_keeps_int8_only_when_faster_and_within_the_bound(
 ):
     """The decision path with an int8 candidate and the trial's figures faked; a bf16 candidate (on a
     CPU with BF16) is faked as no faster, so the answer is the same on every CPU."""
-    folder, _, _ = quantized
+    folder, entry, _ = quantized
     monkeypatch.setenv("CHEXNET_HOME", str(tmp_path))  # decide afresh, in a cache of its own
 
     def trial(self, fp32, candidates):
@@ -135,8 +136,9 @@ def test_auto_keeps_int8_only_when_faster_and_within_the_bound(
 
     monkeypatch.setattr(OpenVinoBackend, "_trial", trial)
     artifact = read_artifact(folder)
+    graph = QuantizedGraph(folder / INT8_XML, entry["sha256"])
     backend = OpenVinoBackend(lambda: artifact.load_model("cpu"), artifact.crop, cache_key="int8-choice",
-                              precision="auto", int8_graph=folder / INT8_XML)  # fmt: skip
+                              precision="auto", int8_graph=graph)  # fmt: skip
     decision = backend.info["precision_decision"]
     assert decision["precision"] == expected and backend.info["precision"] == expected
     assert (decision["int8_ms"], decision["int8_max_probability_difference"]) == (int8_ms, int8_difference)

@@ -30,6 +30,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,14 @@ _DECISION_FORMAT = 2
 # two-output graph ("logits, CAMs", unnamed) are left alone and never read.
 OUTPUTS_TAG = "lcp"
 _N_OUTPUTS = 3
+
+
+@dataclass(frozen=True)
+class QuantizedGraph:
+    """A model folder's INT8 graph (core.inference.quantize) and the digest its card recorded for it."""
+
+    xml: Path
+    sha256: str  # of the .xml and .bin, checked by the caller against the card
 
 
 def choose_precision(fp32_ms: float, candidates: dict[str, tuple[float, float]]) -> tuple[str, str]:
@@ -145,7 +154,7 @@ class OpenVinoBackend:
         *,
         precision: str = "auto",
         threads: int | None = None,
-        int8_graph: Path | None = None,
+        int8_graph: QuantizedGraph | None = None,
     ):
         """`model` may be a function that loads it: then it is only called when nothing usable is cached.
         `threads`: inference threads (None: OpenVINO's choice, all cores). `int8_graph`: the model
@@ -169,7 +178,7 @@ class OpenVinoBackend:
             ov_tag = hashlib.sha256(ov.get_version().encode()).hexdigest()[:8]
             stem = f"{cache_key}-{crop}-{OUTPUTS_TAG}"
             if int8_graph is not None:  # another quantized graph, another decision
-                stem += "-q" + hashlib.sha256(int8_graph.with_suffix(".bin").read_bytes()).hexdigest()[:8]
+                stem += "-q" + int8_graph.sha256[:8]
             paths = {
                 "ir": folder / f"{stem}-{ov_tag}.ir",
                 "decision": folder / f"{stem}-{machine}-{precision}.decision",
@@ -217,7 +226,7 @@ class OpenVinoBackend:
     def _graph(self, precision: str):
         """The graph a precision compiles: the quantized one for int8, else the converted fp32 one."""
         if precision == "int8":
-            return self._core.read_model(str(self._int8_graph))
+            return self._core.read_model(str(self._int8_graph.xml))
         return self._read_ir()
 
     def _decide(self, precision: str, capabilities: tuple[str, ...]) -> tuple[dict, object]:

@@ -33,7 +33,12 @@ import numpy as np
 
 from core.errors import UserError
 from core.inference.artifact import ModelArtifact, update_card
-from core.inference.openvino_backend import MAX_PROBABILITY_DIFFERENCE, convert_model, import_openvino
+from core.inference.openvino_backend import (
+    MAX_PROBABILITY_DIFFERENCE,
+    QuantizedGraph,
+    convert_model,
+    import_openvino,
+)
 
 INT8_XML = "model-int8.xml"
 CAM_MEAN_BOUND = 0.01  # mean |Δ| over each map, as a share of the map's range (what the overlay shows)
@@ -100,6 +105,11 @@ def model_inputs(artifact: ModelArtifact, files: Sequence[Path]) -> list[np.ndar
     from core.imaging.reader import read_xray_file
 
     return [model_input(read_xray_file(f).pixels, artifact.resize, artifact.crop)[None] for f in files]
+
+
+def graph_digest(xml: Path) -> str:
+    """sha256 of a saved graph's .xml and .bin together: what the card records and serving checks."""
+    return hashlib.sha256(xml.read_bytes() + xml.with_suffix(".bin").read_bytes()).hexdigest()
 
 
 def _fp32_heads(model: Any) -> list[str]:
@@ -174,7 +184,7 @@ def quantize_artifact(
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
     entry = {
         "file": INT8_XML,
-        "sha256": hashlib.sha256(xml.read_bytes() + xml.with_suffix(".bin").read_bytes()).hexdigest(),
+        "sha256": graph_digest(xml),
         "weights_sha256": artifact.weights_digest(),
         "accepted": measured.within_bounds,
         "bounds": {
@@ -197,7 +207,7 @@ def quantize_artifact(
 
 def usable_int8_graph(
     artifact: ModelArtifact, digest: str | None, *, accepted_only: bool = True
-) -> Path | None:
+) -> QuantizedGraph | None:
     """The folder's quantized graph when its card entry belongs to these weights and the files are the
     ones it validated (and it was accepted, unless `accepted_only` is off); else None."""
     entry = artifact.card.get("int8")
@@ -207,7 +217,7 @@ def usable_int8_graph(
         return None
     xml = artifact.path / str(entry.get("file", INT8_XML))
     try:
-        found = hashlib.sha256(xml.read_bytes() + xml.with_suffix(".bin").read_bytes()).hexdigest()
+        found = graph_digest(xml)
     except OSError:
         return None
-    return xml if found == entry.get("sha256") else None
+    return QuantizedGraph(xml, found) if found == entry.get("sha256") else None
