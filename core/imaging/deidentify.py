@@ -54,7 +54,6 @@ _KEPT = (
     "RescaleType", "WindowCenter", "WindowWidth", "VOILUTFunction", "PixelPaddingValue",
     "PixelData",
 )  # fmt: skip
-_UID_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
 class InstanceRefused(UserError):
