@@ -44,7 +44,10 @@ def test_upload_shows_fourteen_findings_and_overlay(new_page, app_url, full_reso
     for label in FINDINGS:
         assert label.replace("_", " ") in chart_text
     page.get_by_text("CAM:").first.wait_for()
-    assert page.locator("[data-testid='stImage'] img").count() >= 3  # original, overlay, colour scale
+    # Streamlit streams elements in as the script runs: wait for the third image rather than count early.
+    page.locator("[data-testid='stImage'] img").nth(2).wait_for()  # original, overlay, colour scale
+    page.get_by_text("Colour scale, left to right").wait_for()
+    page.get_by_text("Bar for findings").wait_for(state="attached")
     # An unvalidated model: its scores are labelled as such, nothing is above threshold, the card is open.
     assert page.get_by_text("not findings").count() >= 1
     assert page.get_by_text("Scores from a weak/unvalidated model", exact=True).count() == 1
