@@ -12,7 +12,8 @@ Modules:
 - fine_tune, evaluate, predict   one module per job kind
 - torchrun, train_runner         a fine-tune over several GPUs (`torchrun -m jobs.train_runner`)
 - dicomweb      a PACS over DICOMweb (QIDO-RS, WADO-RS, STOW-RS); every failure one sentence (PacsError)
-- pacs_import   the pacs_import and pacs_write_back job kinds: de-identified import, SR + heat map back
+- pacs_import   the pacs_import job kind: search, de-identified import (resumable)
+- pacs_write_back the pacs_write_back job kind: findings SR + CAM Secondary Capture into the source study
 - labels        the labels table a fine-tune trains on and its snapshot
 - folders       the imported dataset's folder, each run's folder
 - worker_status which workers are alive, on which device (files under CHEXNET_HOME/workers)

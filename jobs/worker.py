@@ -30,7 +30,8 @@ from db.jobs import claim_next_job, mark_stale_jobs_interrupted
 from db.models import TrainingJob, utcnow
 from jobs.evaluate import run_evaluate
 from jobs.fine_tune import run_fine_tune
-from jobs.pacs_import import JOB_PACS_IMPORT, JOB_PACS_WRITE_BACK, run_pacs_import, run_pacs_write_back
+from jobs.pacs_import import JOB_PACS_IMPORT, run_pacs_import
+from jobs.pacs_write_back import JOB_PACS_WRITE_BACK, run_pacs_write_back
 from jobs.params import JOB_EVALUATE, JOB_FINE_TUNE, JOB_PREDICT, JobParamsError
 from jobs.predict import run_predict
 from jobs.run import JobRun, WorkerSettings

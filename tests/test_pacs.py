@@ -38,15 +38,8 @@ from db.models import Image, PacsInstance, Prediction, TrainingJob
 from db.registry import promote_version, register_existing_model
 from db.reviews import review_queue, save_review
 from jobs.dicomweb import PacsClient, PacsError, PacsSettings, SearchCriteria
-from jobs.pacs_import import (
-    JOB_PACS_IMPORT,
-    JOB_PACS_WRITE_BACK,
-    PacsImportParams,
-    PacsWriteBackParams,
-    import_instances,
-    model_identity,
-    write_back_results,
-)
+from jobs.pacs_import import JOB_PACS_IMPORT, PacsImportParams, import_instances
+from jobs.pacs_write_back import JOB_PACS_WRITE_BACK, PacsWriteBackParams, model_identity, write_back_results
 from jobs.queue import enqueue_predict
 from jobs.worker import Worker
 from tests.admin_helpers import fast_settings

@@ -1,6 +1,7 @@
 """The Fine-tune page's "Import from a PACS" section (admins, issue 18): DICOMweb connections (the secret is
 never shown back), a search with its preview count, the import job and its resumption, and writing
-results back (off by default per connection). The work runs in the worker (jobs.pacs_import)."""
+results back (off by default per connection). The work runs in the worker (jobs.pacs_import,
+jobs.pacs_write_back)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from jobs.pacs_import import (
     PacsImportParams,
     client_for,
     enqueue_pacs_import,
-    enqueue_pacs_write_back,
     last_stopped_import,
     preview,
     resume_pacs_import,
 )
+from jobs.pacs_write_back import enqueue_pacs_write_back
 from webapp.database import session
 from webapp.formatting import flash, plain
 

@@ -1,0 +1,166 @@
+"""Write results back to a PACS (issue 18): the worker's pacs_write_back job kind.
+
+Only for connections with write-back on: for each imported instance not written back yet, the model's 14
+findings as a Comprehensive SR and the top finding's CAM overlay as a Secondary Capture, both in the
+source study (its real Study Instance UID, unsealed from the pseudonym link) in new series, sent with
+STOW-RS.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from core.errors import Cancelled, UserError
+from core.imaging.deidentify import unseal
+from core.imaging.dicom_sr import FindingResult, ModelIdentity, SourceImage, findings_sr, overlay_capture
+from db import pacs
+from db.engine import session_scope
+from db.jobs import enqueue_job
+from db.models import TrainingJob, User
+from jobs.dicomweb import PacsClient
+from jobs.pacs_import import Report, ShouldStop, client_for
+from jobs.params import JobParamsError
+from jobs.run import JobRun
+
+JOB_PACS_WRITE_BACK = "pacs_write_back"
+
+
+def write_back_off(name: str) -> str:
+    return f"Writing results back is off for the PACS connection {name!r}; turn it on first."
+
+
+def _source(key: bytes, item: pacs.WriteBackItem) -> SourceImage:
+    try:
+        study, series, sop, sop_class = json.loads(unseal(key, item.sop_pseudonym, item.source_link))
+    except ValueError:
+        raise UserError(
+            "An imported instance's link to the PACS cannot be opened with this pseudonym key, so its "
+            "results cannot be written back."
+        ) from None
+    return SourceImage(study, series, sop, sop_class)
+
+
+def write_back_results(
+    engine: Engine,
+    connection_id: int,
+    predictor,
+    model: ModelIdentity,
+    *,
+    again: bool = False,
+    progress: Report | None = None,
+    should_stop: ShouldStop | None = None,
+    client: PacsClient | None = None,
+) -> int:
+    """Send each imported instance's SR and CAM Secondary Capture to the PACS; returns how many were sent.
+    Refused (one sentence) when the connection's write-back is off."""
+    from pathlib import Path
+
+    from core.imaging.reader import read_xray
+    from core.inference.cam import render_overlay
+
+    key = pacs.pseudonym_key()
+    with session_scope(engine, read_only=True) as session:
+        row = pacs.connection_row(session, connection_id)
+        if not row.write_back:
+            raise UserError(write_back_off(row.name))
+        client = client or client_for(session, connection_id)
+        items = pacs.write_back_candidates(session, connection_id, again=again)
+    sent = 0
+    for item in items:
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"Cancelled after writing back {sent:,} of {len(items):,} results.")
+        source = _source(key, item)
+        data = Path(item.path).read_bytes()
+        pixels = read_xray(data).pixels
+        prediction = predictor.predict_one(pixels, file_bytes=data)
+        findings = [
+            FindingResult(label, prediction.probabilities[label], predictor.thresholds[label])
+            for label in prediction.labels
+        ]
+        top = prediction.most_probable()
+        overlay = render_overlay(pixels, prediction.cam(top))
+        study = client.study_attributes(
+            source.study_uid
+        )  # the PACS's own patient/study values, in memory only
+        ood = prediction.ood
+        report = findings_sr(
+            study,
+            source,
+            findings,
+            model,
+            ood_flagged=bool(ood and ood.flagged),
+            ood_reason=ood.reason if ood else "",
+        )
+        capture = overlay_capture(study, source, overlay, finding=top, model=model)
+        client.store([report, capture], study_uid=source.study_uid)
+        with session_scope(engine) as session:
+            pacs.mark_written(session, item.instance_id)
+        sent += 1
+        if progress:
+            progress(sent, len(items))
+    return sent
+
+
+@dataclass(frozen=True)
+class PacsWriteBackParams:
+    connection_id: int
+    version_id: int | None = None
+    again: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"connection_id": self.connection_id, "version_id": self.version_id, "again": self.again}
+
+    @classmethod
+    def from_dict(cls, values: Any) -> PacsWriteBackParams:
+        if not isinstance(values, dict) or not isinstance(values.get("connection_id"), int):
+            raise JobParamsError("A write-back job needs the id of its PACS connection.")
+        unknown = sorted(set(values) - {"connection_id", "version_id", "again"})
+        if unknown:
+            raise JobParamsError(f"Unknown write-back parameter(s): {', '.join(unknown)}.")
+        return cls(**values)
+
+
+def model_identity(predictor, version_name: str, version_id: int | None) -> ModelIdentity:
+    return ModelIdentity(
+        name=predictor.name,
+        version=f"{version_name} (#{version_id})" if version_id is not None else version_name,
+        sha256=predictor.artifact.weights_digest(),
+    )
+
+
+def run_pacs_write_back(run: JobRun, job: TrainingJob) -> None:
+    from core.inference.predictor import Predictor
+    from jobs.targets import version_or_active
+
+    params = PacsWriteBackParams.from_dict(job.params)
+    with session_scope(run.engine, read_only=True) as session:
+        version = version_or_active(session, params.version_id)
+        name, version_id, model_dir = version.name, version.id, version.path
+    device = None if run.settings.device == "auto" else run.settings.device
+    predictor = Predictor.from_path(model_dir, backend=run.settings.eval_backend, device=device)
+
+    def progress(done: int, total: int) -> None:
+        run.update(stage="predict", stage_text=f"Writing results back: {done:,} of {total:,}",
+                   fraction=done / max(total, 1), version=name)  # fmt: skip
+
+    sent = write_back_results(
+        run.engine, params.connection_id, predictor, model_identity(predictor, name, version_id),
+        again=params.again, progress=progress, should_stop=run.should_cancel,
+    )  # fmt: skip
+    with session_scope(run.engine) as session:
+        run.succeed(session, f"Wrote {sent:,} reports and heat maps back to the PACS with {name}.")
+
+
+def enqueue_pacs_write_back(
+    session: Session, connection_id: int, created_by: User | None = None, *, again: bool = False
+) -> TrainingJob:
+    row = pacs.connection_row(session, connection_id)
+    if not row.write_back:
+        raise JobParamsError(write_back_off(row.name))
+    params = PacsWriteBackParams(connection_id, again=again)
+    return enqueue_job(session, params.to_dict(), kind=JOB_PACS_WRITE_BACK, created_by=created_by)
