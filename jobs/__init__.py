@@ -14,6 +14,7 @@ Modules:
 - dicomweb      a PACS over DICOMweb (QIDO-RS, WADO-RS, STOW-RS); every failure one sentence (PacsError)
 - pacs_import   the pacs_import job kind: search, de-identified import (resumable)
 - pacs_write_back the pacs_write_back job kind: findings SR + CAM Secondary Capture into the source study
+- imported_evaluation  the evaluate job's report on PACS imports that readers labelled ("pacs")
 - labels        the labels table a fine-tune trains on and its snapshot
 - folders       the imported dataset's folder, each run's folder
 - worker_status which workers are alive, on which device (files under CHEXNET_HOME/workers)

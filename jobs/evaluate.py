@@ -24,6 +24,7 @@ from db.engine import session_scope
 from db.export import export_labels_dataframe
 from db.models import TrainingJob, utcnow
 from jobs.folders import require_dataset_folder, run_folder
+from jobs.imported_evaluation import PACS_SPLIT, ImportsEvaluation, evaluate_imports, labelled_imports
 from jobs.labels import n_reviewed_images, reviewed_image_indexes
 from jobs.params import EvaluateParams
 from jobs.predict import cache_progress, registry_cache_folder
@@ -74,6 +75,26 @@ def _reviewed_counts(run: JobRun, model_dir: Path, data_dir: Path) -> tuple[Path
     return table, counts
 
 
+def _imported_evaluation(run: JobRun, model_dir: Path) -> ImportsEvaluation | None:
+    """The report on the images imported from a PACS that readers labelled (None without any)."""
+    from core.inference.predictor import Predictor
+
+    with session_scope(run.engine, read_only=True) as session:
+        imports = labelled_imports(session)
+    if not imports.paths:
+        return None
+
+    def progress(done: int, total: int) -> None:
+        text = "Evaluating on the images imported from a PACS (readers' labels)"
+        run.update(stage="evaluate", stage_text=text, evaluation=ImageCount(done=done, total=total))
+
+    predictor = Predictor.from_path(model_dir, backend=run.settings.eval_backend)
+    return evaluate_imports(
+        predictor, imports, model_name=predictor.name, n_boot=run.settings.n_boot, progress=progress,
+        should_stop=run.should_cancel,
+    )  # fmt: skip
+
+
 def predictions_file(model_dir: Path) -> Path:
     """Where a model's per-image evaluation probabilities go: named after its folder and its weights."""
     artifact = read_artifact(model_dir)
@@ -121,6 +142,11 @@ def evaluate_model(run: JobRun, model_dir: Path, data_dir: Path) -> dict[str, An
                 same = {**report, "n_reviewed_in_split": 0}
                 same["labels_source"] = "reviewed labels (no reviewed image in this split: same as NLP)"
                 evaluations.setdefault("reviewed", {})[split] = same
+    imported = _imported_evaluation(run, model_dir)
+    stored = dict(suite.stored) if suite is not None else {}
+    if imported is not None:
+        evaluations.setdefault("reviewed", {})[PACS_SPLIT] = _compact(imported.report)
+        stored[PACS_SPLIT] = imported.stored
     if errors:
         run.message("Some evaluations could not run: " + " ".join(errors))
     metrics: dict[str, Any] = {
@@ -136,14 +162,14 @@ def evaluate_model(run: JobRun, model_dir: Path, data_dir: Path) -> dict[str, An
             "label_sources": list(sources),
             "seconds": suite.seconds,
         }
-        if suite.stored:
-            stored_at = save_stored(predictions_file(model_dir), suite.stored)
-            metrics["predictions"] = {
-                "file": str(stored_at.relative_to(paths.chexnet_home())),
-                "splits": {split: len(stored.ids) for split, stored in suite.stored.items()},
-                "sources": list(sources),
-                "format": "core.evaluation.prediction_store npz",
-            }
+    if stored:
+        stored_at = save_stored(predictions_file(model_dir), stored)
+        metrics["predictions"] = {
+            "file": str(stored_at.relative_to(paths.chexnet_home())),
+            "splits": {split: len(one.ids) for split, one in stored.items()},
+            "sources": list(sources),
+            "format": "core.evaluation.prediction_store npz",
+        }
     return metrics
 
 

@@ -23,7 +23,11 @@ from webapp.database import session
 from webapp.formatting import duration_text, number_text, pretty, when_text
 
 LABEL_CHOICES = {"nlp": "NLP labels", "reviewed": "reviewed labels"}
-SPLIT_CHOICES = {"test": "official test split", "val": "validation split"}
+SPLIT_CHOICES = {
+    "test": "official test split",
+    "val": "validation split",
+    "pacs": "images imported from a PACS",  # readers' labels only (jobs.imported_evaluation)
+}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def label_choice_text(key: str) -> str:
 
 
 def split_choice_text(split: str) -> str:
-    return "Test" if split == "test" else "Validation"
+    return {"test": "Test", "val": "Validation", "pacs": "PACS imports"}[split]
 
 
 def finding_choice_text(finding: str) -> str:
@@ -72,6 +72,14 @@ def evaluation_reports(
 
 
 def missing_text(missing: list[str], labels: str, split: str) -> str:
+    if split == "pacs" and labels != "reviewed":
+        return "Images imported from a PACS have no NLP labels: choose the reviewed labels to see them."
+    if split == "pacs":
+        return (
+            f"No evaluation of {', '.join(plain(name) for name in missing)} on the images imported from a "
+            "PACS: it is made when readers have labelled some of them. Select the version in the registry "
+            "and press **Evaluate**."
+        )
     why = " (made where reviewed images lie in the split)" if labels == "reviewed" else ""
     return (
         f"No evaluation of {', '.join(plain(name) for name in missing)} on the {SPLIT_CHOICES[split]} "
