@@ -299,10 +299,6 @@ def get_review(session: Session, image_id: int, user: User) -> Review | None:
     ).one_or_none()
 
 
-def reviews_for_image(session: Session, image_id: int) -> list[Review]:
-    return list(session.scalars(select(Review).where(Review.image_id == image_id).order_by(Review.id)))
-
-
 def get_adjudication(session: Session, image_id: int) -> Adjudication | None:
     return session.scalars(select(Adjudication).where(Adjudication.image_id == image_id)).one_or_none()
 

@@ -27,9 +27,7 @@ TABLE_HEIGHT = (len(FINDINGS) + 1) * 35 + 3  # every finding without scrolling
 def load_quality() -> LabelQuality:
     """The label statistics, recomputed only when a label or an image changed (db.changes.labels_token:
     one millisecond statement), not on every rerun: they aggregate every label of the dataset."""
-    with session(read_only=True) as db_session:
-        token = changes.labels_token(db_session)
-    return _quality(default_url(), token)
+    return _quality(default_url(), _labels_token())
 
 
 @st.cache_data(show_spinner="Counting labels…", max_entries=4)
@@ -51,10 +49,6 @@ def rate_text(rate: float | None, n: int) -> str:
     if rate is None or pd.isna(rate):
         return "–"
     return f"too few (n = {n})" if n < MIN_POSITIVES else f"{rate:.1%} (n = {n:,})"
-
-
-def _rates(rates: pd.Series, counts: pd.Series) -> list[str]:
-    return [rate_text(rate, int(n)) for rate, n in zip(rates, counts, strict=True)]
 
 
 def overturn_table(findings: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +85,18 @@ def kappa_text(kappa: Kappa) -> str:
     return f"{kappa.value:.2f}{interval}"
 
 
+def _labels_token() -> tuple:
+    with session(read_only=True) as db_session:
+        return changes.labels_token(db_session)
+
+
 def load_reader_stats() -> tuple[dict[str, Kappa], list, list]:
+    """Kappas and reading times, recomputed only when a label changed (like load_quality)."""
+    return _reader_stats(default_url(), _labels_token())
+
+
+@st.cache_data(show_spinner="Comparing readers…", max_entries=4)
+def _reader_stats(url_key: str, token: tuple) -> tuple[dict[str, Kappa], list, list]:
     with session(read_only=True) as db_session:
         return (
             reader_stats.inter_reader_agreement(db_session),
@@ -104,6 +109,11 @@ MODE_NAMES = {"ai_first": "AI shown first", "ai_hidden": "AI hidden", "": "not r
 
 
 def load_mode_agreement() -> list[ModeAgreement]:
+    return _mode_agreement(default_url(), _labels_token())
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _mode_agreement(url_key: str, token: tuple) -> list[ModeAgreement]:
     with session(read_only=True) as db_session:
         return nlp_agreement_by_mode(db_session)
 
