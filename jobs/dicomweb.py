@@ -10,6 +10,7 @@ port only, never a path, query or secret. Study search is QIDO-RS through the sa
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,14 +26,25 @@ logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
 
 AUTH_KINDS = ("none", "basic", "bearer")
 DEFAULT_TIMEOUT_S = 20.0
+# No instance is downloaded past this (a 50-megapixel 16-bit radiograph is 100 MB; a file over 512 MB is
+# a cine loop, a volume or an attack): refused by the size its search row says, the Content-Length of the
+# answer, or the bytes counted while it arrives.
+MAX_INSTANCE_BYTES = 512 * 2**20
 _TAGS = {  # keyword -> tag, for reading QIDO's DICOM JSON
     "StudyInstanceUID": "0020000D", "SeriesInstanceUID": "0020000E", "SOPInstanceUID": "00080018",
     "SOPClassUID": "00080016", "Modality": "00080060", "NumberOfFrames": "00280008",
+    "Rows": "00280010", "Columns": "00280011", "BitsAllocated": "00280100", "SamplesPerPixel": "00280002",
 }  # fmt: skip
+_WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'  # as stored, no transcoding
 
 
 class PacsError(UserError):
     """The PACS could not be used; one sentence saying why."""
+
+
+class PacsTransientError(PacsError):
+    """A failure that may pass if the request is made again: no answer in time, a connection refused,
+    reset or broken off, HTTP 429 or 5xx (the import retries an instance's fetch on it)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,23 @@ class InstanceRef:
     sop_class_uid: str
     modality: str
     frames: int = 1
+    rows: int | None = None  # as the search reports them (None: not said)
+    columns: int | None = None
+    bits_allocated: int | None = None
+    samples_per_pixel: int | None = None
+
+    @property
+    def pixels(self) -> int | None:
+        """Rows x Columns x frames, when the search said the size."""
+        return self.rows * self.columns * self.frames if self.rows and self.columns else None
+
+    @property
+    def estimated_bytes(self) -> int | None:
+        """The pixel data's size from the search's row (uncompressed), when it said the size."""
+        pixels = self.pixels
+        if pixels is None:
+            return None
+        return pixels * (self.samples_per_pixel or 1) * max(self.bits_allocated or 8, 8) // 8
 
 
 @dataclass(frozen=True)
@@ -130,24 +159,32 @@ class PacsClient:
 
     # failures -----------------------------------------------------------------------------------------
     def _call(self, doing: str, action, *args: Any, **kwargs: Any) -> Any:
+        """`action(...)`, its failures turned into one sentence: PacsTransientError for those that may
+        pass (timeouts, connections refused, reset or broken off, HTTP 429 and 5xx), PacsError else."""
         import requests
 
         where = self.settings.where
+        timed_out = (
+            f"The PACS at {where} did not answer within {self.settings.timeout_s:g} seconds while {doing}."
+        )
         try:
             return action(*args, **kwargs)
         except requests.exceptions.HTTPError as exc:
-            raise PacsError(self._http_sentence(exc.response, doing)) from None
+            status = getattr(exc.response, "status_code", 0)
+            error = PacsTransientError if status == 429 or status >= 500 else PacsError
+            raise error(self._http_sentence(exc.response, doing)) from None
         except requests.exceptions.Timeout:
-            raise PacsError(
-                f"The PACS at {where} did not answer within {self.settings.timeout_s:g} seconds "
-                f"while {doing}."
-            ) from None
+            raise PacsTransientError(timed_out) from None
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
-            raise PacsError(
+            raise PacsTransientError(
                 f"The transfer from the PACS at {where} broke off while {doing}; try again."
             ) from None
-        except requests.exceptions.ConnectionError:
-            raise PacsError(
+        except requests.exceptions.SSLError as exc:  # before ConnectionError, its base class
+            raise PacsError(_tls_sentence(where, exc)) from None
+        except requests.exceptions.ConnectionError as exc:
+            if _caused_by(exc, "ReadTimeoutError"):  # a body that stalls: requests says ConnectionError
+                raise PacsTransientError(timed_out) from None
+            raise PacsTransientError(
                 f"The PACS at {where} cannot be reached; check that it is running and that the "
                 "address is right."
             ) from None
@@ -166,6 +203,8 @@ class PacsClient:
             return f"The PACS at {where} refused the {what}; check the connection's credentials."
         if status == 404:
             return f"The PACS at {where} has no DICOMweb service or no such item at this address (HTTP 404)."
+        if status == 429:
+            return f"The PACS at {where} is too busy to answer (HTTP 429) while {doing}; try again later."
         if status >= 500:
             return (
                 f"The PACS at {where} failed with an internal error (HTTP {status}) while {doing}; "
@@ -232,26 +271,89 @@ class PacsClient:
         ds = Dataset.from_json(rows[0])
         return {keyword: ds.get(keyword) for keyword in STUDY_ATTRIBUTES if keyword in ds}
 
+    def find_study(self, accession_or_uid: str) -> list[tuple[InstanceRef, dict[str, str]]]:
+        """Every instance of the studies with this Accession Number (or this Study Instance UID, when the
+        text looks like a UID), each with what a reader picks an image by and nothing identifying:
+        "SeriesNumber", "InstanceNumber" and "ViewPosition" as text ("" where the PACS does not say).
+
+        Exact matching only: a text with a QIDO wildcard or a separator is a ValueError, so a look-up never
+        lists other patients' studies."""
+        text = accession_or_uid.strip()
+        if not text or any(c in "*?\\," for c in text):
+            raise ValueError("find_study matches one accession number or Study Instance UID exactly.")
+        parts = text.split(".")
+        keys = ["AccessionNumber"]
+        if len(parts) > 1 and all(p.isdigit() for p in parts):  # a UID (an accession may look like one)
+            keys.insert(0, "StudyInstanceUID")
+        study_uids: list[str] = []
+        for key in keys:
+            rows = self._call(
+                "looking up a study", self._client.search_for_studies, search_filters={key: text},
+                fields=["StudyInstanceUID"],
+            )  # fmt: skip
+            found_uids = (_value(row, "StudyInstanceUID") for row in rows)
+            study_uids = sorted({uid for uid in found_uids if isinstance(uid, str) and uid})
+            if study_uids:
+                break
+        shown = {"SeriesNumber": "00200011", "InstanceNumber": "00200013", "ViewPosition": "00185101"}
+        found = []
+        for study_uid in study_uids:
+            rows = self._call(
+                "searching for instances", self._client.search_for_instances, study_instance_uid=study_uid,
+                fields=[*_TAGS, *shown], get_remaining=True,
+            )  # fmt: skip
+            for row in rows:
+                ref = _instance_ref(row)
+                if ref is not None:
+                    values = {k: (row.get(tag) or {}).get("Value") or [""] for k, tag in shown.items()}
+                    found.append((ref, {k: str(v[0]).strip()[:16] for k, v in values.items()}))
+        return sorted(found, key=lambda item: (item[0].series_uid, item[0].sop_uid))
+
     # WADO-RS ------------------------------------------------------------------------------------------
-    def fetch(self, ref: InstanceRef):
-        """The instance as a pydicom Dataset. InstanceRefused when it is damaged, or gone since the
-        search (HTTP 404 for one instance: the search itself already proved the address right)."""
-        import requests
+    def fetch(self, ref: InstanceRef, *, max_bytes: int = MAX_INSTANCE_BYTES):
+        """The instance as a pydicom Dataset (WADO-RS, in its stored transfer syntax). InstanceRefused
+        when it is damaged, larger than `max_bytes` (refused by the answer's Content-Length, or once that
+        many bytes arrived: never downloaded whole), or gone since the search (HTTP 404 for one instance:
+        the search itself already proved the address right). PacsTransientError: try again."""
+        from urllib.parse import quote
 
-        def retrieve():
-            try:
-                return self._client.retrieve_instance(ref.study_uid, ref.series_uid, ref.sop_uid)
-            except requests.exceptions.HTTPError as exc:
-                if getattr(exc.response, "status_code", 0) == 404:
+        import pydicom
+
+        path = "/".join(
+            f"{level}/{quote(uid, safe='')}"
+            for level, uid in (("studies", ref.study_uid), ("series", ref.series_uid),
+                               ("instances", ref.sop_uid))
+        )  # fmt: skip
+        url = f"{self.settings.base_url.rstrip('/')}/{path}"
+
+        def retrieve() -> tuple[str, bytes]:
+            with self._session.get(
+                url, headers={"Accept": _WADO_ACCEPT}, stream=True, timeout=self.settings.timeout_s
+            ) as response:
+                if response.status_code == 404:
                     gone = "The PACS no longer holds this instance (it was deleted after the search)."
-                    raise InstanceRefused(gone) from None
-                raise
+                    raise InstanceRefused(gone)
+                response.raise_for_status()
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise InstanceRefused(_too_large(int(declared), max_bytes))
+                body = bytearray()
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise InstanceRefused(_too_large(len(body), max_bytes))
+                return response.headers.get("Content-Type", ""), bytes(body)
 
+        content_type, body = self._call("fetching an instance", retrieve)
+        part = _single_part(content_type, body)
+        if part is None:  # the closing boundary never came: the answer was cut short
+            raise PacsTransientError(
+                f"The transfer from the PACS at {self.settings.where} broke off while fetching an instance; "
+                "try again."
+            )
         try:
-            return self._call("fetching an instance", retrieve)
-        except (PacsError, InstanceRefused):
-            raise
-        except Exception:  # noqa: BLE001 - dicomweb-client parses each part with pydicom: a bad file
+            return pydicom.dcmread(io.BytesIO(part))
+        except Exception:  # noqa: BLE001 - whatever pydicom raises for a file that is not DICOM
             raise InstanceRefused("The PACS sent this instance damaged; it is not valid DICOM.") from None
 
     # STOW-RS ------------------------------------------------------------------------------------------
@@ -284,12 +386,77 @@ def _instance_ref(row: dict) -> InstanceRef | None:
     uids = [_value(row, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
     if not all(isinstance(uid, str) and uid for uid in uids):
         return None
-    try:
-        frames = int(_value(row, "NumberOfFrames") or 1)
-    except (TypeError, ValueError):
-        frames = 1
     sop_class, modality = str(_value(row, "SOPClassUID") or ""), str(_value(row, "Modality") or "")
-    return InstanceRef(uids[0], uids[1], uids[2], sop_class, modality, frames)
+    sizes = [_count(row, k) for k in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")]
+    return InstanceRef(
+        uids[0], uids[1], uids[2], sop_class, modality, _count(row, "NumberOfFrames") or 1, *sizes
+    )
+
+
+def _count(row: dict, keyword: str) -> int | None:
+    """A positive whole number from the search's row, or None (absent or not a number)."""
+    try:
+        value = int(_value(row, keyword))
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"The instance is larger than {limit / 2**20:,.0f} MB (at least {size / 2**20:,.0f} MB); it is not "
+        "downloaded."
+    )
+
+
+def _single_part(content_type: str, body: bytes) -> bytes | None:
+    """The first part of a WADO-RS multipart/related answer (the whole body for a bare application/dicom
+    one, which some servers send); None when the closing boundary is missing (a body cut short)."""
+    media_type, *parameters = (item.strip() for item in content_type.split(";"))
+    boundary = ""
+    for name, _, value in (parameter.partition("=") for parameter in parameters):
+        if name.strip().lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if media_type.lower() != "multipart/related" or not boundary:
+        return body
+    marker = b"--" + boundary.encode()
+    start = body.find(marker)
+    if start < 0:
+        return None
+    headers_end = body.find(b"\r\n\r\n", start)
+    end = body.find(b"\r\n" + marker, headers_end + 4) if headers_end >= 0 else -1
+    if end < 0:
+        return None
+    return body[headers_end + 4 : end]
+
+
+def _caused_by(exc: BaseException, name: str) -> bool:
+    """Whether an exception named `name` is among `exc`'s arguments, reasons and causes (requests wraps
+    urllib3's exceptions, which wrap the socket's or ssl's)."""
+    stack, seen = [exc], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if any(klass.__name__ == name for klass in type(current).__mro__):
+            return True
+        linked = [*current.args, getattr(current, "reason", None), current.__cause__, current.__context__]
+        stack += [item for item in linked if isinstance(item, BaseException)]
+    return False
+
+
+def _tls_sentence(where: str, exc: BaseException) -> str:
+    if _caused_by(exc, "SSLCertVerificationError") or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return (
+            f"The PACS at {where} presented a certificate this machine does not trust (self-signed, from an "
+            "unknown authority, expired or for another host name); install its certificate authority on "
+            "this machine or correct the address."
+        )
+    return (
+        f"A secure (TLS) connection to the PACS at {where} could not be set up; check that the PACS "
+        "speaks https at this address."
+    )
 
 
 def count_studies(refs: Iterable[InstanceRef]) -> int:

@@ -7,6 +7,8 @@ decode, and stored as an image (an upload under CHEXNET_HOME/uploads) with its p
 transaction: nothing is half-imported. Anything else is recorded as skipped with the sentence saying
 why. Progress is reported per instance; cancel stops between two instances; a failed, cancelled or
 interrupted import resumes by running it again (what was imported or skipped is not fetched again).
+A fetch that fails in a way that may pass (jobs.dicomweb.PacsTransientError) is tried again after
+FETCH_RETRY_DELAYS_S; an instance too large by the size its search row gives is left out unfetched.
 
 
 Nothing identifying is logged or stored: sentences and messages count instances, never name them.
@@ -14,8 +16,10 @@ Nothing identifying is logged or stored: sentences and messages count instances,
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +39,15 @@ from db import pacs
 from db.engine import session_scope
 from db.jobs import enqueue_job, get_job
 from db.models import TrainingJob, User
-from jobs.dicomweb import InstanceRef, PacsClient, PacsSettings, SearchCriteria, count_studies
+from jobs.dicomweb import (
+    MAX_INSTANCE_BYTES,
+    InstanceRef,
+    PacsClient,
+    PacsSettings,
+    PacsTransientError,
+    SearchCriteria,
+    count_studies,
+)
 from jobs.params import JobParamsError
 from jobs.run import JobRun
 
@@ -44,6 +56,13 @@ MAX_LISTED_SKIPS = 20  # skip sentences also put in the job's messages; all are 
 
 ShouldStop = Callable[[], bool]
 Report = Callable[[int, int], None]
+# (stage, seconds, instances): called after each stage's work, for a benchmark (scripts/bench_pacs_import.py).
+StageTimer = Callable[[str, float, int], None]
+STAGES = ("search", "fetch", "deidentify", "decode_check", "register")
+# Waits before the 2nd and 3rd try of an instance's fetch after a failure that may pass (no answer in
+# time, a connection refused or reset, a broken transfer, HTTP 429/5xx); wrong credentials or a 404 are
+# not tried again.
+FETCH_RETRY_DELAYS_S = (0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -125,16 +144,71 @@ def _early_refusal(ref: InstanceRef, criteria: SearchCriteria) -> str | None:
         return f"Its modality is {ref.modality}, not one the import asked for ({asked})."
     if ref.frames > 1:  # not fetched: a cine loop can be hundreds of megabytes
         return f"It is a multi-frame image ({ref.frames} frames), not a single radiograph."
+    return _size_refusal(ref)
+
+
+def _size_refusal(ref: InstanceRef) -> str | None:
+    """Too large to fetch, by the size the search reports: what read_xray would refuse as a possible
+    decompression bomb, or more bytes than any instance is downloaded for."""
+    from core.imaging.reader import DEFAULT_MAX_PIXELS
+
+    pixels, size = ref.pixels, ref.estimated_bytes
+    if pixels is not None and pixels > DEFAULT_MAX_PIXELS:
+        return (
+            f"It is {ref.columns}x{ref.rows} pixels ({pixels / 1e6:,.0f} megapixels), more than the "
+            f"{DEFAULT_MAX_PIXELS / 1e6:,.0f}-megapixel limit, so it is not downloaded."
+        )
+    if size is not None and size > MAX_INSTANCE_BYTES:
+        return (
+            f"Its pixel data is about {size / 2**20:,.0f} MB, more than the "
+            f"{MAX_INSTANCE_BYTES / 2**20:,.0f} MB limit, so it is not downloaded."
+        )
     return None
 
 
-def _checked_copy(client: PacsClient, ref: InstanceRef, key: bytes):
+def _fetch(client: PacsClient, ref: InstanceRef, delays_s: Sequence[float]):
+    """client.fetch, tried again after each of `delays_s` while it fails in a way that may pass."""
+    for delay in (*delays_s, None):
+        try:
+            return client.fetch(ref)
+        except PacsTransientError:
+            if delay is None:
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _checked_copy(
+    client: PacsClient, ref: InstanceRef, key: bytes, timed: _Timed, retry_delays_s: Sequence[float]
+):
     """The de-identified instance, or raise InstanceRefused / the reader's ImageRejected (one sentence)."""
     from core.imaging.reader import read_xray
 
-    result = deidentify(client.fetch(ref), key)
-    read_xray(result.data)  # a truncated or undecodable image is refused here, before anything is stored
+    with timed("fetch"):
+        ds = _fetch(client, ref, retry_delays_s)
+    with timed("deidentify"):
+        result = deidentify(ds, key)
+    with timed("decode_check"):  # a truncated or undecodable image is refused here, before anything is stored
+        read_xray(result.data)
     return result
+
+
+class _Timed:
+    """`with timed(stage):` reports the block's seconds to the stage timer (nothing without one)."""
+
+    def __init__(self, timer: StageTimer | None) -> None:
+        self.timer = timer
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        if self.timer is None:
+            yield
+            return
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timer(stage, time.perf_counter() - started, 1)
 
 
 def import_instances(
@@ -146,11 +220,15 @@ def import_instances(
     progress: Report | None = None,
     should_stop: ShouldStop | None = None,
     client: PacsClient | None = None,
+    stage_timer: StageTimer | None = None,
+    retry_delays_s: Sequence[float] = FETCH_RETRY_DELAYS_S,
 ) -> ImportSummary:
     """Import what `criteria` finds on the connection (see the module docstring); Cancelled when stopped.
 
     A PacsError (the PACS went away, refused the credentials, failed inside) ends the run with its
-    sentence; every instance stored until then is complete, and running the import again resumes.
+    sentence; every instance stored until then is complete, and running the import again resumes. An
+    instance's fetch that fails in a way that may pass is first tried again after each of `retry_delays_s`.
+    `stage_timer` (a benchmark's) is told the seconds of each stage (STAGES) and how many instances it did.
     """
     from core.imaging.xray_image import ImageRejected
 
@@ -158,7 +236,11 @@ def import_instances(
     with session_scope(engine, read_only=True) as session:
         client = client or client_for(session, connection_id)
         seen = pacs.seen_sop_pseudonyms(session, connection_id)
+    timed = _Timed(stage_timer)
+    started = time.perf_counter()
     refs = client.search_instances(criteria)
+    if stage_timer is not None:
+        stage_timer("search", time.perf_counter() - started, len(refs))
     summary = ImportSummary(found=len(refs), studies=count_studies(refs))
     if progress:
         progress(0, len(refs))
@@ -177,10 +259,10 @@ def import_instances(
             result = None
             if reason is None:
                 try:
-                    result = _checked_copy(client, ref, key)
+                    result = _checked_copy(client, ref, key, timed, retry_delays_s)
                 except (InstanceRefused, ImageRejected) as exc:
                     reason = str(exc)
-            with session_scope(engine) as session:
+            with timed("register"), session_scope(engine) as session:
                 if result is None:
                     pacs.record_skipped(
                         session, connection_id, sop_pseudonym=sop_pseudonym, study_pseudonym=study_pseudonym,
