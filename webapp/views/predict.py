@@ -12,7 +12,7 @@ import streamlit as st
 from core.evaluation.card_verdict import bar_text, judge_card
 from core.imaging.reader import ImageRejected
 from core.inference.cam import render_overlay
-from webapp import predict_charts, predict_data
+from webapp import pacs_predict, predict_charts, predict_data
 from webapp.active_model import served_model
 from webapp.auth import current_user
 from webapp.formatting import plain, pretty
@@ -134,17 +134,20 @@ if predictor is None:
     st.info(served.problem)
     st.stop()
 
-upload = st.file_uploader(
-    "Chest X-ray",
-    type=None,
-    accept_multiple_files=False,
-    key="upload",
-    help="PNG (8/16-bit), JPEG or DICOM. The file type is read from its contents.",
-)
-if upload is None:
-    st.stop()
-
-data = upload.getvalue()
+from_pacs = pacs_predict.pacs_source(user)  # a logged-in reader's look at a PACS image (de-identified)
+if from_pacs is None:
+    upload = st.file_uploader(
+        "Chest X-ray",
+        type=None,
+        accept_multiple_files=False,
+        key="upload",
+        help="PNG (8/16-bit), JPEG or DICOM. The file type is read from its contents.",
+    )
+    if upload is None:
+        st.stop()
+    data = upload.getvalue()
+else:
+    data = from_pacs
 try:
     view, prediction = predict_data.analysed_upload(predictor, data)
 except ImageRejected as exc:
@@ -176,4 +179,5 @@ else:
     with right:
         cam_section(prediction, view, data)
 
-send_to_review(upload.name, data)
+if from_pacs is None:  # a look at the PACS is not an import: nothing of it is stored
+    send_to_review(upload.name, data)
