@@ -36,7 +36,7 @@ from db.base import NAMING_CONVENTION, Base, UTCDateTime, utcnow  # noqa: F401 -
 
 # The reading study's and the trust tables live in their own modules; importing them here registers them
 # on Base.metadata and keeps `from db.models import X` working for every table.
-from db.pacs_models import PacsConnection, PacsInstance  # noqa: F401
+from db.pacs_models import PacsConnection, PacsInstance, PacsScreenedStudy, PacsScreening  # noqa: F401
 from db.study_models import Assignment, CamFeedback, OodSuspect, ReadStatus, StudySetting  # noqa: F401
 from db.trust_models import OperatingPointRecord, RegistryEvent  # noqa: F401
 

@@ -62,3 +62,40 @@ class PacsInstance(Base):
     job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id"))
     results_written_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PacsScreening(Base):
+    """Screening a connection for new studies (the pacs_screen job, db.pacs_screening): every how many
+    seconds the worker polls it (0: not on its own, "Screen now" still works), the first study date the
+    next poll asks for (YYYYMMDD, "" before the first poll), when the next poll is due, and the last
+    screening job queued for it (a new one is queued only when that one is no longer queued or running)."""
+
+    __tablename__ = "pacs_screening"
+    __table_args__ = (CheckConstraint("every_s >= 0", name="every_s"),)
+
+    connection_id: Mapped[int] = mapped_column(ForeignKey("pacs_connections.id"), primary_key=True)
+    every_s: Mapped[int] = mapped_column(default=0, server_default="0")
+    screen_from: Mapped[str] = mapped_column(String(8), default="", server_default="")
+    next_at: Mapped[dt.datetime | None]
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id"))
+
+
+class PacsScreenedStudy(Base):
+    """A study of a connection that a model version screened (predicted, and written back when that was
+    on): a later poll, or a re-run, leaves it alone for that version; another version screens it again."""
+
+    __tablename__ = "pacs_screened_studies"
+    __table_args__ = (
+        UniqueConstraint(
+            "connection_id", "study_pseudonym", "model_version_id", name="uq_pacs_screened_once"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("pacs_connections.id"))
+    study_pseudonym: Mapped[str] = mapped_column(String(64))  # the de-identified Study Instance UID
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    images: Mapped[int] = mapped_column(default=0)  # its imported instances that were predicted
+    written_back: Mapped[int] = mapped_column(default=0)  # of those, results sent to the PACS
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

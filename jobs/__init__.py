@@ -14,6 +14,10 @@ Modules:
 - dicomweb      a PACS over DICOMweb (QIDO-RS, WADO-RS, STOW-RS); every failure one sentence (PacsError)
 - pacs_import   the pacs_import job kind: search, de-identified import (resumable)
 - pacs_write_back the pacs_write_back job kind: findings SR + CAM Secondary Capture into the source study
+- pacs_label_write_back  the readers' labels as an SR into the source study (once per label)
+- pacs_screen   the pacs_screen job kind: poll a connection for new studies, predict + write back each once
+                per model version; the worker queues it when due
+- pacs_lookup   the Predict page's look at one PACS image (found by accession / Study UID, de-identified)
 - imported_evaluation  the evaluate job's report on PACS imports that readers labelled ("pacs")
 - labels        the labels table a fine-tune trains on and its snapshot
 - folders       the imported dataset's folder, each run's folder

@@ -3,7 +3,8 @@
 Only for connections with write-back on: for each imported instance not written back yet, the model's 14
 findings as a Comprehensive SR and the top finding's CAM overlay as a Secondary Capture, both in the
 source study (its real Study Instance UID, unsealed from the pseudonym link) in new series, sent with
-STOW-RS.
+STOW-RS. One instance's part (`predict_image`, then `send_results`) is also what the screening job
+(jobs.pacs_screen) does for each instance of a new study.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def write_back_off(name: str) -> str:
     return f"Writing results back is off for the PACS connection {name!r}; turn it on first."
 
 
-def _source(key: bytes, item: pacs.WriteBackItem) -> SourceImage:
+def source_image(key: bytes, item: pacs.WriteBackItem) -> SourceImage:
+    """The real UIDs of an imported instance, unsealed from its pseudonym link (one sentence when the key
+    cannot open it)."""
     try:
         study, series, sop, sop_class = json.loads(unseal(key, item.sop_pseudonym, item.source_link))
     except ValueError:
@@ -43,6 +46,56 @@ def _source(key: bytes, item: pacs.WriteBackItem) -> SourceImage:
             "results cannot be written back."
         ) from None
     return SourceImage(study, series, sop, sop_class)
+
+
+@dataclass(frozen=True)
+class PredictedImage:
+    """An imported image as the model saw it (the grey pixels, for the CAM overlay) and its prediction."""
+
+    pixels: Any
+    prediction: Any  # core.inference.predictor.Prediction
+
+
+def predict_image(predictor, path: str) -> PredictedImage:
+    """The model's prediction of an imported image's file (OSError or ImageRejected when it is gone or
+    unreadable)."""
+    from pathlib import Path
+
+    from core.imaging.reader import read_xray
+
+    data = Path(path).read_bytes()
+    pixels = read_xray(data).pixels
+    return PredictedImage(pixels, predictor.predict_one(pixels, file_bytes=data))
+
+
+def send_results(
+    client: PacsClient,
+    key: bytes,
+    item: pacs.WriteBackItem,
+    predictor,
+    model: ModelIdentity,
+    predicted: PredictedImage,
+    *,
+    study: dict[str, Any] | None = None,
+) -> None:
+    """One instance's SR and CAM Secondary Capture, stored in its source study with STOW-RS. `study`: the
+    PACS's own patient and study attributes (looked up when not given), held in memory only."""
+    from core.inference.cam import render_overlay
+
+    source = source_image(key, item)
+    prediction = predicted.prediction
+    findings = [
+        FindingResult(label, prediction.probabilities[label], predictor.thresholds[label])
+        for label in prediction.labels
+    ]
+    top = prediction.most_probable()
+    overlay = render_overlay(predicted.pixels, prediction.cam(top))
+    study = study if study is not None else client.study_attributes(source.study_uid)
+    ood = prediction.ood
+    flagged, reason = bool(ood and ood.flagged), ood.reason if ood else ""
+    report = findings_sr(study, source, findings, model, ood_flagged=flagged, ood_reason=reason)
+    capture = overlay_capture(study, source, overlay, finding=top, model=model)
+    client.store([report, capture], study_uid=source.study_uid)
 
 
 def write_back_results(
@@ -58,11 +111,6 @@ def write_back_results(
 ) -> int:
     """Send each imported instance's SR and CAM Secondary Capture to the PACS; returns how many were sent.
     Refused (one sentence) when the connection's write-back is off."""
-    from pathlib import Path
-
-    from core.imaging.reader import read_xray
-    from core.inference.cam import render_overlay
-
     key = pacs.pseudonym_key()
     with session_scope(engine, read_only=True) as session:
         row = pacs.connection_row(session, connection_id)
@@ -74,30 +122,7 @@ def write_back_results(
     for item in items:
         if should_stop is not None and should_stop():
             raise Cancelled(f"Cancelled after writing back {sent:,} of {len(items):,} results.")
-        source = _source(key, item)
-        data = Path(item.path).read_bytes()
-        pixels = read_xray(data).pixels
-        prediction = predictor.predict_one(pixels, file_bytes=data)
-        findings = [
-            FindingResult(label, prediction.probabilities[label], predictor.thresholds[label])
-            for label in prediction.labels
-        ]
-        top = prediction.most_probable()
-        overlay = render_overlay(pixels, prediction.cam(top))
-        study = client.study_attributes(
-            source.study_uid
-        )  # the PACS's own patient/study values, in memory only
-        ood = prediction.ood
-        report = findings_sr(
-            study,
-            source,
-            findings,
-            model,
-            ood_flagged=bool(ood and ood.flagged),
-            ood_reason=ood.reason if ood else "",
-        )
-        capture = overlay_capture(study, source, overlay, finding=top, model=model)
-        client.store([report, capture], study_uid=source.study_uid)
+        send_results(client, key, item, predictor, model, predict_image(predictor, item.path))
         with session_scope(engine) as session:
             pacs.mark_written(session, item.instance_id)
         sent += 1

@@ -27,6 +27,8 @@ JOB_KIND_TEXT = {
     "screen_ood": "Screen for suggested exclusions",
     "pacs_import": "Import from a PACS",
     "pacs_write_back": "Write results back to a PACS",
+    "pacs_label_write_back": "Write reader labels back to a PACS",
+    "pacs_screen": "Screen a PACS for new studies",
 }
 
 LABEL_SOURCES: dict[str, str] = {

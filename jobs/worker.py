@@ -9,7 +9,8 @@ request) ends it "cancelled"; a `UserError` ends it "failed" with its sentence; 
 with "Unexpected error (TypeName): ..." and a logged traceback. The worker then carries on. A job whose
 worker died is marked "interrupted" by the next worker to poll (after `stale_after_s` without a
 heartbeat); Ctrl-C / SIGTERM marks the current job interrupted at once. Both can be resumed.
-Between jobs it converts a newly served model for the web app's OpenVINO cache (jobs.serving).
+Between jobs it converts a newly served model for the web app's OpenVINO cache (jobs.serving), and each
+poll first queues the PACS screenings that are due (jobs.pacs_screen: per connection, off by default).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from db.models import TrainingJob, utcnow
 from jobs.evaluate import run_evaluate
 from jobs.fine_tune import run_fine_tune
 from jobs.pacs_import import JOB_PACS_IMPORT, run_pacs_import
+from jobs.pacs_label_write_back import JOB_PACS_LABEL_WRITE_BACK, run_pacs_label_write_back
+from jobs.pacs_screen import JOB_PACS_SCREEN, enqueue_due_screens, run_pacs_screen
 from jobs.pacs_write_back import JOB_PACS_WRITE_BACK, run_pacs_write_back
 from jobs.params import JOB_EVALUATE, JOB_FINE_TUNE, JOB_PREDICT, JobParamsError
 from jobs.predict import run_predict
@@ -51,6 +54,8 @@ HANDLERS: dict[str, Handler] = {
     JOB_SCREEN: run_screen,
     JOB_PACS_IMPORT: run_pacs_import,
     JOB_PACS_WRITE_BACK: run_pacs_write_back,
+    JOB_PACS_LABEL_WRITE_BACK: run_pacs_label_write_back,
+    JOB_PACS_SCREEN: run_pacs_screen,
 }
 INTERRUPTED_REASON = "The worker was stopped while running this job; resume it to continue."
 
@@ -99,7 +104,8 @@ class Worker:
 
     # the loop ---------------------------------------------------------------------------------------
     def run_once(self) -> int | None:
-        """Mark stale jobs interrupted, then claim and run the oldest queued job. Returns its id."""
+        """Mark stale jobs interrupted, queue the due PACS screenings, then claim and run the oldest queued
+        job. Returns its id."""
         with session_scope(self.engine) as session:
             stale = mark_stale_jobs_interrupted(session, self.settings.stale_after_s)
         for job_id in stale:
@@ -108,6 +114,7 @@ class Worker:
                 job_id,
                 self.settings.stale_after_s,
             )
+        self.queue_due_screens()
         with session_scope(self.engine) as session:
             job = claim_next_job(session, self.worker_id)
         if job is None:
@@ -115,6 +122,19 @@ class Worker:
             return None
         self.run_claimed(job)
         return job.id
+
+    def queue_due_screens(self) -> list[int]:
+        """A pacs_screen job for each PACS connection whose poll is due (one query when none is)."""
+        try:
+            queued = enqueue_due_screens(self.engine)
+        except OperationalError:
+            raise
+        except Exception:  # a bug here must not stop the queue: say so and run the jobs
+            log.exception("Queueing the due PACS screenings failed.")
+            return []
+        for job_id in queued:
+            log.info("Queued job %s: screening a PACS for new studies.", job_id)
+        return queued
 
     def poll(self) -> int | None:
         """`run_once`, saying in one log line (no traceback) when the database goes away and comes back."""

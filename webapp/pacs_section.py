@@ -12,6 +12,7 @@ import streamlit as st
 from core.errors import UserError
 from db.models import User
 from db.pacs import create_connection, list_connections, set_write_back
+from db.pacs_screening import MAX_EVERY_S, last_screen, screening_state, set_screening
 from jobs.dicomweb import PacsClient, PacsSettings
 from jobs.pacs_import import (
     PacsImportParams,
@@ -21,9 +22,11 @@ from jobs.pacs_import import (
     preview,
     resume_pacs_import,
 )
+from jobs.pacs_screen import enqueue_pacs_screen
 from jobs.pacs_write_back import enqueue_pacs_write_back
 from webapp.database import session
 from webapp.formatting import flash, plain
+from webapp.pacs_label_section import label_write_back_button
 
 AUTH_TEXT = {"none": "None", "basic": "User name and password", "bearer": "Bearer token"}
 
@@ -119,8 +122,51 @@ def _jobs_buttons(connection_id: int, write_back: bool, user_id: int) -> None:
         st.error(plain(exc), icon=":material/error:")
 
 
+def _screening(connection_id: int, user_id: int) -> None:
+    """Screening new studies (jobs.pacs_screen): the worker polls the connection every N minutes (off by
+    default), or once now; each study is screened once per model version."""
+    with session(read_only=True) as db:
+        state = screening_state(db, connection_id)
+        last = last_screen(db, connection_id)
+    on, every, now = st.columns(3)
+    explain = (
+        "The worker asks the PACS for new studies, predicts them with the active model and, when writing "
+        "back is on, sends the results; each study once per model version."
+    )
+    wanted = on.toggle(
+        "Screen new studies", value=state.every_s > 0, key=f"pacs_screen_{connection_id}", help=explain
+    )
+    minutes = every.number_input(
+        "Every (minutes)", min_value=1, max_value=MAX_EVERY_S // 60, value=state.every_s // 60 or 15,
+        step=1, key=f"pacs_screen_every_{connection_id}", disabled=not wanted,
+    )  # fmt: skip
+    every_s = int(minutes) * 60 if wanted else 0
+    try:
+        if every_s != state.every_s:
+            with session() as db:
+                set_screening(db, connection_id, every_s)
+            st.rerun()
+        if now.button("Screen now", icon=":material/radar:", key=f"pacs_screen_now_{connection_id}"):
+            with session() as db:
+                job_id = enqueue_pacs_screen(db, connection_id, db.get(User, user_id)).id
+            flash("success", f"Job #{job_id} queued: screen the PACS for new studies.")
+            st.rerun()
+    except UserError as exc:
+        st.error(plain(exc), icon=":material/error:")
+    if last is not None:
+        when = f", {last.finished_at:%Y-%m-%d %H:%M} UTC" if last.finished_at else ""
+        st.caption(plain(f"Last screening: job #{last.job_id}, {last.status}{when}. {last.summary}".strip()))
+
+
 def pacs_section(user_id: int) -> None:
-    with st.expander("Import from a PACS (DICOMweb)", icon=":material/cloud_download:"):
+    # Keyed and tracked: a click inside reruns the page with a flash above (elements shift), and an
+    # untracked expander would then close, hiding the answer (a preview's count, an error) it just drew.
+    with st.expander(
+        "Import from a PACS (DICOMweb)",
+        icon=":material/cloud_download:",
+        key="pacs_section",
+        on_change="rerun",
+    ):
         st.caption(
             "Imported instances are de-identified (DICOM basic profile; age, sex and view kept) and join the "
             "review queues like the dataset's images. Nothing identifying is stored."
@@ -148,3 +194,5 @@ def pacs_section(user_id: int) -> None:
             st.rerun()
         _search_form(chosen.id, user_id)
         _jobs_buttons(chosen.id, chosen.write_back, user_id)
+        label_write_back_button(chosen.id, chosen.write_back, user_id)
+        _screening(chosen.id, user_id)
