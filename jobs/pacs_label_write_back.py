@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from core.errors import Cancelled, UserError
+from core.errors import Cancelled
 from core.imaging.deidentify import InstanceRefused
 from core.imaging.dicom_sr import COMPREHENSIVE_SR, ReaderLabel, SourceImage, label_sr, label_sr_uids
 from core.labels import FINDINGS
@@ -41,8 +41,8 @@ from db.models import (
     findings_in,
 )
 from jobs.dicomweb import InstanceRef, PacsClient
-from jobs.pacs_import import Report, ShouldStop, client_for
-from jobs.pacs_write_back import source_image, write_back_off
+from jobs.pacs_import import Report, ShouldStop
+from jobs.pacs_write_back import source_image, writable_client, write_back_off
 from jobs.params import JobParamsError
 from jobs.run import JobRun
 
@@ -130,10 +130,7 @@ def write_back_labels(
     Refused (one sentence) when the connection's write-back is off."""
     key = pacs.pseudonym_key()
     with session_scope(engine, read_only=True) as session:
-        row = pacs.connection_row(session, connection_id)
-        if not row.write_back:
-            raise UserError(write_back_off(row.name))
-        client = client or client_for(session, connection_id)
+        client = client or writable_client(session, connection_id)
         candidates = label_candidates(session, connection_id)
     todo = [candidate for candidate in candidates if candidate.label is not None]
     sent = already = 0

@@ -98,6 +98,14 @@ def send_results(
     client.store([report, capture], study_uid=source.study_uid)
 
 
+def writable_client(session: Session, connection_id: int) -> PacsClient:
+    """The connection's client; refused (one sentence) when its write-back is off."""
+    row = pacs.connection_row(session, connection_id)
+    if not row.write_back:
+        raise UserError(write_back_off(row.name))
+    return client_for(session, connection_id)
+
+
 def write_back_results(
     engine: Engine,
     connection_id: int,
@@ -113,10 +121,7 @@ def write_back_results(
     Refused (one sentence) when the connection's write-back is off."""
     key = pacs.pseudonym_key()
     with session_scope(engine, read_only=True) as session:
-        row = pacs.connection_row(session, connection_id)
-        if not row.write_back:
-            raise UserError(write_back_off(row.name))
-        client = client or client_for(session, connection_id)
+        client = client or writable_client(session, connection_id)
         items = pacs.write_back_candidates(session, connection_id, again=again)
     sent = 0
     for item in items:
