@@ -15,10 +15,12 @@ import os
 import re
 import statistics
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from core.inference.artifact import new_card, save_artifact
 from core.inference.models import create_model
@@ -76,6 +78,21 @@ def settle(page) -> None:
     page.wait_for_timeout(200)
     page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0")
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"] button')")
+
+
+def download(page, button: str, attempts: int = 3) -> bytes:
+    """The file a download button gives. A click that lands while the page is still running can be lost
+    with the button it redraws (seen on a loaded machine): clicked again after a settle."""
+    for attempt in range(attempts):
+        settle(page)
+        try:
+            with page.expect_download(timeout=30_000) as download_info:
+                page.get_by_role("button", name=re.compile(button)).click()
+            return Path(download_info.value.path()).read_bytes()
+        except PlaywrightTimeoutError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def heading(page):
@@ -180,10 +197,7 @@ def test_blind_double_read_dispute_adjudication_history_and_export(
     # The export (downloaded as an admin does) and the fine-tune's labels carry the decision.
     click_in_sidebar(admin, "Label quality")
     admin.get_by_text("Export the consensus labels").wait_for()
-    settle(admin)  # a click during the page's run can be lost with the button it redraws
-    with admin.expect_download() as download_info:
-        admin.get_by_role("button", name=re.compile("Trainer labels table")).click()
-    exported = pd.read_csv(io.BytesIO(open(download_info.value.path(), "rb").read()), keep_default_na=False)
+    exported = pd.read_csv(io.BytesIO(download(admin, "Trainer labels table")), keep_default_na=False)
     row = exported.set_index("image_index").loc[assigned]
     assert row["Cardiomegaly"] == 1 and row["exclude"] == 0 and row["disputed"] == ""
     with session_scope(engine, read_only=True) as session:
