@@ -1,8 +1,9 @@
 """PACS connections and the instances imported from them (issue 18); the tables are in db.pacs_models.
 
-- Connections: `create_connection`, `list_connections` (plain values without the secret: a secret is
-  never shown back, only whether one is set), `connection_row` and `connection_secret` (for the job
-  that needs it; it is stored sealed under the pseudonym key, never in the clear).
+- Connections: `create_connection`, `update_connection`, `delete_connection` (only one nothing was
+  imported through), `list_connections` (plain values without the secret: a secret is never shown
+  back, only whether one is set), `connection_row` and `connection_secret` (for the job that needs it;
+  it is stored sealed under the pseudonym key, never in the clear).
 - The pseudonym key (`pseudonym_key`): 32 random bytes made once in CHEXNET_HOME/pacs-pseudonym-key
   (mode 0600). The keyed-hash pseudonyms and the sealed write-back links depend on it: losing it means
   a re-import gets new pseudonyms and earlier imports cannot be written back.
@@ -19,7 +20,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,7 +29,7 @@ from core.paths import chexnet_home
 from db.errors import DbUserError
 from db.importer import store_upload
 from db.models import Image, User, utcnow
-from db.pacs_models import PACS_AUTH_KINDS, PacsConnection, PacsInstance
+from db.pacs_models import PACS_AUTH_KINDS, PacsConnection, PacsInstance, PacsScreenedStudy, PacsScreening
 
 KEY_FILE = "pacs-pseudonym-key"
 # Pseudonymous patients get ids above the NIH dataset's (1..30,805), within a 32-bit integer.
@@ -142,6 +143,53 @@ def connection_row(session: Session, connection_id: int) -> PacsConnection:
     if row is None:
         raise PacsConnectionError(f"There is no PACS connection #{connection_id}.")
     return row
+
+
+def update_connection(
+    session: Session,
+    connection_id: int,
+    base_url: str,
+    *,
+    auth: str,
+    username: str = "",
+    secret: str | None = None,
+) -> ConnectionSummary:
+    """Change where and how a connection reaches its PACS (a moved server, rotated credentials).
+
+    `secret` None or "" keeps the stored one, unless the authentication changed kind (a password is not
+    a token): then a new one is needed. The name, and with it the imports' link, stays."""
+    row = connection_row(session, connection_id)
+    if auth not in PACS_AUTH_KINDS:
+        raise PacsConnectionError(f"The authentication must be one of {', '.join(PACS_AUTH_KINDS)}.")
+    if auth != "none" and not secret and (auth != row.auth or not row.secret):
+        raise PacsConnectionError("Enter the password or token for this authentication.")
+    row.base_url = base_url.strip()
+    row.username = username.strip() if auth == "basic" else ""
+    if auth == "none":
+        row.secret = ""
+    elif secret:
+        row.secret = _sealed_secret(secret)
+    row.auth = auth
+    return _summary(row)
+
+
+def delete_connection(session: Session, connection_id: int) -> str:
+    """Remove a connection that nothing was imported through; returns its name. One with imports is
+    refused: its images' links back to the PACS (for write-back and re-import) would be lost."""
+    row = connection_row(session, connection_id)
+    looked_at = session.scalar(
+        select(func.count()).select_from(PacsInstance).where(PacsInstance.connection_id == connection_id)
+    )
+    if looked_at:
+        raise PacsConnectionError(
+            f"The connection {row.name!r} has imported from its PACS ({looked_at:,} instances looked at), "
+            "so it is kept; change its address or credentials instead."
+        )
+    for table in (PacsScreenedStudy, PacsScreening):
+        session.execute(delete(table).where(table.connection_id == connection_id))
+    name = row.name
+    session.delete(row)
+    return name
 
 
 def set_write_back(session: Session, connection_id: int, enabled: bool) -> None:

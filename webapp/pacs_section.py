@@ -11,9 +11,8 @@ import streamlit as st
 
 from core.errors import UserError
 from db.models import User
-from db.pacs import create_connection, list_connections, set_write_back
+from db.pacs import list_connections, set_write_back
 from db.pacs_screening import MAX_EVERY_S, last_screen, screening_state, set_screening
-from jobs.dicomweb import PacsClient, PacsSettings
 from jobs.pacs_import import (
     PacsImportParams,
     client_for,
@@ -26,43 +25,12 @@ from jobs.pacs_screen import enqueue_pacs_screen
 from jobs.pacs_write_back import enqueue_pacs_write_back
 from webapp.database import session
 from webapp.formatting import flash, plain
+from webapp.pacs_connection_forms import AUTH_TEXT, edit_connection_form, new_connection_form
 from webapp.pacs_label_section import label_write_back_button
-
-AUTH_TEXT = {"none": "None", "basic": "User name and password", "bearer": "Bearer token"}
 
 
 def _date(value: dt.date | None) -> str:
     return value.strftime("%Y%m%d") if value else ""
-
-
-def _add_connection_form(user_id: int) -> None:
-    with st.form("pacs_new_connection", clear_on_submit=True):
-        st.markdown("**New connection**")
-        name = st.text_input("Name", placeholder="Hospital PACS", key="pacs_name")
-        example = "https://pacs.example.org/dicom-web"
-        url = st.text_input("DICOMweb address", placeholder=example, key="pacs_url")
-        auth = st.radio(
-            "Authentication", list(AUTH_TEXT), format_func=AUTH_TEXT.get, horizontal=True, key="pacs_auth"
-        )
-        username = st.text_input("User name (basic)", key="pacs_user")
-        secret = st.text_input("Password or token", type="password", key="pacs_secret")
-        write_back = st.checkbox(
-            "Write results back to this PACS (SR and heat map)", key="pacs_new_write_back"
-        )
-        if not st.form_submit_button("Save connection", icon=":material/save:"):
-            return
-    try:
-        PacsClient(PacsSettings(url.strip(), auth, username.strip(), secret)).check()
-        with session() as db:
-            saved = create_connection(
-                db, name, url, auth=auth, username=username, secret=secret, write_back=write_back,
-                created_by=db.get(User, user_id),
-            )  # fmt: skip
-    except UserError as exc:
-        st.error(plain(exc), icon=":material/error:")
-        return
-    flash("success", f"Connection {plain(saved.name)} saved; the PACS answered.")
-    st.rerun()
 
 
 def _search_form(connection_id: int, user_id: int) -> None:
@@ -183,10 +151,11 @@ def pacs_section(user_id: int) -> None:
                 hide_index=True,
                 width="stretch",
             )
-        _add_connection_form(user_id)
+        new_connection_form(user_id)
         if not connections:
             return
         chosen = st.selectbox("Connection", connections, format_func=lambda c: c.name, key="pacs_connection")
+        edit_connection_form(chosen)
         wanted = st.toggle("Write results back", value=chosen.write_back, key=f"pacs_write_back_{chosen.id}")
         if wanted != chosen.write_back:
             with session() as db:
