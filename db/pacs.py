@@ -297,6 +297,13 @@ def mark_written(session: Session, instance_id: int, at: dt.datetime | None = No
         row.results_written_at = at or utcnow()
 
 
+def mark_label_written(session: Session, instance_id: int, sop_uid: str) -> None:
+    """The label SR `sop_uid` is the one the PACS holds now for this instance."""
+    row = session.get(PacsInstance, instance_id)
+    if row is not None:
+        row.label_sr_uid = sop_uid
+
+
 def skipped_instances(session: Session, connection_id: int) -> list[tuple[str, str]]:
     """(pseudonymous SOP UID, why) of every instance an import of this connection left out."""
     query = (

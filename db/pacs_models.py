@@ -61,6 +61,9 @@ class PacsInstance(Base):
     patient_age: Mapped[str | None] = mapped_column(String(4))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id"))
     results_written_at: Mapped[dt.datetime | None]
+    # The SOP Instance UID of the last readers' label SR sent for it (a keyed hash, not the PACS's UID):
+    # the next one names it as its predecessor, and the same label is not sent again.
+    label_sr_uid: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

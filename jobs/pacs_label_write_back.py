@@ -11,8 +11,9 @@ and those whose readers disagree with no adjudication yet (a disputed image's co
 as its answer, db.reviews).
 
 The label SR's UIDs are keyed hashes of the source instance and of what the label says, so the same label
-is the same object: each run asks the PACS for it first (WADO-RS) and sends only what it does not hold
-yet; a changed label is a new object beside the earlier one.
+is the same object. The last one sent is recorded (pacs_instances.label_sr_uid): an unchanged label is
+neither sent nor asked for again; one not recorded is looked for in the PACS first (WADO-RS); a changed
+label is a new object in the same series that names the last one in its Predecessor Documents.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class LabelCandidate:
     item: pacs.WriteBackItem  # the instance, as the results write-back knows it
     label: ReaderLabel | None
     left_out: str = ""
+    last_sent: str | None = None  # the SOP Instance UID of the label SR sent for it before
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def label_candidates(session: Session, connection_id: int) -> list[LabelCandidat
     one query (pacs_instances joined to reviewed_labels, and read_status for Uncertain and disputes)."""
     instance = [PacsInstance.id, Image.id, Image.path, PacsInstance.sop_pseudonym, PacsInstance.source_link]
     label = [ReviewedLabel.source, ReviewedLabel.n_reviews, ReviewedLabel.exclude, ReviewedLabel.updated_at]
-    status = [ReadStatus.uncertain_mask, ReadStatus.open_dispute]
+    status = [ReadStatus.uncertain_mask, ReadStatus.open_dispute, PacsInstance.label_sr_uid]
     findings = [getattr(ReviewedLabel, column) for column in FINDING_COLUMNS]
     query = (
         select(*instance, *label, *status, *findings)
@@ -96,7 +98,9 @@ def label_candidates(session: Session, connection_id: int) -> list[LabelCandidat
     found = []
     for row in session.execute(query):
         item = pacs.WriteBackItem(*row[: len(instance)])
-        source, n_reviews, exclude, decided_at, uncertain_mask, disputed = row[len(instance) : -len(findings)]
+        source, n_reviews, exclude, decided_at, uncertain_mask, disputed, last_sent = row[
+            len(instance) : -len(findings)
+        ]
         if exclude or disputed:
             found.append(LabelCandidate(item, None, "excluded" if exclude else "disputed"))
             continue
@@ -105,7 +109,8 @@ def label_candidates(session: Session, connection_id: int) -> list[LabelCandidat
             finding: "uncertain" if finding in uncertain else "present" if value else "absent"
             for finding, value in zip(FINDINGS, row[-len(findings) :], strict=True)
         }
-        found.append(LabelCandidate(item, ReaderLabel(states, source, int(n_reviews), decided_at)))
+        label = ReaderLabel(states, source, int(n_reviews), decided_at)
+        found.append(LabelCandidate(item, label, last_sent=last_sent))
     return found
 
 
@@ -140,12 +145,18 @@ def write_back_labels(
         assert candidate.label is not None
         source = source_image(key, candidate.item)
         series_uid, sop_uid = label_sr_uids(source, candidate.label, key)
-        if _held(client, source, series_uid, sop_uid):
+        # Known sent (this database says so), or held already (sent before the column existed, or by
+        # a database restored from an older backup): nothing to send.
+        if candidate.last_sent == sop_uid or _held(client, source, series_uid, sop_uid):
             already += 1
         else:
             study = client.study_attributes(source.study_uid)  # the PACS's own values, in memory only
-            client.store([label_sr(study, source, candidate.label, uid_key=key)], study_uid=source.study_uid)
+            report = label_sr(study, source, candidate.label, uid_key=key, replaces=candidate.last_sent)
+            client.store([report], study_uid=source.study_uid)
             sent += 1
+        if candidate.last_sent != sop_uid:
+            with session_scope(engine) as session:
+                pacs.mark_label_written(session, candidate.item.instance_id, sop_uid)
         if progress:
             progress(done, len(todo))
     left_out = [candidate.left_out for candidate in candidates]

@@ -67,6 +67,11 @@ def review(engine: Engine, image_id: int, user: User, positive=(), *, uncertain=
                     uncertain=uncertain)  # fmt: skip
 
 
+def orthanc_id(orthanc: OrthancServer, uid: str) -> str:
+    [found] = orthanc.rest("POST", "/tools/lookup", data=uid).json()
+    return found["ID"]
+
+
 def label_srs(orthanc: OrthancServer, study_uid: str) -> list[tuple[pydicom.Dataset, bytes]]:
     """The reader-label SRs Orthanc holds in a study, with their bytes."""
     [found] = orthanc.rest("POST", "/tools/lookup", data=study_uid).json()
@@ -190,6 +195,23 @@ def test_reader_labels_are_written_back_once_as_sr_in_the_source_study(
     assert both["adjudication"].SeriesInstanceUID == both["consensus"].SeriesInstanceUID  # one series
     assert read_label_sr(both["adjudication"])["findings"]["Edema"] == "present"
     assert read_label_sr(both["consensus"])["findings"]["Edema"] == "absent"
+    # The amendment names the label it replaces (Predecessor Documents), and still passes the validator.
+    [predecessor] = both["adjudication"].PredecessorDocumentsSequence
+    assert predecessor.StudyInstanceUID == planted[0].study_uid
+    [series] = predecessor.ReferencedSeriesSequence
+    assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == both["consensus"].SOPInstanceUID
+    assert "PredecessorDocumentsSequence" not in both["consensus"]
+    amended = tmp_path / "label-amended.dcm"
+    amended.write_bytes(next(data for ds, data in label_srs(orthanc, planted[0].study_uid)
+                             if ds.SOPInstanceUID == both["adjudication"].SOPInstanceUID))  # fmt: skip
+    iod, errors, warnings = dciodvfy(amended)
+    assert (iod, errors, unaccepted(warnings)) == ("ComprehensiveSR", [], [])
+    # What was sent is recorded: the next run neither sends nor asks the PACS, even once it is gone.
+    with session_scope(engine, read_only=True) as session:
+        recorded = {c.item.image_id: c.last_sent for c in label_candidates(session, connection_id)}
+    assert recorded[image[0]] == both["adjudication"].SOPInstanceUID
+    orthanc.rest("DELETE", f"/instances/{orthanc_id(orthanc, both['adjudication'].SOPInstanceUID)}")
+    assert write_back_labels(engine, connection_id).already_there == 2
 
 
 def _label_button_page() -> None:

@@ -352,8 +352,10 @@ def label_sr(
     uid_key: bytes,
     series_number: int = 9903,
     now: dt.datetime | None = None,
+    replaces: str | None = None,
 ):
-    """A Comprehensive SR of the readers' label of one image, in the source study.
+    """A Comprehensive SR of the readers' label of one image, in the source study; `replaces`: the SOP
+    Instance UID of the label SR it amends (a label that changed), named in its Predecessor Documents.
 
     Comprehensive SR rather than Basic Text SR: the same SOP class as `findings_sr`, so a PACS or viewer
     that takes the one takes the other, and the number of readers can be a NUM. Each finding's state and
@@ -371,6 +373,10 @@ def label_sr(
     decided_at = label.decided_at.astimezone(dt.UTC) if label.decided_at.tzinfo else label.decided_at
     ds.ContentDate, ds.ContentTime = decided_at.strftime("%Y%m%d"), decided_at.strftime("%H%M%S")
     _sr_document(ds, "label_report", source)
+    if replaces and replaces != sop_uid:  # type 1C: required when it replaces an earlier document
+        ds.PredecessorDocumentsSequence = _evidence(
+            SourceImage(source.study_uid, series_uid, replaces, COMPREHENSIVE_SR)
+        )
     decided = _item("DATETIME", "decided_at")
     decided.DateTime = decided_at.strftime("%Y%m%d%H%M%S")  # UTC: the Timezone Offset From UTC
     image = _item("IMAGE", "labelled_image")
