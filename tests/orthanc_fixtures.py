@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image as PILImage
+from sqlalchemy import Engine, MetaData, select
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
@@ -44,6 +46,12 @@ PLANTED_INSTITUTION = "Planted General Hospital Qwv"
 PLANTED_ACCESSION_PREFIX = "ACCPLNT"
 PLANTED_PHYSICIAN = "Drplanted^Referrer"
 PLANTED_BIRTH_DATE = "19470312"
+PLANTED_ADDRESS_STREET = "Plantedstreet"
+# Each planted identity as the searches look for it (the physician by family name: any PN layout).
+PLANTED_IDENTITIES = (
+    PLANTED_NAME_PREFIX, PLANTED_ID_PREFIX, PLANTED_INSTITUTION, PLANTED_ACCESSION_PREFIX,
+    PLANTED_PHYSICIAN.split("^")[0], PLANTED_ADDRESS_STREET, PLANTED_BIRTH_DATE,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,7 @@ def dicom_from_png(
     ds.PatientBirthDate = PLANTED_BIRTH_DATE
     ds.PatientAge = age
     ds.PatientSex = sex
-    ds.PatientAddress = f"{number} Plantedstreet, Qwvtown"
+    ds.PatientAddress = f"{number} {PLANTED_ADDRESS_STREET}, Qwvtown"
     ds.InstitutionName = PLANTED_INSTITUTION
     ds.ReferringPhysicianName = PLANTED_PHYSICIAN
     ds.AccessionNumber = f"{PLANTED_ACCESSION_PREFIX}{number:05d}"
@@ -276,3 +284,30 @@ def stow(server: OrthancServer, datasets: list) -> None:
         ds.preamble = b"\0" * 128  # a Part 10 file, as modalities send them (dicomweb-client writes as is)
     for start in range(0, len(datasets), 10):
         client.store_instances(datasets[start : start + 10])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Searching for the planted identities wherever the app writes
+
+
+def search_database(engine: Engine, needles: list[str]) -> list[str]:
+    """Every (table, needle) where a planted value appears in any column of any row."""
+    metadata = MetaData()
+    with warnings.catch_warnings():  # SQLAlchemy cannot reflect the expression index of images
+        warnings.simplefilter("ignore")
+        metadata.reflect(engine)
+    found = []
+    with engine.connect() as connection:
+        for table in metadata.sorted_tables:
+            text = "\n".join(repr(tuple(row)) for row in connection.execute(select(table)))
+            found += [f"{table.name}: {needle}" for needle in needles if needle.lower() in text.lower()]
+    return found
+
+
+def search_files(root: Path, needles: list[str]) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes().lower()
+            found += [f"{path.name}: {n}" for n in needles if n.lower().encode() in data]
+    return found

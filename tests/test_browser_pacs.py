@@ -34,23 +34,20 @@ from jobs.dicomweb import PacsClient, PacsSettings
 from tests.admin_helpers import ONE_THREAD_ENV, PASSWORD, tiny_model
 from tests.browser_fixtures import click_in_sidebar, streamlit_server
 from tests.orthanc_fixtures import (
-    PLANTED_ACCESSION_PREFIX,
-    PLANTED_BIRTH_DATE,
-    PLANTED_ID_PREFIX,
-    PLANTED_INSTITUTION,
+    PLANTED_IDENTITIES,
     PLANTED_NAME_PREFIX,
     dicom_from_png,
+    search_database,
+    search_files,
     store_sample_studies,
     stow,
 )
-from tests.test_pacs import search_database, search_files
 
 pytestmark = pytest.mark.browser
 
 ADMIN, READER = "pacs-admin", "dr-pacs"
 N_FRONTAL = 50
-PLANTED = [PLANTED_NAME_PREFIX, PLANTED_ID_PREFIX, PLANTED_INSTITUTION, PLANTED_ACCESSION_PREFIX,
-           "Drplanted", "Plantedstreet", PLANTED_BIRTH_DATE]  # fmt: skip
+PLANTED = list(PLANTED_IDENTITIES)
 IMPORTED_NAME = re.compile(r"pacs-2\.25\.\d+\.dcm")
 
 

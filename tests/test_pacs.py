@@ -11,14 +11,13 @@ import json
 import logging
 import socket
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import torch
-from sqlalchemy import Engine, MetaData, select
+from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
 from core.errors import Cancelled, UserError
@@ -45,14 +44,13 @@ from jobs.worker import Worker
 from tests.admin_helpers import fast_settings
 from tests.db_fixtures import TEST_PASSWORD
 from tests.orthanc_fixtures import (
-    PLANTED_ACCESSION_PREFIX,
-    PLANTED_BIRTH_DATE,
-    PLANTED_ID_PREFIX,
-    PLANTED_INSTITUTION,
+    PLANTED_IDENTITIES,
     PLANTED_NAME_PREFIX,
     OrthancServer,
     dicom_from_png,
     running_orthanc,
+    search_database,
+    search_files,
     store_sample_studies,
     stow,
 )
@@ -60,8 +58,7 @@ from webapp.auth import SessionUser
 from webapp.formatting import plain
 
 KEY = bytes(range(32))
-PLANTED = [PLANTED_NAME_PREFIX, PLANTED_ID_PREFIX, PLANTED_INSTITUTION, PLANTED_ACCESSION_PREFIX,
-           "Drplanted", "Plantedstreet", PLANTED_BIRTH_DATE]  # fmt: skip
+PLANTED = list(PLANTED_IDENTITIES)
 
 
 @pytest.fixture(autouse=True)
@@ -165,29 +162,6 @@ def plant_problem_instances(server: OrthancServer, sample_dir: Path) -> dict[str
     stow(server, [lateral, frames, corrupt, report])
     return {a.sop_uid: "view position is LL", b.sop_uid: "multi-frame", c.sop_uid: "damaged",
             d.sop_uid: "not a radiograph"}  # fmt: skip
-
-
-def search_database(engine: Engine, needles: list[str]) -> list[str]:
-    """Every (table, needle) where a planted value appears in any column of any row."""
-    metadata = MetaData()
-    with warnings.catch_warnings():  # SQLAlchemy cannot reflect the expression index of images
-        warnings.simplefilter("ignore")
-        metadata.reflect(engine)
-    found = []
-    with engine.connect() as connection:
-        for table in metadata.sorted_tables:
-            text = "\n".join(repr(tuple(row)) for row in connection.execute(select(table)))
-            found += [f"{table.name}: {needle}" for needle in needles if needle.lower() in text.lower()]
-    return found
-
-
-def search_files(root: Path, needles: list[str]) -> list[str]:
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes().lower()
-            found += [f"{path.name}: {n}" for n in needles if n.lower().encode() in data]
-    return found
 
 
 def test_import_job_imports_frontal_images_deidentified_and_no_planted_identity_survives(
@@ -338,7 +312,8 @@ def test_results_are_written_back_as_sr_and_secondary_capture_and_read_back(
     with session_scope(sqlite_engine) as session:
         job = get_job(session, refused)
         assert (job.status, job.error) == (
-            "failed", "Writing results back is off for the PACS connection 'Test PACS'; turn it on first."
+            "failed",
+            "Writing results back is off for the PACS connection 'Test PACS'; turn it on first.",
         )  # off by default
         pacs.set_write_back(session, connection_id, True)
         job_id = enqueue_job(session, params, kind=JOB_PACS_WRITE_BACK).id

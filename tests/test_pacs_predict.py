@@ -27,23 +27,19 @@ from db.engine import dispose_engine, get_engine, session_scope
 from tests.db_fixtures import TEST_PASSWORD
 from tests.orthanc_fixtures import (
     PLANTED_ACCESSION_PREFIX,
-    PLANTED_BIRTH_DATE,
-    PLANTED_ID_PREFIX,
-    PLANTED_INSTITUTION,
-    PLANTED_NAME_PREFIX,
-    PLANTED_PHYSICIAN,
+    PLANTED_IDENTITIES,
     OrthancServer,
     PlantedInstance,
     dicom_from_png,
     running_orthanc,
     sample_views,
+    search_files,
     stow,
 )
 from webapp.auth import SessionUser
 
 PAGE = str(REPO_ROOT / "webapp" / "views" / "predict.py")
-PLANTED = [PLANTED_NAME_PREFIX, PLANTED_ID_PREFIX, PLANTED_INSTITUTION, PLANTED_ACCESSION_PREFIX,
-           PLANTED_PHYSICIAN, "Plantedstreet", PLANTED_BIRTH_DATE]  # fmt: skip
+PLANTED = list(PLANTED_IDENTITIES)
 TYPED = "pacs_predict_key"  # the text input: it shows back what the reader typed, and only that
 
 
@@ -152,16 +148,6 @@ def leaks(text: str, planted: list[PlantedInstance]) -> list[str]:
     return [needle for needle in needles if needle.lower() in text.lower()]
 
 
-def files_with(root: Path, needles: list[str]) -> list[str]:
-    """Every (file, needle) where a planted value lies in a file under `root` (the SQLite file included)."""
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes().lower()
-            found += [f"{path.name}: {n}" for n in needles if n.lower().encode() in data]
-    return found
-
-
 def test_reader_predicts_on_a_study_found_by_accession_or_uid_and_no_identity_is_shown_or_kept(
     studio: Studio, orthanc: OrthancServer, sample_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -218,7 +204,7 @@ def test_reader_predicts_on_a_study_found_by_accession_or_uid_and_no_identity_is
     assert at.text_input(key=TYPED).value == other[0][1].study_uid  # what was typed, as typed
     assert not (studio.home / "uploads").exists()
     studio.engine.dispose()
-    assert not files_with(studio.home, [*PLANTED, *(p.patient_id for p in planted)])
+    assert not search_files(studio.home, [*PLANTED, *(p.patient_id for p in planted)])
     assert not leaks(caplog.text, planted)
 
 
