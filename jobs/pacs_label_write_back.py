@@ -43,7 +43,7 @@ from db.models import (
 )
 from jobs.dicomweb import InstanceRef, PacsClient
 from jobs.pacs_import import Report, ShouldStop
-from jobs.pacs_write_back import source_image, writable_client, write_back_off
+from jobs.pacs_write_back import require_write_back, source_image, writable_client
 from jobs.params import JobParamsError
 from jobs.run import JobRun
 
@@ -197,8 +197,6 @@ def run_pacs_label_write_back(run: JobRun, job: TrainingJob) -> None:
 def enqueue_pacs_label_write_back(
     session: Session, connection_id: int, created_by: User | None = None
 ) -> TrainingJob:
-    row = pacs.connection_row(session, connection_id)
-    if not row.write_back:
-        raise JobParamsError(write_back_off(row.name))
+    require_write_back(session, connection_id, JobParamsError)  # refused now, not in the worker
     params = PacsLabelWriteBackParams(connection_id)
     return enqueue_job(session, params.to_dict(), kind=JOB_PACS_LABEL_WRITE_BACK, created_by=created_by)

@@ -98,11 +98,16 @@ def send_results(
     client.store([report, capture], study_uid=source.study_uid)
 
 
-def writable_client(session: Session, connection_id: int) -> PacsClient:
-    """The connection's client; refused (one sentence) when its write-back is off."""
+def require_write_back(session: Session, connection_id: int, refusal: type[UserError] = UserError) -> None:
+    """Raise `refusal` (one sentence) unless the connection's write-back is on."""
     row = pacs.connection_row(session, connection_id)
     if not row.write_back:
-        raise UserError(write_back_off(row.name))
+        raise refusal(write_back_off(row.name))
+
+
+def writable_client(session: Session, connection_id: int) -> PacsClient:
+    """The connection's client; refused (one sentence) when its write-back is off."""
+    require_write_back(session, connection_id)
     return client_for(session, connection_id)
 
 
@@ -189,8 +194,6 @@ def run_pacs_write_back(run: JobRun, job: TrainingJob) -> None:
 def enqueue_pacs_write_back(
     session: Session, connection_id: int, created_by: User | None = None, *, again: bool = False
 ) -> TrainingJob:
-    row = pacs.connection_row(session, connection_id)
-    if not row.write_back:
-        raise JobParamsError(write_back_off(row.name))
+    require_write_back(session, connection_id, JobParamsError)  # refused now, not in the worker
     params = PacsWriteBackParams(connection_id, again=again)
     return enqueue_job(session, params.to_dict(), kind=JOB_PACS_WRITE_BACK, created_by=created_by)
