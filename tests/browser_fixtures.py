@@ -144,3 +144,26 @@ def click_in_sidebar(page, name: str, timeout_s: float = 60.0) -> None:
         except PlaywrightTimeout:
             if time.monotonic() > deadline:
                 raise
+
+
+def settle(page) -> None:
+    """Wait until the script run has finished and nothing on the page is stale."""
+    page.wait_for_timeout(200)
+    page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0")
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"] button')")
+
+
+def log_in(page, app_url: str, username: str, password: str) -> None:
+    """Log in on the login page and wait for the sidebar's log-out link."""
+    page.goto(f"{app_url}/login")
+    # The server's first page run imports and migrates; on a busy 2-core machine that takes a while.
+    page.get_by_role("textbox", name="Username").wait_for(timeout=180_000)
+    submit_login(page, username, password)
+    page.get_by_role("link", name=f"Log out ({username})").wait_for()
+
+
+def submit_login(page, username: str, password: str) -> None:
+    """Fill the login form and press Log in (the page says what came of it)."""
+    page.get_by_role("textbox", name="Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Log in").click()

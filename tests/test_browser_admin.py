@@ -16,7 +16,7 @@ from core.paths import REPO_ROOT
 from db.engine import dispose_engine, session_scope
 from db.registry import get_active_version
 from tests.admin_helpers import ONE_THREAD_ENV, PASSWORD, make_studio, synthetic_dataset
-from tests.browser_fixtures import click_in_sidebar, streamlit_server
+from tests.browser_fixtures import click_in_sidebar, log_in, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -75,13 +75,7 @@ def screenshot(page, name: str, tmp_path: Path) -> None:
 def test_admin_fine_tunes_promotes_and_predict_uses_the_new_model(new_page, admin_app, tmp_path):
     url, studio, worker_log = admin_app
     page = new_page()
-    page.goto(f"{url}/login")
-    # The server's first page run imports and migrates; on a busy 2-core machine that takes a while.
-    page.get_by_role("textbox", name="Username").wait_for(timeout=180_000)
-    page.get_by_role("textbox", name="Username").fill("boss")
-    page.get_by_role("textbox", name="Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.get_by_role("link", name="Log out (boss)").wait_for()
+    log_in(page, url, "boss", PASSWORD)
 
     click_in_sidebar(page, "Fine-tune")
     page.get_by_text("Training worker").first.wait_for(timeout=30_000)  # the worker announced its CPU

@@ -13,7 +13,7 @@ import pytest
 from db import accounts
 from db.engine import dispose_engine, get_engine, session_scope
 from db.models import LoginAttempt, UserSession
-from tests.browser_fixtures import click_in_sidebar, streamlit_server
+from tests.browser_fixtures import click_in_sidebar, log_in, settle, streamlit_server, submit_login
 
 pytestmark = pytest.mark.browser
 
@@ -35,32 +35,13 @@ def auth_app(tmp_path_factory):
     dispose_engine(url)
 
 
-def settle(page) -> None:
-    page.wait_for_timeout(300)
-    page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0")
-
-
-def submit_login(page, username: str, password: str) -> None:
-    page.get_by_role("textbox", name="Username").fill(username)
-    page.get_by_role("textbox", name="Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-
-
-def log_in(page, app_url: str, username: str) -> None:
-    page.goto(f"{app_url}/login")
-    # The server's first page run imports and migrates; on a busy 2-core machine that takes a while.
-    page.get_by_role("textbox", name="Username").wait_for(timeout=180_000)
-    submit_login(page, username, PASSWORD)
-    page.get_by_role("link", name=f"Log out ({username})").wait_for()
-    settle(page)
-
-
 def test_login_survives_reload_and_second_tab_and_logout_ends_both(new_page, auth_app):
     app_url, engine = auth_app
     first = new_page()
     outside: list[str] = []
     first.context.on("request", lambda request: outside.append(request.url))
-    log_in(first, app_url, ADMIN)
+    log_in(first, app_url, ADMIN, PASSWORD)
+    settle(first)
     cookie = next(c for c in first.context.cookies() if c["name"] == "chexnet_session")
     assert cookie["sameSite"] == "Strict" and cookie["expires"] > 0
 

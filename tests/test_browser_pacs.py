@@ -32,7 +32,7 @@ from db.models import Image, PacsInstance, Prediction, Review
 from db.registry import promote_version, register_existing_model
 from jobs.dicomweb import PacsClient, PacsSettings
 from tests.admin_helpers import ONE_THREAD_ENV, PASSWORD, tiny_model
-from tests.browser_fixtures import click_in_sidebar, streamlit_server
+from tests.browser_fixtures import click_in_sidebar, log_in, settle, streamlit_server
 from tests.orthanc_fixtures import (
     PLANTED_IDENTITIES,
     PLANTED_NAME_PREFIX,
@@ -97,22 +97,6 @@ def pacs_app(tmp_path, monkeypatch, orthanc, sample_dir):
         dispose_engine(url)
 
 
-def settle(page) -> None:
-    """Wait until the script run has finished and nothing on the page is stale."""
-    page.wait_for_timeout(200)
-    page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0")
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"] button')")
-
-
-def log_in(page, app_url: str, username: str) -> None:
-    page.goto(f"{app_url}/login")
-    page.get_by_role("textbox", name="Username").wait_for(timeout=180_000)
-    page.get_by_role("textbox", name="Username").fill(username)
-    page.get_by_role("textbox", name="Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.get_by_role("link", name=f"Log out ({username})").wait_for()
-
-
 def wait_for_text(page, text: str, worker_log: Path, timeout_s: float = 60) -> None:
     """Wait for a sentence a job writes; a failure shows the page and the worker's log."""
     try:
@@ -146,7 +130,7 @@ def test_import_read_predict_and_write_back_through_the_pages_leaves_no_phi(new_
 
     # The admin adds the connection (basic authentication, write-back on) ...
     admin = new_page()
-    log_in(admin, app_url, ADMIN)
+    log_in(admin, app_url, ADMIN, PASSWORD)
     click_in_sidebar(admin, "Fine-tune")
     admin.get_by_text("Training worker").first.wait_for(timeout=30_000)
     section = pacs_section(admin)
@@ -200,7 +184,7 @@ def test_import_read_predict_and_write_back_through_the_pages_leaves_no_phi(new_
 
     # A clinician reads an imported image (named by its pseudonym, a patient number above 10^9) and saves.
     reader = new_page()
-    log_in(reader, app_url, READER)
+    log_in(reader, app_url, READER, PASSWORD)
     queue = reader.get_by_test_id("stSelectbox").filter(has_text="Queue")
     queue.wait_for(timeout=120_000)
     settle(reader)

@@ -28,8 +28,8 @@ from db import accounts
 from db.engine import dispose_engine, get_engine, session_scope
 from db.importer import import_chestxray14
 from db.models import Image, Review
-from tests.browser_fixtures import streamlit_server
-from tests.test_browser_review import PASSWORD, heading, log_in, ready_for_keys, settle
+from tests.browser_fixtures import log_in, settle, streamlit_server
+from tests.test_browser_review import PASSWORD, heading, ready_for_keys
 
 pytestmark = pytest.mark.browser
 
@@ -118,7 +118,7 @@ def test_xray_findings_and_save_fit_the_first_screen(new_page, layout_app, tmp_p
     app_url, _ = layout_app
     page = new_page()
     page.set_viewport_size({"width": width, "height": height})
-    log_in(page, app_url, READER)
+    log_in(page, app_url, READER, PASSWORD)
     ready_for_keys(page)
     page.locator(".st-key-review_figure image").first.wait_for()
     shots = os.environ.get("REVIEW_LAYOUT_SCREENSHOTS", str(tmp_path))
@@ -156,7 +156,7 @@ def test_prior_study_side_by_side_with_one_key(new_page, layout_app, tmp_path):
     app_url, engine = layout_app
     page = new_page()
     page.set_viewport_size({"width": 1440, "height": 900})
-    log_in(page, app_url, READER)
+    log_in(page, app_url, READER, PASSWORD)
     ready_for_keys(page)
     open_by_name(page, SERIES[2])
     ready_for_keys(page)

@@ -29,7 +29,7 @@ from db.engine import dispose_engine, get_engine, session_scope
 from db.importer import import_chestxray14
 from db.models import Image, LabelEvent, Review
 from jobs.labels import write_labels_table
-from tests.browser_fixtures import click_in_sidebar, streamlit_server
+from tests.browser_fixtures import click_in_sidebar, log_in, settle, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -61,23 +61,6 @@ def review_app(tmp_path_factory, sample_dir):
     with streamlit_server(env, home / "app.log") as app_url:
         yield app_url, engine
     dispose_engine(url)
-
-
-def log_in(page, app_url: str, username: str) -> None:
-    page.goto(f"{app_url}/login")
-    # The server's first page run imports and migrates; on a busy 2-core machine that takes a while.
-    page.get_by_role("textbox", name="Username").wait_for(timeout=180_000)
-    page.get_by_role("textbox", name="Username").fill(username)
-    page.get_by_role("textbox", name="Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.get_by_role("link", name=f"Log out ({username})").wait_for()
-
-
-def settle(page) -> None:
-    """Wait until the script run has finished and nothing on the page is stale."""
-    page.wait_for_timeout(200)
-    page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0")
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"] button')")
 
 
 def download(page, button: str, attempts: int = 3) -> bytes:
@@ -119,7 +102,7 @@ def test_blind_double_read_dispute_adjudication_history_and_export(
 
     # The admin assigns one image to both clinicians: a 100 % double read.
     admin = new_page()
-    log_in(admin, app_url, ADMIN)
+    log_in(admin, app_url, ADMIN, PASSWORD)
     click_in_sidebar(admin, "Assignments & study")
     admin.get_by_text("Assign images").first.wait_for()
     readers = admin.get_by_test_id("stMultiSelect")
@@ -137,7 +120,7 @@ def test_blind_double_read_dispute_adjudication_history_and_export(
     # Reader A, blind, with the keyboard alone: X (No Finding: clears every finding) unless it is on
     # already, then G (Cardiomegaly, which clears No Finding), then Enter (save & next).
     reader_a = new_page()
-    log_in(reader_a, app_url, READER_A)
+    log_in(reader_a, app_url, READER_A, PASSWORD)
     ready_for_keys(reader_a)
     assigned = heading(reader_a).inner_text().strip()
     reader_a.get_by_text("0 of 1 assigned read").wait_for()
@@ -159,7 +142,7 @@ def test_blind_double_read_dispute_adjudication_history_and_export(
 
     # Reader B opens the same image from their assignments: nothing of A's read shows; B says No Finding.
     reader_b = new_page()
-    log_in(reader_b, app_url, READER_B)
+    log_in(reader_b, app_url, READER_B, PASSWORD)
     ready_for_keys(reader_b)
     assert heading(reader_b).inner_text().strip() == assigned
     body = reader_b.get_by_test_id("stMainBlockContainer").inner_text()
@@ -219,7 +202,7 @@ def test_save_to_next_time_and_keys_per_image(new_page, review_app, tmp_path):
     app_url, _ = review_app
     page = new_page()
     page.set_viewport_size({"width": 1024, "height": 1000})
-    log_in(page, app_url, READER_A)
+    log_in(page, app_url, READER_A, PASSWORD)
     queue = page.get_by_test_id("stSelectbox").filter(has_text="Queue")
     queue.wait_for(timeout=180_000)
     settle(page)
