@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.errors import UserError
-from db.models import User
 from jobs.pacs_label_write_back import enqueue_pacs_label_write_back
-from webapp.database import session
-from webapp.formatting import flash, plain
+from webapp.queue_button import queue_job
 
 EXPLAIN = (
     "A structured report per imported image that readers labelled (adjudicated, or their consensus): "
@@ -24,11 +21,8 @@ def label_write_back_button(connection_id: int, write_back: bool, user_id: int) 
         key=f"pacs_label_write_back_{connection_id}",
     ):  # fmt: skip
         return
-    try:
-        with session() as db:
-            job_id = enqueue_pacs_label_write_back(db, connection_id, db.get(User, user_id)).id
-    except UserError as exc:
-        st.error(plain(exc), icon=":material/error:")
-        return
-    flash("success", f"Job #{job_id} queued: write reader labels back to the PACS.")
-    st.rerun()
+    queue_job(
+        lambda db, created_by: enqueue_pacs_label_write_back(db, connection_id, created_by),
+        user_id,
+        "write reader labels back to the PACS.",
+    )

@@ -10,7 +10,6 @@ import datetime as dt
 import streamlit as st
 
 from core.errors import UserError
-from db.models import User
 from db.pacs import list_connections, set_write_back
 from db.pacs_screening import MAX_EVERY_S, last_screen, screening_state, set_screening
 from jobs.pacs_import import (
@@ -24,9 +23,10 @@ from jobs.pacs_import import (
 from jobs.pacs_screen import enqueue_pacs_screen
 from jobs.pacs_write_back import enqueue_pacs_write_back
 from webapp.database import session
-from webapp.formatting import flash, plain
+from webapp.formatting import plain
 from webapp.pacs_connection_forms import AUTH_TEXT, edit_connection_form, new_connection_form
 from webapp.pacs_label_section import label_write_back_button
+from webapp.queue_button import queue_job
 
 
 def _date(value: dt.date | None) -> str:
@@ -58,13 +58,12 @@ def _search_form(connection_id: int, user_id: int) -> None:
                 "single-frame frontal (PA/AP) radiographs and lists the rest with why."
             )
             return
-        with session() as db:
-            job_id = enqueue_pacs_import(db, params, db.get(User, user_id)).id
     except UserError as exc:
         st.error(plain(exc), icon=":material/error:")
         return
-    flash("success", f"Job #{job_id} queued: import from the PACS.")
-    st.rerun()
+    queue_job(
+        lambda db, created_by: enqueue_pacs_import(db, params, created_by), user_id, "import from the PACS."
+    )
 
 
 def _jobs_buttons(connection_id: int, write_back: bool, user_id: int) -> None:
@@ -72,22 +71,21 @@ def _jobs_buttons(connection_id: int, write_back: bool, user_id: int) -> None:
         stopped = last_stopped_import(db)
         stopped_id = stopped.id if stopped is not None else None
     left, right = st.columns(2)
-    try:
-        resume = f"Resume import #{stopped_id}"
-        if stopped_id is not None and left.button(resume, icon=":material/play_circle:"):
-            with session() as db:
-                job_id = resume_pacs_import(db, stopped_id, db.get(User, user_id)).id
-            flash("success", f"Job #{job_id} queued: continuing import #{stopped_id}.")
-            st.rerun()
-        explain = "A structured report and a heat map per imported image, with the active model."
-        icon = ":material/cloud_upload:"
-        if right.button("Write results back", icon=icon, disabled=not write_back, help=explain):
-            with session() as db:
-                job_id = enqueue_pacs_write_back(db, connection_id, db.get(User, user_id)).id
-            flash("success", f"Job #{job_id} queued: write results back to the PACS.")
-            st.rerun()
-    except UserError as exc:
-        st.error(plain(exc), icon=":material/error:")
+    resume = f"Resume import #{stopped_id}"
+    if stopped_id is not None and left.button(resume, icon=":material/play_circle:"):
+        queue_job(
+            lambda db, created_by: resume_pacs_import(db, stopped_id, created_by),
+            user_id,
+            f"continuing import #{stopped_id}.",
+        )
+    explain = "A structured report and a heat map per imported image, with the active model."
+    icon = ":material/cloud_upload:"
+    if right.button("Write results back", icon=icon, disabled=not write_back, help=explain):
+        queue_job(
+            lambda db, created_by: enqueue_pacs_write_back(db, connection_id, created_by),
+            user_id,
+            "write results back to the PACS.",
+        )
 
 
 def _screening(connection_id: int, user_id: int) -> None:
@@ -114,13 +112,14 @@ def _screening(connection_id: int, user_id: int) -> None:
             with session() as db:
                 set_screening(db, connection_id, every_s)
             st.rerun()
-        if now.button("Screen now", icon=":material/radar:", key=f"pacs_screen_now_{connection_id}"):
-            with session() as db:
-                job_id = enqueue_pacs_screen(db, connection_id, db.get(User, user_id)).id
-            flash("success", f"Job #{job_id} queued: screen the PACS for new studies.")
-            st.rerun()
     except UserError as exc:
         st.error(plain(exc), icon=":material/error:")
+    if now.button("Screen now", icon=":material/radar:", key=f"pacs_screen_now_{connection_id}"):
+        queue_job(
+            lambda db, created_by: enqueue_pacs_screen(db, connection_id, created_by),
+            user_id,
+            "screen the PACS for new studies.",
+        )
     if last is not None:
         when = f", {last.finished_at:%Y-%m-%d %H:%M} UTC" if last.finished_at else ""
         st.caption(plain(f"Last screening: job #{last.job_id}, {last.status}{when}. {last.summary}".strip()))
@@ -144,8 +143,14 @@ def pacs_section(user_id: int) -> None:
         if connections:
             st.dataframe(
                 [
-                    {"name": c.name, "address": c.base_url, "authentication": AUTH_TEXT[c.auth],
-                     "user": c.username, "secret": "set" if c.has_secret else "—", "write back": c.write_back}
+                    {
+                        "name": c.name,
+                        "address": c.base_url,
+                        "authentication": AUTH_TEXT[c.auth],
+                        "user": c.username,
+                        "secret": "set" if c.has_secret else "—",
+                        "write back": c.write_back,
+                    }
                     for c in connections
                 ],  # fmt: skip
                 hide_index=True,

@@ -1,6 +1,6 @@
-"""What a page's "queue a background job" button does once clicked (Fine-tune's Queue predictions,
-Suggested exclusions' Screen the imported images): queue the job for the signed-in user, then say so in
-a flash for the rerun that follows, or show the sentence of the refusal."""
+"""What a page's "queue a background job" button does once clicked (Fine-tune's Queue predictions and
+PACS jobs, Suggested exclusions' Screen the imported images): queue the job for the signed-in user, then
+say so in a flash for the rerun that follows, or show the sentence of the refusal."""
 
 from __future__ import annotations
 
