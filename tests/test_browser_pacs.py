@@ -173,8 +173,13 @@ def test_import_read_predict_and_write_back_through_the_pages_leaves_no_phi(new_
 
     # The admin stores the active model's predictions, then writes the results back: the worker does that
     # while a clinician reads.
+    # Settled first: a click while the page still runs (the import's ending redraws it) can be lost.
+    settle(admin)
     admin.get_by_test_id("stExpander").filter(has_text="Model predictions for the review queue").click()
-    admin.get_by_role("button", name="Queue predictions").click()
+    queue_predictions = admin.get_by_role("button", name="Queue predictions")
+    queue_predictions.wait_for()
+    settle(admin)
+    queue_predictions.click()
     admin.get_by_text(re.compile(r"Job #\d+ queued: store predictions of the active model\.")).wait_for()
     admin.get_by_text(re.compile(rf"^Stored {N_FRONTAL} predictions of 'tiny-pacs'")).wait_for(timeout=60_000)
     settle(admin)
